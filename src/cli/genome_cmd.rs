@@ -1,0 +1,95 @@
+//! `diffnas genome`: presets, validation with JSON paths, cost.
+
+use super::user_err;
+use crate::genome::{Genome, SearchSpace, cost};
+use clap::Subcommand;
+use std::path::Path;
+
+#[derive(Subcommand, Debug)]
+pub enum GenomeCmd {
+    /// Print a preset as JSON (tiny, fmnist-small, ddpm-cifar10, iddpm-cifar10).
+    Show { preset: String },
+    /// Validate a genome JSON file against the structural rules and the default search space
+    /// for its image size; print its cost. Exits 2 with the path of every bad field.
+    Validate {
+        file: String,
+        /// Only structural checks (skip search-space membership).
+        #[arg(long)]
+        structural: bool,
+    },
+    /// Parameters, MACs per image and activation estimate of a preset or a JSON file.
+    Cost { genome: String },
+    /// List the preset names.
+    List,
+}
+
+/// A preset name or a JSON file; structurally checked.
+pub fn load_genome(arg: &str) -> anyhow::Result<Genome> {
+    if let Some(g) = Genome::preset(arg) {
+        return Ok(g);
+    }
+    let p = Path::new(arg);
+    if !p.exists() {
+        return Err(user_err(format!(
+            "--genome {arg:?} is neither a preset ({}) nor an existing file",
+            Genome::PRESETS.join(", ")
+        )));
+    }
+    let text = std::fs::read_to_string(p).map_err(|e| user_err(format!("{arg}: {e}")))?;
+    let g = Genome::from_json(&text).map_err(|e| user_err(format!("{arg}: {e}")))?;
+    g.check()
+        .map_err(|e| user_err(format!("{arg}: invalid genome:\n{e}")))?;
+    Ok(g)
+}
+
+fn print_cost(g: &Genome) -> anyhow::Result<()> {
+    let c = cost(g).map_err(|e| user_err(e.to_string()))?;
+    println!(
+        "params: {} ({:.3} M)\nMACs per image: {} ({:.3} G)\nactivation estimate: {:.1} MiB per image (f32)",
+        c.params,
+        c.params as f64 / 1e6,
+        c.macs,
+        c.macs as f64 / 1e9,
+        c.activation_bytes(1) as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}
+
+pub fn run(cmd: GenomeCmd) -> anyhow::Result<i32> {
+    match cmd {
+        GenomeCmd::List => {
+            for p in Genome::PRESETS {
+                println!("{p}");
+            }
+        }
+        GenomeCmd::Show { preset } => {
+            let g = Genome::preset(&preset).ok_or_else(|| {
+                user_err(format!(
+                    "unknown preset {preset:?}; presets are {}",
+                    Genome::PRESETS.join(", ")
+                ))
+            })?;
+            println!("{}", g.to_json_pretty());
+        }
+        GenomeCmd::Cost { genome } => {
+            let g = load_genome(&genome)?;
+            print_cost(&g)?;
+        }
+        GenomeCmd::Validate { file, structural } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| user_err(format!("{file}: {e}")))?;
+            let g = Genome::from_json(&text).map_err(|e| user_err(format!("{file}: {e}")))?;
+            let res = if structural {
+                g.check()
+            } else {
+                SearchSpace::for_image(g.image).validate(&g)
+            };
+            if let Err(errs) = res {
+                return Err(user_err(format!("{file}: invalid genome:\n{errs}")));
+            }
+            println!("{file}: valid (hash {})", g.hash());
+            print_cost(&g)?;
+        }
+    }
+    Ok(0)
+}

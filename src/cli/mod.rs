@@ -1,0 +1,96 @@
+//! Command line: clap arguments -> validated configuration -> library calls. `anyhow` lives only
+//! here and in `main.rs`.
+
+mod bench;
+mod genome_cmd;
+mod progress;
+mod run;
+mod sample;
+mod train_cmd;
+
+pub use bench::{BenchArgs, BenchReport, run_bench};
+pub use run::{RunFiles, Weights, load_denoiser};
+
+use clap::{Parser, Subcommand};
+
+/// Search for better diffusion-model architectures on any GPU.
+///
+/// Every command runs on a hardware GPU through wgpu (Vulkan, Metal, DX12) when one exists, and
+/// on the CPU otherwise; pick with --device.
+#[derive(Parser, Debug)]
+#[command(name = "diffnas", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a UNet denoiser (DDPM, epsilon loss) into a run directory; resumable.
+    Train(train_cmd::TrainArgs),
+    /// Sample images from a trained run directory (PNG grid and/or one PNG per image).
+    Sample(sample::SampleArgs),
+    /// Print a preset, validate a genome JSON file, or show what a genome costs.
+    #[command(subcommand)]
+    Genome(genome_cmd::GenomeCmd),
+    /// List the GPU adapters wgpu can see and what --device auto picks.
+    Devices,
+    /// Measure training and sampling throughput for a genome, batch size and device (JSON).
+    Bench(BenchArgs),
+}
+
+/// Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, files, genomes),
+/// 130 interrupted (the run can be resumed).
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<UserError>().is_some() {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
+/// An error in what the user gave us (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UserError(pub String);
+
+pub(crate) fn user_err(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UserError(msg.into()))
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Train(a) => train_cmd::run(a),
+        Command::Sample(a) => sample::run(a).map(|_| 0),
+        Command::Genome(c) => genome_cmd::run(c),
+        Command::Devices => devices().map(|_| 0),
+        Command::Bench(a) => bench::run_cli(a).map(|_| 0),
+    }
+}
+
+fn devices() -> anyhow::Result<()> {
+    let list = crate::device::adapters();
+    if list.is_empty() {
+        println!("no wgpu adapters found");
+    }
+    for (i, a) in list.iter().enumerate() {
+        println!("[{i}] {a}");
+    }
+    let picked = crate::device::select(crate::device::DeviceChoice::Auto)?;
+    println!("--device auto picks: {}", picked.info);
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Backend choice: a hardware GPU through wgpu (WGSL compute shaders; Vulkan, Metal, DX12) when
+//! one exists, otherwise Burn's flex CPU backend. `--device wgpu` forces wgpu even on a software
+//! adapter such as Mesa's lavapipe.
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// A hardware GPU adapter through wgpu if there is one, else flex.
+    Auto,
+    /// wgpu on the default adapter, software adapters included.
+    Wgpu,
+    /// Burn's flex CPU backend.
+    Flex,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "wgpu" => Ok(DeviceChoice::Wgpu),
+            "flex" | "cpu" => Ok(DeviceChoice::Flex),
+            o => Err(format!("unknown device {o:?}: expected auto, wgpu or flex")),
+        }
+    }
+}
+
+/// What a device is, for logs and benchmark records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// "wgpu" or "flex".
+    pub backend: String,
+    /// Adapter name (or "CPU (flex)").
+    pub name: String,
+    /// Graphics API of the adapter (Vulkan, Metal, Dx12, ...), if any.
+    pub api: Option<String>,
+    /// Discrete / integrated / virtual GPU, or CPU.
+    pub device_type: String,
+    pub driver: Option<String>,
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} ({}", self.backend, self.name, self.device_type)?;
+        if let Some(api) = &self.api {
+            write!(f, ", {api}")?;
+        }
+        if let Some(d) = &self.driver
+            && !d.is_empty()
+        {
+            write!(f, ", driver {d}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("this build has no wgpu backend (built without the `wgpu` feature); use --device flex")]
+    NoWgpu,
+    #[error("no wgpu adapter could be initialised: {0}")]
+    WgpuInit(String),
+}
+
+/// A ready device (plain, without autodiff) and what it is.
+#[derive(Debug, Clone)]
+pub struct SelectedDevice {
+    pub device: Device,
+    pub info: DeviceInfo,
+}
+
+pub fn flex() -> SelectedDevice {
+    SelectedDevice {
+        device: Device::flex(),
+        info: DeviceInfo {
+            backend: "flex".into(),
+            name: "CPU (flex)".into(),
+            api: None,
+            device_type: "Cpu".into(),
+            driver: None,
+        },
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn info_of(a: &wgpu::AdapterInfo) -> DeviceInfo {
+    DeviceInfo {
+        backend: "wgpu".into(),
+        name: a.name.clone(),
+        api: Some(format!("{:?}", a.backend)),
+        device_type: format!("{:?}", a.device_type),
+        driver: Some(format!("{} {}", a.driver, a.driver_info).trim().to_string()),
+    }
+}
+
+/// Every adapter wgpu can see, on every graphics API.
+#[cfg(feature = "wgpu")]
+pub fn adapters() -> Vec<DeviceInfo> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| info_of(&a.get_info()))
+        .collect()
+}
+
+#[cfg(not(feature = "wgpu"))]
+pub fn adapters() -> Vec<DeviceInfo> {
+    Vec::new()
+}
+
+#[cfg(feature = "wgpu")]
+fn init_wgpu() -> Result<SelectedDevice, DeviceError> {
+    use burn::tensor::DeviceKind;
+    let mut last = String::new();
+    for kind in [DeviceKind::DefaultDevice, DeviceKind::Cpu] {
+        match Device::wgpu_options().device_kind(kind).init_with_setup() {
+            Ok((device, setup)) => {
+                return Ok(SelectedDevice {
+                    device,
+                    info: info_of(&setup.adapter.get_info()),
+                });
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(DeviceError::WgpuInit(last))
+}
+
+/// Pick and initialise a device.
+pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
+    match choice {
+        DeviceChoice::Flex => Ok(flex()),
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::Wgpu => init_wgpu(),
+        #[cfg(not(feature = "wgpu"))]
+        DeviceChoice::Wgpu => Err(DeviceError::NoWgpu),
+        DeviceChoice::Auto => {
+            let hardware = adapters().iter().any(|a| a.device_type != "Cpu");
+            if !hardware {
+                return Ok(flex());
+            }
+            #[cfg(feature = "wgpu")]
+            {
+                match init_wgpu() {
+                    Ok(d) if d.info.device_type != "Cpu" => Ok(d),
+                    _ => Ok(flex()),
+                }
+            }
+            #[cfg(not(feature = "wgpu"))]
+            Ok(flex())
+        }
+    }
+}

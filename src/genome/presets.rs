@@ -1,0 +1,146 @@
+//! Named architectures: the test preset and the reference UNets of DDPM and IDDPM.
+
+use super::{AttentionGene, DecoderLevel, EncoderLevel, Genome, ImageSpec, Middle, ResBlockGene};
+
+/// A UNet with `levels[i] = (channel_mult, num_res_blocks)`, all blocks standard.
+fn uniform(
+    image: ImageSpec,
+    base_channels: usize,
+    norm_groups: usize,
+    levels: &[(usize, usize)],
+    attention: AttentionGene,
+    dropout: f64,
+    scale_shift_norm: bool,
+) -> Genome {
+    let rb = ResBlockGene::STANDARD;
+    Genome {
+        image,
+        base_channels,
+        time_embed_mult: 4,
+        norm_groups,
+        dropout,
+        scale_shift_norm,
+        attention,
+        encoder: levels
+            .iter()
+            .map(|&(channel_mult, n)| EncoderLevel {
+                channel_mult,
+                res_blocks: vec![rb; n],
+            })
+            .collect(),
+        middle: Middle {
+            res_blocks: [rb, rb],
+        },
+        decoder: levels
+            .iter()
+            .rev()
+            .map(|&(_, n)| DecoderLevel {
+                res_blocks: vec![rb; n + 1],
+            })
+            .collect(),
+    }
+}
+
+impl Genome {
+    /// Names accepted by [`Genome::preset`].
+    pub const PRESETS: [&'static str; 4] =
+        ["tiny", "fmnist-small", "ddpm-cifar10", "iddpm-cifar10"];
+
+    /// Look a preset up by name.
+    pub fn preset(name: &str) -> Option<Genome> {
+        match name {
+            "tiny" => Some(Genome::tiny()),
+            "fmnist-small" => Some(Genome::fmnist_small()),
+            "ddpm-cifar10" => Some(Genome::ddpm_cifar10()),
+            "iddpm-cifar10" => Some(Genome::iddpm_cifar10()),
+            _ => None,
+        }
+    }
+
+    /// The test preset: about 0.6 M parameters at 28x28 grayscale (Fashion-MNIST's own size).
+    pub fn tiny() -> Genome {
+        Genome::tiny_for(ImageSpec {
+            channels: 1,
+            size: 28,
+        })
+    }
+
+    /// The test preset at another image spec (the size must be divisible by 4).
+    pub fn tiny_for(image: ImageSpec) -> Genome {
+        uniform(
+            image,
+            32,
+            8,
+            &[(1, 1), (2, 1), (2, 1)],
+            AttentionGene {
+                resolutions: vec![image.size / 4],
+                heads: 4,
+                head_channels: None,
+            },
+            0.0,
+            false,
+        )
+    }
+
+    /// A small but capable Fashion-MNIST model (32x32 padded, about 6 M parameters).
+    pub fn fmnist_small() -> Genome {
+        uniform(
+            ImageSpec {
+                channels: 1,
+                size: 32,
+            },
+            64,
+            32,
+            &[(1, 2), (2, 2), (2, 2)],
+            AttentionGene {
+                resolutions: vec![8],
+                heads: 4,
+                head_channels: None,
+            },
+            0.1,
+            false,
+        )
+    }
+
+    /// The DDPM CIFAR-10 UNet (Ho et al. 2020): 35.7 M parameters.
+    pub fn ddpm_cifar10() -> Genome {
+        uniform(
+            ImageSpec {
+                channels: 3,
+                size: 32,
+            },
+            128,
+            32,
+            &[(1, 2), (2, 2), (2, 2), (2, 2)],
+            AttentionGene {
+                resolutions: vec![16],
+                heads: 1,
+                head_channels: None,
+            },
+            0.1,
+            false,
+        )
+    }
+
+    /// The IDDPM CIFAR-10 UNet (Nichol & Dhariwal 2021) with the epsilon head only (no learned
+    /// variance channels): 3 blocks per level, attention at 16 and 8 with 4 heads, scale-shift
+    /// norm, dropout 0.3.
+    pub fn iddpm_cifar10() -> Genome {
+        uniform(
+            ImageSpec {
+                channels: 3,
+                size: 32,
+            },
+            128,
+            32,
+            &[(1, 3), (2, 3), (2, 3), (2, 3)],
+            AttentionGene {
+                resolutions: vec![16, 8],
+                heads: 4,
+                head_channels: None,
+            },
+            0.3,
+            true,
+        )
+    }
+}

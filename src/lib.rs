@@ -1,0 +1,27 @@
+//! diffnas: architecture search for diffusion-model UNets on any GPU.
+//!
+//! Every tensor operation runs through Burn: the wgpu backend (WGSL compute shaders, so
+//! Vulkan, Metal, DX12 and WebGPU) or the flex CPU backend.
+//!
+//! Module dependency rules (an arrow reads "may use"):
+//! - `genome` -> nothing of ours (plain serde data, no Burn, no I/O).
+//! - `diffusion` -> burn only; it owns the [`diffusion::Denoiser`] trait.
+//! - `model` -> genome, diffusion. The only place a genome meets Burn.
+//! - `data` -> burn, image. `train` -> diffusion, data (generic over a `Denoiser` module).
+//! - `cli` -> everything. `device` -> burn, wgpu.
+//!
+//! `genome`, `model` and `diffusion` build for wasm; everything that touches files, the
+//! terminal or the network sits behind the default `cli` feature.
+
+pub mod diffusion;
+pub mod genome;
+pub mod model;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+#[cfg(feature = "cli")]
+pub mod data;
+#[cfg(feature = "cli")]
+pub mod device;
+#[cfg(feature = "cli")]
+pub mod train;

@@ -1,0 +1,192 @@
+//! UNet building blocks: sinusoidal timestep embedding + MLP (DDPM section B), the ResBlock
+//! with optional scale-shift norm (IDDPM), and multi-head self-attention over pixels.
+
+use super::{conv, group_norm};
+use crate::genome::ResBlockShape;
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{Dropout, DropoutConfig, GroupNorm, Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Sinusoidal embedding of the timestep (improved-diffusion's `timestep_embedding`) followed by
+/// Linear -> SiLU -> Linear.
+#[derive(Module, Debug)]
+pub struct TimeEmbedding {
+    pub lin1: Linear,
+    pub lin2: Linear,
+    #[module(skip)]
+    pub dim: usize,
+}
+
+impl TimeEmbedding {
+    pub fn new(dim: usize, temb: usize, device: &Device) -> Self {
+        TimeEmbedding {
+            lin1: LinearConfig::new(dim, temb).init(device),
+            lin2: LinearConfig::new(temb, temb).init(device),
+            dim,
+        }
+    }
+
+    /// `t`: `[B]` -> `[B, temb]`.
+    pub fn forward(&self, t: Tensor<1>) -> Tensor<2> {
+        let device = t.device();
+        let half = self.dim / 2;
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32)
+            .collect();
+        let freqs = Tensor::<2>::from_data(TensorData::new(freqs, [1, half]), &device);
+        let b = t.dims()[0];
+        let args = t.reshape([b, 1]) * freqs; // [B, half]
+        let mut parts = vec![args.clone().cos(), args.sin()];
+        if self.dim % 2 == 1 {
+            parts.push(Tensor::zeros([b, 1], &device));
+        }
+        let emb = Tensor::cat(parts, 1); // [B, dim]
+        self.lin2.forward(silu(self.lin1.forward(emb)))
+    }
+}
+
+/// GroupNorm -> SiLU -> conv(k1) -> + emb -> GroupNorm -> SiLU -> dropout -> conv(k2), plus a
+/// 1x1 skip when widths differ. With scale-shift norm the embedding gives `(scale, shift)`
+/// applied as `norm(h) * (1 + scale) + shift` (IDDPM).
+#[derive(Module, Debug)]
+pub struct ResBlock {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    pub emb: Linear,
+    pub norm2: GroupNorm,
+    pub dropout: Dropout,
+    pub conv2: Conv2d,
+    pub skip: Option<Conv2d>,
+    #[module(skip)]
+    pub scale_shift: bool,
+}
+
+impl ResBlock {
+    pub fn new(
+        s: &ResBlockShape,
+        groups: usize,
+        temb: usize,
+        scale_shift: bool,
+        dropout: f64,
+        device: &Device,
+    ) -> Self {
+        let emb_out = if scale_shift { 2 } else { 1 } * s.hidden_channels;
+        ResBlock {
+            norm1: group_norm(groups, s.in_channels, device),
+            conv1: conv(
+                s.in_channels,
+                s.hidden_channels,
+                s.kernels[0],
+                1,
+                false,
+                device,
+            ),
+            emb: LinearConfig::new(temb, emb_out).init(device),
+            norm2: group_norm(groups, s.hidden_channels, device),
+            dropout: DropoutConfig::new(dropout).init(),
+            conv2: conv(
+                s.hidden_channels,
+                s.out_channels,
+                s.kernels[1],
+                1,
+                true,
+                device,
+            ),
+            skip: (s.in_channels != s.out_channels)
+                .then(|| conv(s.in_channels, s.out_channels, 1, 1, false, device)),
+            scale_shift,
+        }
+    }
+
+    /// `x`: `[B, Cin, H, W]`, `emb`: `[B, temb]` (already through SiLU) -> `[B, Cout, H, W]`.
+    pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let [b, c, _, _] = h.dims();
+        let e = self.emb.forward(emb);
+        let h = if self.scale_shift {
+            let e = e.reshape([b, 2 * c, 1, 1]);
+            let scale = e.clone().narrow(1, 0, c);
+            let shift = e.narrow(1, c, c);
+            silu(self.norm2.forward(h) * (scale + 1.0) + shift)
+        } else {
+            silu(self.norm2.forward(h + e.reshape([b, c, 1, 1])))
+        };
+        let h = self.conv2.forward(self.dropout.forward(h));
+        let x = match &self.skip {
+            Some(skip) => skip.forward(x),
+            None => x,
+        };
+        x + h
+    }
+}
+
+/// Multi-head self-attention over the pixels of a feature map, residual, output projection
+/// zero-initialised (improved-diffusion's `AttentionBlock`).
+#[derive(Module, Debug)]
+pub struct AttentionBlock {
+    pub norm: GroupNorm,
+    pub qkv: Conv2d,
+    pub proj: Conv2d,
+    #[module(skip)]
+    pub heads: usize,
+}
+
+impl AttentionBlock {
+    pub fn new(channels: usize, heads: usize, groups: usize, device: &Device) -> Self {
+        AttentionBlock {
+            norm: group_norm(groups, channels, device),
+            qkv: conv(channels, 3 * channels, 1, 1, false, device),
+            proj: conv(channels, channels, 1, 1, true, device),
+            heads,
+        }
+    }
+
+    /// `[B, C, H, W] -> [B, C, H, W]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let (nh, l) = (self.heads, h * w);
+        let dh = c / nh;
+        // [B, 3C, H, W] -> [B, 3, heads, dh, L] -> three [B, heads, L, dh]
+        let qkv = self
+            .qkv
+            .forward(self.norm.forward(x.clone()))
+            .reshape([b, 3, nh, dh, l]);
+        let part = |i: usize| {
+            qkv.clone()
+                .narrow(1, i, 1)
+                .reshape([b, nh, dh, l])
+                .swap_dims(2, 3)
+        };
+        let out = attention(
+            part(0),
+            part(1),
+            part(2),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        ); // [B, heads, L, dh]
+        let out = out.swap_dims(2, 3).reshape([b, c, h, w]);
+        x + self.proj.forward(out)
+    }
+}
+
+/// A ResBlock optionally followed by self-attention (the unit a UNet level repeats).
+#[derive(Module, Debug)]
+pub struct UnetBlock {
+    pub res: ResBlock,
+    pub attn: Option<AttentionBlock>,
+}
+
+impl UnetBlock {
+    pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
+        let h = self.res.forward(x, emb);
+        match &self.attn {
+            Some(a) => a.forward(h),
+            None => h,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Checkpoints: `checkpoints/step-NNNNNNNNN/` holding model, EMA and optimizer weights plus
+//! `state.json`, written into a `.tmp` folder and renamed into place, then published through the
+//! `checkpoints/latest` pointer (replaced atomically). A kill at any moment leaves the previous
+//! checkpoint intact.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Everything besides weights that a resumed run needs. All randomness of step `s` is derived
+/// from `(seed, s)` (ChaCha8 streams), so the RNG state is the seed plus the step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub seed: u64,
+    /// How the RNG state is represented (for readers of the file).
+    pub rng: String,
+    /// Wall-clock seconds spent training so far, across resumes.
+    pub elapsed_s: f64,
+    /// Last loss read from the device.
+    pub last_loss: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+pub const MODEL_FILE: &str = "model.bpk";
+pub const EMA_FILE: &str = "ema.bpk";
+pub const OPTIM_FILE: &str = "optim.bpk";
+pub const STATE_FILE: &str = "state.json";
+
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+fn step_dir_name(step: u64) -> String {
+    format!("step-{step:09}")
+}
+
+/// Write `bytes` to `path` atomically (temporary file in the same folder, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+/// Create the folder for a new checkpoint (as `.tmp`); the caller fills it and calls
+/// [`publish`].
+pub fn begin(run_dir: &Path, step: u64) -> Result<PathBuf, CheckpointError> {
+    let dir = checkpoints_dir(run_dir).join(format!("{}.tmp", step_dir_name(step)));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    Ok(dir)
+}
+
+/// Rename the finished `.tmp` folder into place, point `latest` at it, prune old ones.
+pub fn publish(
+    run_dir: &Path,
+    tmp: &Path,
+    step: u64,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
+    let root = checkpoints_dir(run_dir);
+    let name = step_dir_name(step);
+    let dir = root.join(&name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    }
+    std::fs::rename(tmp, &dir).map_err(|e| io_err(&dir, e))?;
+    write_atomic(&root.join("latest"), name.as_bytes())?;
+    let mut all = complete_checkpoints(run_dir);
+    all.sort();
+    let keep = keep.max(1);
+    if all.len() > keep {
+        for (_, old) in &all[..all.len() - keep] {
+            let _ = std::fs::remove_dir_all(old);
+        }
+    }
+    Ok(dir)
+}
+
+fn is_complete(dir: &Path) -> bool {
+    [MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE]
+        .iter()
+        .all(|f| dir.join(f).is_file())
+}
+
+/// `(step, dir)` of every complete checkpoint.
+fn complete_checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(checkpoints_dir(run_dir)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            let p = e.path();
+            is_complete(&p).then_some((step, p))
+        })
+        .collect()
+}
+
+/// The newest complete checkpoint: the one `latest` names, or (if that pointer is missing or
+/// names something incomplete) the highest complete step folder.
+pub fn latest(run_dir: &Path) -> Option<PathBuf> {
+    let root = checkpoints_dir(run_dir);
+    if let Ok(name) = std::fs::read_to_string(root.join("latest")) {
+        let dir = root.join(name.trim());
+        if is_complete(&dir) {
+            return Some(dir);
+        }
+    }
+    complete_checkpoints(run_dir)
+        .into_iter()
+        .max_by_key(|(s, _)| *s)
+        .map(|(_, p)| p)
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainState, CheckpointError> {
+    let p = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
+        path: p,
+        message: e.to_string(),
+    })
+}

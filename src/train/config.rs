@@ -1,0 +1,166 @@
+//! Training configuration: the DDPM recipe by default (AdamW with PyTorch's eps and no weight
+//! decay, warm-up then constant LR, global-norm clipping at 1, EMA 0.9999).
+
+use crate::diffusion::BetaSchedule;
+use burn::config::Config;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Warm-up, then the peak rate until the end (DDPM).
+    Constant,
+    /// Warm-up, then cosine decay to `min_lr_ratio * lr` (the rapid-convergence schedule).
+    Cosine,
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "constant" => Ok(LrSchedule::Constant),
+            "cosine" => Ok(LrSchedule::Cosine),
+            o => Err(format!(
+                "unknown LR schedule {o:?}: expected constant or cosine"
+            )),
+        }
+    }
+}
+
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Total optimizer steps.
+    #[config(default = 10000)]
+    pub steps: u64,
+    /// Images per step.
+    #[config(default = 64)]
+    pub batch_size: usize,
+    /// Peak learning rate.
+    #[config(default = 2e-4)]
+    pub lr: f64,
+    /// Linear warm-up steps (from lr / warmup_steps up to lr).
+    #[config(default = 500)]
+    pub warmup_steps: u64,
+    /// What the LR does after warm-up.
+    #[config(default = "LrSchedule::Constant")]
+    pub lr_schedule: LrSchedule,
+    /// Floor of the cosine schedule as a fraction of the peak rate.
+    #[config(default = 0.0)]
+    pub min_lr_ratio: f64,
+    /// AdamW beta1.
+    #[config(default = 0.9)]
+    pub beta1: f64,
+    /// AdamW beta2.
+    #[config(default = 0.999)]
+    pub beta2: f64,
+    /// AdamW epsilon (PyTorch's default; Burn's own default is 1e-5).
+    #[config(default = 1e-8)]
+    pub adam_eps: f64,
+    /// Decoupled weight decay (DDPM uses none; Burn's own default is 1e-4).
+    #[config(default = 0.0)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 disables).
+    #[config(default = 1.0)]
+    pub grad_clip: f64,
+    /// EMA decay of the weights used for sampling.
+    #[config(default = 0.9999)]
+    pub ema_decay: f64,
+    /// EMA warm-up: decay_n = min(decay, (1 + n) / (10 + n)).
+    #[config(default = true)]
+    pub ema_warmup: bool,
+    /// Diffusion timesteps T.
+    #[config(default = 1000)]
+    pub timesteps: usize,
+    /// Beta schedule.
+    #[config(default = "BetaSchedule::Linear")]
+    pub beta_schedule: BetaSchedule,
+    /// Seed of everything random in the run (initial weights, batches, timesteps, noise, dropout).
+    #[config(default = 0)]
+    pub seed: u64,
+    /// Steps between checkpoints (0: only at the end).
+    #[config(default = 1000)]
+    pub checkpoint_every: u64,
+    /// Steps between loss readings (each is a device sync) and log lines.
+    #[config(default = 50)]
+    pub log_every: u64,
+    /// Checkpoints kept on disk (the newest ones).
+    #[config(default = 2)]
+    pub keep_checkpoints: usize,
+}
+
+impl TrainConfig {
+    /// A few hundred steps of the test preset: for tests and smoke runs.
+    pub fn tiny() -> Self {
+        TrainConfig::new()
+            .with_steps(200)
+            .with_batch_size(16)
+            .with_lr(1e-3)
+            .with_warmup_steps(20)
+            .with_ema_decay(0.999)
+            .with_checkpoint_every(100)
+            .with_log_every(10)
+    }
+
+    /// Learning rate at `step` (0-based).
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => {
+                let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+                let p = ((step - self.warmup_steps) as f64 / span).min(1.0);
+                let floor = self.lr * self.min_lr_ratio;
+                floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+            }
+        }
+    }
+
+    /// EMA decay used for update number `n` (0-based).
+    pub fn ema_decay_at(&self, n: u64) -> f64 {
+        if self.ema_warmup {
+            self.ema_decay.min((1.0 + n as f64) / (10.0 + n as f64))
+        } else {
+            self.ema_decay
+        }
+    }
+
+    /// Errors name the bad field.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |f: &str, v: String, why: &str| Err(format!("train.{f}: {v} {why}"));
+        if self.steps == 0 {
+            return bad("steps", "0".into(), "must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "0".into(), "must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr <= 1.0) {
+            return bad("lr", self.lr.to_string(), "must be in (0, 1]");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad("ema_decay", self.ema_decay.to_string(), "must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad(
+                "min_lr_ratio",
+                self.min_lr_ratio.to_string(),
+                "must be in [0, 1]",
+            );
+        }
+        if self.grad_clip < 0.0 || self.grad_clip.is_nan() {
+            return bad("grad_clip", self.grad_clip.to_string(), "must be >= 0");
+        }
+        if self.timesteps < 2 {
+            return bad(
+                "timesteps",
+                self.timesteps.to_string(),
+                "must be at least 2",
+            );
+        }
+        if self.log_every == 0 {
+            return bad("log_every", "0".into(), "must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,429 @@
+//! The training loop, generic over any [`Denoiser`] module: epsilon-prediction MSE, AdamW with
+//! explicit eps and weight decay, warm-up + constant/cosine LR, global-norm clipping, EMA, a
+//! NaN/inf guard, periodic atomic checkpoints and exact resume (ALGORITHMS.md sections 1 and 4).
+//! It knows nothing of genomes: the caller builds the module.
+
+mod checkpoint;
+mod clip;
+mod config;
+mod ema;
+
+pub use checkpoint::{CheckpointError, TrainState, write_atomic};
+pub use clip::{clip_global_norm, grad_norm};
+pub use config::{LrSchedule, TrainConfig};
+pub use ema::ema_update;
+
+use crate::data::{Batcher, Dataset};
+use crate::diffusion::{Denoiser, NoiseSchedule, eps_loss, normals, timestep_tensor, training_rng};
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+pub use checkpoint::{EMA_FILE, MODEL_FILE, OPTIM_FILE, STATE_FILE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(
+        "the loss became {value} at or before step {step} (last finite reading: {last_finite}); \
+         the run stopped without writing this state. Lower the learning rate (--lr), keep \
+         gradient clipping on, or check the data"
+    )]
+    NonFinite {
+        step: u64,
+        value: f64,
+        last_finite: String,
+    },
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("dataset: {0}")]
+    Data(String),
+}
+
+/// What the loop reports to its caller (progress bars, logs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    /// Training starts at `step` (non-zero after a resume) of `total`.
+    Started {
+        step: u64,
+        total: u64,
+        resumed: bool,
+    },
+    /// One optimizer step finished (no device sync).
+    Step { step: u64 },
+    /// A loss reading (a device sync) every `log_every` steps.
+    Log(LogRecord),
+    /// A checkpoint was written.
+    Checkpoint { step: u64, path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub step: u64,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub elapsed_s: f64,
+    pub steps_per_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainStatus {
+    Finished,
+    Interrupted,
+}
+
+pub struct TrainOutcome<M> {
+    /// The trained module (on the autodiff device).
+    pub model: M,
+    /// The EMA weights (plain device), for sampling.
+    pub ema: M,
+    pub state: TrainState,
+    pub status: TrainStatus,
+    pub log: Vec<LogRecord>,
+}
+
+/// Options of one call of [`train`] that are not part of the configuration.
+pub struct TrainOptions<'a> {
+    /// Run directory for checkpoints, `log.jsonl` and the final weights (None: in memory).
+    pub run_dir: Option<&'a Path>,
+    /// Continue from the newest checkpoint in `run_dir` if there is one.
+    pub resume: bool,
+    /// Set (e.g. by Ctrl-C) to stop after the current step, with a checkpoint.
+    pub stop: Option<&'a AtomicBool>,
+    /// Stop (with a checkpoint) once this many steps are done, without finishing the run;
+    /// used to test resumption.
+    pub stop_at: Option<u64>,
+}
+
+impl Default for TrainOptions<'_> {
+    fn default() -> Self {
+        TrainOptions {
+            run_dir: None,
+            resume: true,
+            stop: None,
+            stop_at: None,
+        }
+    }
+}
+
+fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_beta_1(cfg.beta1 as f32)
+        .with_beta_2(cfg.beta2 as f32)
+        .with_epsilon(cfg.adam_eps as f32)
+        .with_weight_decay(cfg.weight_decay as f32)
+        .init()
+}
+
+/// One step's host-side randomness: timesteps and noise, from the (seed, step) stream.
+fn step_inputs(cfg: &TrainConfig, step: u64, shape: [usize; 4]) -> (Vec<usize>, Vec<f32>) {
+    let mut rng = training_rng(cfg.seed, step);
+    let t: Vec<usize> = (0..shape[0])
+        .map(|_| rng.random_range(0..cfg.timesteps))
+        .collect();
+    let eps = normals(&mut rng, shape.iter().product());
+    (t, eps)
+}
+
+/// Seed of the device RNG (dropout) for one step.
+fn device_seed(seed: u64, step: u64) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step.wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+fn save_checkpoint<M: Module>(
+    run_dir: &Path,
+    model: &M,
+    ema: &M,
+    optim: &ModuleOptimizer,
+    state: &TrainState,
+    keep: usize,
+) -> Result<PathBuf, CheckpointError> {
+    let tmp = checkpoint::begin(run_dir, state.step)?;
+    let rec = |e: burn::store::RecordError, f: &str| checkpoint::io_err(&tmp.join(f), e);
+    model
+        .clone()
+        .save_file(tmp.join(MODEL_FILE))
+        .map_err(|e| rec(e, MODEL_FILE))?;
+    ema.clone()
+        .save_file(tmp.join(EMA_FILE))
+        .map_err(|e| rec(e, EMA_FILE))?;
+    optim
+        .save(tmp.join(OPTIM_FILE))
+        .map_err(|e| rec(e, OPTIM_FILE))?;
+    let json = serde_json::to_vec_pretty(state).expect("state serialises");
+    std::fs::write(tmp.join(STATE_FILE), json).map_err(|e| checkpoint::io_err(&tmp, e))?;
+    checkpoint::publish(run_dir, &tmp, state.step, keep)
+}
+
+/// Load model, EMA and optimizer from a checkpoint folder into freshly built modules.
+pub fn load_checkpoint<M: Module>(
+    dir: &Path,
+    model: M,
+    ema: M,
+    optim: ModuleOptimizer,
+) -> Result<(M, M, ModuleOptimizer, TrainState), CheckpointError> {
+    let bad = |f: &str, e: burn::store::RecordError| CheckpointError::Invalid {
+        path: dir.join(f),
+        message: e.to_string(),
+    };
+    let model = model
+        .try_load_file(dir.join(MODEL_FILE))
+        .map_err(|e| bad(MODEL_FILE, e))?;
+    let ema = ema
+        .try_load_file(dir.join(EMA_FILE))
+        .map_err(|e| bad(EMA_FILE, e))?;
+    let optim = optim
+        .load(dir.join(OPTIM_FILE))
+        .map_err(|e| bad(OPTIM_FILE, e))?;
+    let state = checkpoint::read_state(dir)?;
+    Ok((model, ema, optim, state))
+}
+
+/// The newest complete checkpoint folder of a run, if any.
+pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    checkpoint::latest(run_dir)
+}
+
+fn read_log(path: &Path, upto: u64) -> Vec<LogRecord> {
+    std::fs::read_to_string(path)
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<LogRecord>(l).ok())
+                .filter(|r| r.step <= upto)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn write_log(path: &Path, log: &[LogRecord]) -> Result<(), CheckpointError> {
+    let mut s = String::new();
+    for r in log {
+        s.push_str(&serde_json::to_string(r).expect("log record serialises"));
+        s.push('\n');
+    }
+    write_atomic(path, s.as_bytes())
+}
+
+/// The optimizer of a run's configuration (AdamW with explicit eps and weight decay).
+pub fn optimizer_for(cfg: &TrainConfig) -> ModuleOptimizer {
+    optimizer(cfg)
+}
+
+/// One optimizer step on the clean batch `x0` (on the autodiff device): draw timesteps and noise
+/// from the (seed, step) stream, epsilon loss, backward, global-norm clip, AdamW, EMA update.
+/// Returns the new model and EMA, the loss and the pre-clip gradient norm as device tensors
+/// (reading them is the caller's choice, since each read is a sync).
+pub fn train_step<M: Module + Denoiser>(
+    model: M,
+    ema: M,
+    optim: &mut ModuleOptimizer,
+    cfg: &TrainConfig,
+    schedule: &NoiseSchedule,
+    x0: Tensor<4>,
+    step: u64,
+) -> (M, M, Tensor<1>, Option<Tensor<1>>) {
+    let device = x0.device();
+    let shape = x0.dims();
+    let (t, eps) = step_inputs(cfg, step, shape);
+    let eps = Tensor::<4>::from_data(TensorData::new(eps, shape), &device);
+    device.seed(device_seed(cfg.seed, step));
+    let x_t = schedule.q_sample(x0, &t, eps.clone());
+    let pred = model.predict_eps(x_t, timestep_tensor(&t, &device));
+    let loss = eps_loss(pred, eps);
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    let norm = if cfg.grad_clip > 0.0 {
+        clip_global_norm(&model, &mut grads, cfg.grad_clip)
+    } else {
+        grad_norm(&model, &grads)
+    };
+    let model = optim.step(cfg.lr_at(step), model, grads);
+    let ema = ema_update(ema, &model, cfg.ema_decay_at(step));
+    (model, ema, loss.inner(), norm)
+}
+
+/// Train `model` (built on the autodiff device `device`) on `data`.
+pub fn train<M>(
+    model: M,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    device: &Device,
+    opts: TrainOptions<'_>,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainOutcome<M>, TrainError>
+where
+    M: Module + Denoiser,
+{
+    cfg.check().map_err(TrainError::Config)?;
+    if data.len == 0 {
+        return Err(TrainError::Data(format!("{} has no images", data.name)));
+    }
+    let schedule = NoiseSchedule::new(cfg.beta_schedule, cfg.timesteps)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    let mut model = model;
+    let mut ema = model.valid();
+    let mut optim = optimizer(cfg);
+    let mut state = TrainState {
+        step: 0,
+        seed: cfg.seed,
+        rng: "chacha8: step s draws from stream s of the seed".into(),
+        elapsed_s: 0.0,
+        last_loss: None,
+    };
+    let mut log = Vec::new();
+    let mut resumed = false;
+    if let (Some(dir), true) = (opts.run_dir, opts.resume)
+        && let Some(ck) = checkpoint::latest(dir)
+    {
+        let (m, e, o, s) = load_checkpoint(&ck, model, ema, optim)?;
+        if s.seed != cfg.seed {
+            return Err(TrainError::Config(format!(
+                "{}: the checkpoint was trained with seed {} but the configuration says {}",
+                ck.display(),
+                s.seed,
+                cfg.seed
+            )));
+        }
+        (model, ema, optim, state) = (m, e, o, s);
+        log = read_log(&dir.join("log.jsonl"), state.step);
+        resumed = true;
+    }
+    if let Some(dir) = opts.run_dir {
+        std::fs::create_dir_all(dir).map_err(|e| checkpoint::io_err(dir, e))?;
+        write_log(&dir.join("log.jsonl"), &log)?;
+    }
+    on_event(&TrainEvent::Started {
+        step: state.step,
+        total: cfg.steps,
+        resumed,
+    });
+
+    let mut batcher = Batcher::new(cfg.seed, cfg.batch_size, data.len);
+    let start = Instant::now();
+    let base_elapsed = state.elapsed_s;
+    let mut window = (Instant::now(), state.step);
+    let mut pending: Option<(u64, Tensor<1>, Option<Tensor<1>>, f64)> = None;
+    let mut last_finite = state
+        .last_loss
+        .map_or("none".to_string(), |l| format!("{l:.6}"));
+    let mut status = TrainStatus::Finished;
+    let stop_at = opts.stop_at.unwrap_or(cfg.steps).min(cfg.steps);
+
+    let mut log_file = match opts.run_dir {
+        Some(dir) => Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("log.jsonl"))
+                .map_err(|e| checkpoint::io_err(&dir.join("log.jsonl"), e))?,
+        ),
+        None => None,
+    };
+
+    while state.step < stop_at {
+        let step = state.step;
+        let lr = cfg.lr_at(step);
+        let x0 = data.batch(&batcher.indices(step), device);
+        let (m, e, loss, norm) = train_step(model, ema, &mut optim, cfg, &schedule, x0, step);
+        (model, ema) = (m, e);
+        state.step = step + 1;
+        on_event(&TrainEvent::Step { step: state.step });
+
+        let log_now = state.step % cfg.log_every == 0 || state.step == stop_at;
+        if log_now {
+            pending = Some((state.step, loss.clone(), norm, lr));
+        }
+        if let Some((s, l, n, lr_s)) = pending.take() {
+            let value = l.into_scalar::<f32>() as f64;
+            let gn = n.map_or(f64::NAN, |n| n.into_scalar::<f32>() as f64);
+            if !value.is_finite() || gn.is_infinite() {
+                return Err(TrainError::NonFinite {
+                    step: s,
+                    value,
+                    last_finite,
+                });
+            }
+            last_finite = format!("{value:.6} at step {s}");
+            state.last_loss = Some(value);
+            let now = Instant::now();
+            let rate = (s - window.1) as f64 / now.duration_since(window.0).as_secs_f64().max(1e-9);
+            window = (now, s);
+            let rec = LogRecord {
+                step: s,
+                loss: value,
+                grad_norm: gn,
+                lr: lr_s,
+                elapsed_s: base_elapsed + start.elapsed().as_secs_f64(),
+                steps_per_s: rate,
+            };
+            if let Some(f) = &mut log_file {
+                let line = serde_json::to_string(&rec).expect("log record serialises");
+                writeln!(f, "{line}").map_err(|e| checkpoint::io_err(Path::new("log.jsonl"), e))?;
+            }
+            on_event(&TrainEvent::Log(rec.clone()));
+            log.push(rec);
+        }
+
+        let stop_requested = opts.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        let at_checkpoint = cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0;
+        let last = state.step == stop_at;
+        if let Some(dir) = opts.run_dir
+            && (at_checkpoint || last || stop_requested)
+        {
+            if !log_now {
+                // Never publish a checkpoint whose weights were not checked for NaN.
+                let value = loss.into_scalar::<f32>() as f64;
+                if !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: state.step,
+                        value,
+                        last_finite,
+                    });
+                }
+                state.last_loss = Some(value);
+            }
+            state.elapsed_s = base_elapsed + start.elapsed().as_secs_f64();
+            let path = save_checkpoint(dir, &model, &ema, &optim, &state, cfg.keep_checkpoints)?;
+            on_event(&TrainEvent::Checkpoint {
+                step: state.step,
+                path,
+            });
+        }
+        if stop_requested {
+            status = TrainStatus::Interrupted;
+            break;
+        }
+    }
+    if state.step < cfg.steps && status == TrainStatus::Finished {
+        status = TrainStatus::Interrupted;
+    }
+    state.elapsed_s = base_elapsed + start.elapsed().as_secs_f64();
+    if let (Some(dir), TrainStatus::Finished) = (opts.run_dir, status) {
+        let rec = |e: burn::store::RecordError, f: &str| checkpoint::io_err(&dir.join(f), e);
+        model
+            .clone()
+            .save_file(dir.join(MODEL_FILE))
+            .map_err(|e| rec(e, MODEL_FILE))?;
+        ema.clone()
+            .save_file(dir.join(EMA_FILE))
+            .map_err(|e| rec(e, EMA_FILE))?;
+        write_atomic(
+            &dir.join(STATE_FILE),
+            &serde_json::to_vec_pretty(&state).expect("state serialises"),
+        )?;
+    }
+    Ok(TrainOutcome {
+        model,
+        ema,
+        state,
+        status,
+        log,
+    })
+}

@@ -1,0 +1,175 @@
+//! Genome: validation with paths, canonical form, search-space operators, cost model.
+
+use crate::common::tiny16;
+use diffnas::genome::{Budget, Genome, ImageSpec, SearchSpace, cost};
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+
+#[test]
+fn presets_are_valid_in_their_default_space() {
+    for name in Genome::PRESETS {
+        let g = Genome::preset(name).unwrap();
+        g.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+        SearchSpace::for_image(g.image)
+            .validate(&g)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+#[test]
+fn reference_parameter_counts() {
+    // The DDPM CIFAR-10 UNet has 35,746,307 parameters (Ho et al. 2020; counted on the official
+    // TensorFlow model and its PyTorch ports).
+    assert_eq!(cost(&Genome::ddpm_cifar10()).unwrap().params, 35_746_307);
+    // IDDPM CIFAR-10 (3 blocks, attention at 16 and 8, scale-shift): about 52.5 M.
+    let iddpm = cost(&Genome::iddpm_cifar10()).unwrap().params as f64 / 1e6;
+    assert!((52.0..53.0).contains(&iddpm), "iddpm {iddpm} M");
+    // The DDPM model costs about 6.1 GMACs per 32x32 image.
+    let macs = cost(&Genome::ddpm_cifar10()).unwrap().macs as f64 / 1e9;
+    assert!((5.9..6.3).contains(&macs), "ddpm {macs} GMACs");
+    let tiny = cost(&Genome::tiny()).unwrap().params;
+    assert!(
+        (100_000..1_000_000).contains(&tiny),
+        "tiny has {tiny} params"
+    );
+}
+
+#[test]
+fn validation_names_the_path_and_the_allowed_values() {
+    let mut g = Genome::ddpm_cifar10();
+    g.encoder[2].channel_mult = 7;
+    g.encoder[1].res_blocks[0].kernels[1] = 4;
+    let err = SearchSpace::for_image(g.image)
+        .validate(&g)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("encoder[2].channel_mult: 7 is not one of [1, 2, 3, 4]"),
+        "{err}"
+    );
+    assert!(err.contains("encoder[1].res_blocks[0].kernels[1]"), "{err}");
+
+    let mut g = Genome::tiny();
+    g.decoder[0].res_blocks.pop();
+    let err = g.check().unwrap_err().to_string();
+    assert!(
+        err.contains("decoder[0].res_blocks: has 1 blocks but must have 2"),
+        "{err}"
+    );
+
+    let mut g = Genome::tiny();
+    g.attention.resolutions = vec![5];
+    let err = g.check().unwrap_err().to_string();
+    assert!(
+        err.contains("attention.resolutions[0]: 5 is not a level resolution"),
+        "{err}"
+    );
+
+    let mut g = Genome::tiny();
+    g.base_channels = 20;
+    let err = g.check().unwrap_err().to_string();
+    assert!(
+        err.contains("base_channels: 20 is not a multiple of norm_groups = 8"),
+        "{err}"
+    );
+
+    let space = SearchSpace::for_image(Genome::ddpm_cifar10().image).with_budget(Budget {
+        max_params: Some(1_000_000),
+        ..Budget::default()
+    });
+    let err = space
+        .validate(&Genome::ddpm_cifar10())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("35746307 parameters exceed the budget max_params = 1000000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn json_errors_carry_the_field_path() {
+    let mut v: serde_json::Value = serde_json::to_value(Genome::tiny()).unwrap();
+    v["encoder"][1]["channel_mult"] = serde_json::json!("two");
+    let err = Genome::from_json(&v.to_string()).unwrap_err();
+    assert_eq!(err.path, "encoder[1].channel_mult");
+    v["encoder"][1]["channel_mult"] = serde_json::json!(2);
+    v["encoder"][1]["res_blocks"][0]["kernel"] = serde_json::json!(3);
+    let err = Genome::from_json(&v.to_string()).unwrap_err();
+    assert!(err.path.starts_with("encoder[1].res_blocks[0]"), "{err}");
+    assert!(err.message.contains("unknown field `kernel`"), "{err}");
+}
+
+#[test]
+fn canonical_json_and_hash() {
+    let g = Genome::tiny();
+    let back = Genome::from_json(&g.to_json_pretty()).unwrap();
+    assert_eq!(back, g);
+    assert_eq!(back.hash(), g.hash());
+    assert_eq!(g.hash().len(), 16);
+    // Attention resolutions are a set: order does not change the network or the hash.
+    let mut a = Genome::iddpm_cifar10();
+    let mut b = a.clone();
+    a.attention.resolutions = vec![16, 8];
+    b.attention.resolutions = vec![8, 16];
+    assert_eq!(a.hash(), b.hash());
+    // A real change does.
+    b.encoder[0].res_blocks[0].hidden_mult = 0.75;
+    assert_ne!(a.hash(), b.hash());
+    // Canonical JSON has sorted keys and no whitespace.
+    let c = g.canonical_json();
+    assert!(c.starts_with("{\"attention\":"), "{c}");
+    assert!(!c.contains(' '));
+}
+
+fn small_space() -> SearchSpace {
+    let mut s = SearchSpace::for_image(ImageSpec {
+        channels: 1,
+        size: 16,
+    });
+    s.base_channels = vec![16, 32];
+    s
+}
+
+#[test]
+fn random_and_mutate_stay_valid() {
+    let space = small_space();
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut hashes = std::collections::HashSet::new();
+    for _ in 0..100 {
+        let g = space.random(&mut rng, 1000).expect("a valid genome");
+        space.validate(&g).unwrap();
+        hashes.insert(g.hash());
+        let m = space.mutate(&g, &mut rng, 100).expect("a mutation");
+        space.validate(&m).unwrap();
+        assert_ne!(m.hash(), g.hash());
+        let other = space.random(&mut rng, 1000).unwrap();
+        let child = space.crossover(&g, &other, &mut rng);
+        child.check().unwrap();
+    }
+    assert!(hashes.len() > 90, "random genomes should rarely repeat");
+}
+
+#[test]
+fn random_respects_the_budget() {
+    let space = small_space().with_budget(Budget {
+        max_params: Some(300_000),
+        ..Budget::default()
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..20 {
+        let g = space.random(&mut rng, 5000).expect("budget is reachable");
+        assert!(cost(&g).unwrap().params <= 300_000);
+    }
+    let impossible = small_space().with_budget(Budget {
+        max_params: Some(10),
+        ..Budget::default()
+    });
+    assert!(impossible.random(&mut rng, 50).is_none());
+}
+
+#[test]
+fn tiny16_is_small() {
+    let c = cost(&tiny16()).unwrap();
+    assert!(c.params < 1_000_000 && c.macs > 0);
+}

@@ -1,0 +1,188 @@
+//! Training: exact resume (in process and after a real process kill), the NaN guard, learning
+//! on real data.
+
+use crate::common::{param_values, tiny16};
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
+use diffnas::data::{DataSource, Dataset, Split};
+use diffnas::diffusion::Denoiser;
+use diffnas::model::Unet;
+use diffnas::train::{TrainConfig, TrainError, TrainOptions, TrainStatus, train};
+use rand::RngExt;
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+
+/// 24 random 16x16 grayscale images.
+pub fn synthetic(n: usize) -> Dataset {
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    Dataset {
+        name: "synthetic".into(),
+        pixels: (0..n * 256).map(|_| rng.random::<u8>()).collect(),
+        labels: None,
+        len: n,
+        channels: 1,
+        height: 16,
+        width: 16,
+    }
+}
+
+fn cfg() -> TrainConfig {
+    TrainConfig::tiny()
+        .with_steps(12)
+        .with_batch_size(4)
+        .with_checkpoint_every(4)
+        .with_log_every(2)
+        .with_warmup_steps(3)
+        .with_seed(17)
+}
+
+fn run(dir: &std::path::Path, stop_at: Option<u64>, init_seed: u64) -> (Unet, Unet, TrainStatus) {
+    let device = Device::flex().autodiff();
+    device.seed(init_seed);
+    let mut g = tiny16();
+    g.dropout = 0.1; // dropout masks must also replay exactly
+    let model = Unet::new(&g, &device).unwrap();
+    let out = train(
+        model,
+        &synthetic(24),
+        &cfg(),
+        &device,
+        TrainOptions {
+            run_dir: Some(dir),
+            resume: true,
+            stop: None,
+            stop_at,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    (out.model, out.ema, out.status)
+}
+
+#[test]
+fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (m_full, e_full, s) = run(a.path(), None, 1);
+    assert_eq!(s, TrainStatus::Finished);
+    let (_, _, s) = run(b.path(), Some(6), 1);
+    assert_eq!(s, TrainStatus::Interrupted);
+    // The resumed process starts from differently initialised weights: everything must come
+    // from the checkpoint.
+    let (m_res, e_res, s) = run(b.path(), None, 12345);
+    assert_eq!(s, TrainStatus::Finished);
+    assert_eq!(param_values(&m_full), param_values(&m_res));
+    assert_eq!(param_values(&e_full), param_values(&e_res));
+    // The log has one line per logged step, with no duplicates after the resume.
+    let log = std::fs::read_to_string(b.path().join("log.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![2, 4, 6, 8, 10, 12]);
+    // Only the newest checkpoints are kept.
+    let kept = std::fs::read_dir(b.path().join("checkpoints"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 3, "two checkpoint folders plus the `latest` pointer");
+}
+
+#[derive(Module, Debug)]
+struct Exploding {
+    w: Param<Tensor<1>>,
+}
+
+impl Denoiser for Exploding {
+    fn predict_eps(&self, x_t: Tensor<4>, _t: Tensor<1>) -> Tensor<4> {
+        // Finite for the first steps, then the weight blows up through the gradient.
+        x_t * self.w.val().reshape([1, 1, 1, 1]).exp()
+    }
+}
+
+#[test]
+fn nan_guard_stops_the_run_with_a_clear_message() {
+    let device = Device::flex().autodiff();
+    let model = Exploding {
+        w: Param::from_tensor(Tensor::from_floats([80.0], &device)),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = train(
+        model,
+        &synthetic(8),
+        &cfg().with_grad_clip(0.0),
+        &device,
+        TrainOptions {
+            run_dir: Some(dir.path()),
+            ..TrainOptions::default()
+        },
+        &mut |_| {},
+    )
+    .err()
+    .expect("the loss overflows");
+    assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("the loss became") && msg.contains("--lr"),
+        "{msg}"
+    );
+    // Nothing non-finite was published as a checkpoint.
+    assert!(diffnas::train::latest_checkpoint(dir.path()).is_none());
+}
+
+#[test]
+fn bad_configuration_names_the_field() {
+    let device = Device::flex().autodiff();
+    let model = Unet::new(&tiny16(), &device).unwrap();
+    let err = train(
+        model,
+        &synthetic(8),
+        &cfg().with_lr(0.0),
+        &device,
+        TrainOptions::default(),
+        &mut |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("train.lr: 0 must be in (0, 1]"), "{err}");
+}
+
+#[test]
+fn loss_goes_down_on_real_fashion_mnist() {
+    let Ok(mut data) = DataSource::FashionMnist(None).load(Split::Train) else {
+        assert!(
+            std::env::var_os("DIFFNAS_SKIP_FASHION_MNIST").is_some(),
+            "Fashion-MNIST is missing (apt-get install dataset-fashion-mnist)"
+        );
+        return;
+    };
+    data.truncate(512);
+    let data = data.to_spec(1, 16).unwrap();
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let model = Unet::new(&tiny16(), &device).unwrap();
+    let cfg = TrainConfig::tiny()
+        .with_steps(80)
+        .with_batch_size(16)
+        .with_lr(2e-3)
+        .with_warmup_steps(10)
+        .with_log_every(10);
+    let out = train(
+        model,
+        &data,
+        &cfg,
+        &device,
+        TrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let first = out.log.first().unwrap().loss;
+    let last = out.log.last().unwrap().loss;
+    // At initialisation the output conv is zero, so the loss is E[eps^2] = 1.
+    assert!((0.8..1.2).contains(&first), "first loss {first}");
+    assert!(last < 0.5 * first, "loss {first} -> {last}");
+}

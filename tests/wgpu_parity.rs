@@ -1,0 +1,91 @@
+//! wgpu (WGSL) vs flex (CPU) parity: same weights, same input, the UNet's forward output and its
+//! gradients agree. On a machine without a GPU this runs on Mesa's lavapipe (software Vulkan),
+//! which `.ci/run` installs. Set DIFFNAS_SKIP_WGPU=1 to skip where no adapter exists.
+//!
+//! Tolerance: max |wgpu - flex| <= 1e-3 * max(1, max |flex|) for every compared tensor (f32
+//! with different summation orders in convolutions, matmuls and reductions).
+
+use crate::common::{Randomize, max_abs_diff, tiny16, to_vec};
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use diffnas::device::{DeviceChoice, select};
+use diffnas::diffusion::eps_loss;
+use diffnas::model::Unet;
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+fn wgpu_device() -> Option<Device> {
+    match select(DeviceChoice::Wgpu) {
+        Ok(d) => {
+            eprintln!("wgpu parity on {}", d.info);
+            Some(d.device)
+        }
+        Err(e) if std::env::var_os("DIFFNAS_SKIP_WGPU").is_some() => {
+            eprintln!("skipping wgpu parity: {e}");
+            None
+        }
+        Err(e) => {
+            panic!("no wgpu adapter ({e}); install mesa-vulkan-drivers or set DIFFNAS_SKIP_WGPU=1")
+        }
+    }
+}
+
+fn tensor(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..shape.iter().product())
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+fn check(name: &str, flex: &[f32], wgpu: &[f32]) {
+    let scale = flex.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let d = max_abs_diff(flex, wgpu);
+    eprintln!("{name}: max |diff| = {d:.3e} (scale {scale:.3})");
+    assert!(
+        d <= 1e-3 * scale,
+        "{name}: max |wgpu - flex| = {d} > {}",
+        1e-3 * scale
+    );
+}
+
+#[test]
+fn unet_forward_and_gradients_match_flex() {
+    let Some(wgpu) = wgpu_device() else { return };
+    let flex = Device::flex();
+    // tiny at 16x16 with scale-shift norm on, so every block kind is exercised
+    // (attention at 4x4 and in the middle, skips, up/down-sampling).
+    let mut g = tiny16();
+    g.scale_shift_norm = true;
+    let make = |device: &Device| {
+        Unet::new(&g, &device.clone().autodiff())
+            .unwrap()
+            .map(&mut Randomize::new(5, 0.1))
+    };
+    let (mf, mw) = (make(&flex), make(&wgpu));
+    let t = [3.0f32, 250.0, 600.0, 999.0];
+    let run = |m: &Unet, device: &Device| {
+        let device = device.clone().autodiff();
+        let x = tensor([4, 1, 16, 16], 1, &device);
+        let target = tensor([4, 1, 16, 16], 2, &device);
+        let tt = Tensor::<1>::from_floats(t, &device);
+        let y = m.forward(x, tt);
+        let loss = eps_loss(y.clone(), target);
+        let grads = GradientsParams::from_grads(loss.backward(), m);
+        let pick = |id| to_vec(grads.get::<4>(id).expect("a gradient"));
+        (
+            to_vec(y.inner()),
+            pick(m.stem.weight.id),
+            pick(m.middle[0].attn.as_ref().unwrap().qkv.weight.id),
+            pick(m.decoder[2].blocks[0].res.conv1.weight.id),
+        )
+    };
+    let (yf, g1f, g2f, g3f) = run(&mf, &flex);
+    let (yw, g1w, g2w, g3w) = run(&mw, &wgpu);
+    check("forward output", &yf, &yw);
+    check("grad stem.weight", &g1f, &g1w);
+    check("grad middle attention qkv", &g2f, &g2w);
+    check("grad decoder[2] conv1", &g3f, &g3w);
+}
