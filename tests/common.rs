@@ -39,7 +39,9 @@ impl ModuleMapper for Randomize {
             let shape = t.shape();
             let n = shape.num_elements();
             let v: Vec<f32> = (0..n).map(|_| normal.sample(rng)).collect();
-            Tensor::from_data(TensorData::new(v, shape), &t.device())
+            let (tracked, device) = (t.is_require_grad(), t.device());
+            let new = Tensor::from_data(TensorData::new(v, shape), &device);
+            if tracked { new.require_grad() } else { new }
         })
     }
 }

@@ -144,8 +144,8 @@ fn random_and_mutate_stay_valid() {
         space.validate(&m).unwrap();
         assert_ne!(m.hash(), g.hash());
         let other = space.random(&mut rng, 1000).unwrap();
-        let child = space.crossover(&g, &other, &mut rng);
-        child.check().unwrap();
+        let child = space.crossover(&g, &other, &mut rng, 20);
+        space.validate(&child).unwrap();
     }
     assert!(hashes.len() > 90, "random genomes should rarely repeat");
 }

@@ -40,7 +40,10 @@ fn run(dir: &std::path::Path, stop_at: Option<u64>, init_seed: u64) -> (Unet, Un
     let device = Device::flex().autodiff();
     device.seed(init_seed);
     let mut g = tiny16();
-    g.dropout = 0.1; // dropout masks must also replay exactly
+    // Dropout masks come from the process-wide device RNG, which tests running in parallel in
+    // this process also draw from; the dropout replay is checked by the CLI kill test, where the
+    // training process is alone.
+    g.dropout = 0.0;
     let model = Unet::new(&g, &device).unwrap();
     let out = train(
         model,
@@ -71,8 +74,14 @@ fn resume_gives_the_same_weights_as_an_uninterrupted_run() {
     // from the checkpoint.
     let (m_res, e_res, s) = run(b.path(), None, 12345);
     assert_eq!(s, TrainStatus::Finished);
-    assert_eq!(param_values(&m_full), param_values(&m_res));
-    assert_eq!(param_values(&e_full), param_values(&e_res));
+    assert!(
+        param_values(&m_full) == param_values(&m_res),
+        "model weights differ after resume"
+    );
+    assert!(
+        param_values(&e_full) == param_values(&e_res),
+        "EMA weights differ after resume"
+    );
     // The log has one line per logged step, with no duplicates after the resume.
     let log = std::fs::read_to_string(b.path().join("log.jsonl")).unwrap();
     let steps: Vec<u64> = log
@@ -170,7 +179,7 @@ fn loss_goes_down_on_real_fashion_mnist() {
         .with_batch_size(16)
         .with_lr(2e-3)
         .with_warmup_steps(10)
-        .with_log_every(10);
+        .with_log_every(1);
     let out = train(
         model,
         &data,

@@ -6,7 +6,7 @@
 
 use super::genome_cmd::load_genome;
 use super::user_err;
-use crate::device::{DeviceChoice, DeviceInfo, SelectedDevice, select};
+use crate::device::{DeviceChoice, DeviceInfo, SelectedDevice};
 use crate::diffusion::{NoiseSchedule, SamplerKind, SamplingRun, make_sampler};
 use crate::genome::{Genome, cost};
 use crate::model::Unet;
@@ -194,7 +194,7 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
 }
 
 pub fn run_cli(a: BenchArgs) -> anyhow::Result<()> {
-    let selected = select(a.device)?;
+    let selected = super::select_device(a.device)?;
     eprintln!("device: {}", selected.info);
     let report = run_bench(&a, &selected)?;
     let json = serde_json::to_string_pretty(&report)?;

@@ -94,3 +94,17 @@ fn devices() -> anyhow::Result<()> {
     println!("--device auto picks: {}", picked.info);
     Ok(())
 }
+
+/// [`crate::device::select`], plus: when the CPU is chosen, make flex Burn's default device as
+/// well, so nothing that uses the default device (optimizer-state loading does) starts a GPU
+/// runtime behind the user's back.
+pub(crate) fn select_device(
+    choice: crate::device::DeviceChoice,
+) -> anyhow::Result<crate::device::SelectedDevice> {
+    let d = crate::device::select(choice)?;
+    if d.info.backend == "flex" && std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: called on the main thread before this process starts any thread of its own.
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
+    Ok(d)
+}

@@ -4,7 +4,7 @@
 use super::progress::bar;
 use super::run::{Weights, load_denoiser};
 use super::user_err;
-use crate::device::{DeviceChoice, SelectedDevice, select};
+use crate::device::{DeviceChoice, SelectedDevice};
 use crate::diffusion::{NoiseSchedule, SamplerKind, SamplingRun, make_sampler, to_pixels};
 use anyhow::Context;
 use clap::Args;
@@ -45,7 +45,7 @@ pub struct SampleArgs {
 }
 
 pub fn run(a: SampleArgs) -> anyhow::Result<()> {
-    let selected = select(a.device)?;
+    let selected = super::select_device(a.device)?;
     eprintln!("device: {}", selected.info);
     let out = sample_run(&a, &selected)?;
     if let Some(p) = out {

@@ -1,12 +1,12 @@
 //! `diffnas train`.
 
 use super::genome_cmd::load_genome;
-use super::progress::bar;
+use super::progress::{bar, note};
 use super::run::RunFiles;
 use super::sample::{SampleArgs, sample_run};
 use super::user_err;
 use crate::data::{DataSource, Split};
-use crate::device::{DeviceChoice, select};
+use crate::device::DeviceChoice;
 use crate::diffusion::{BetaSchedule, SamplerKind};
 use crate::model::Unet;
 use crate::train::{
@@ -112,7 +112,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<i32> {
             .map_or("run".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from("runs").join(stem)
     });
-    let selected = select(a.device)?;
+    let selected = super::select_device(a.device)?;
     let (genome, files) = if a.resume {
         let (genome, mut files) = RunFiles::read(&run_dir)?;
         if latest_checkpoint(&run_dir).is_none() {
@@ -186,7 +186,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<i32> {
             pb.set_position(*step);
             pb.reset_eta();
             if *resumed {
-                pb.println(format!("resumed at step {step}"));
+                note(&pb, format!("resumed at step {step}"));
             }
         }
         TrainEvent::Step { step } => pb.set_position(*step),
@@ -202,9 +202,10 @@ pub fn run(a: TrainArgs) -> anyhow::Result<i32> {
                 );
             }
         }
-        TrainEvent::Checkpoint { step, path } => {
-            pb.println(format!("checkpoint at step {step}: {}", path.display()))
-        }
+        TrainEvent::Checkpoint { step, path } => note(
+            &pb,
+            format!("checkpoint at step {step}: {}", path.display()),
+        ),
     };
     let outcome = train(
         model,

@@ -68,7 +68,7 @@ impl SearchSpace {
             .collect();
         SearchSpace {
             image,
-            base_channels: vec![16, 32, 48, 64, 96, 128, 192, 256],
+            base_channels: vec![16, 24, 32, 48, 64, 96, 128, 192, 256],
             num_levels,
             channel_mults: vec![1, 2, 3, 4],
             res_blocks: vec![1, 2, 3],
@@ -445,11 +445,25 @@ impl SearchSpace {
 
     /// Uniform crossover of two parents with the same number of levels: each global knob and
     /// each level (encoder level together with its mirrored decoder level) comes from either
-    /// parent. Parents of different depth give a copy of `a`.
-    pub fn crossover<R: rand::Rng + ?Sized>(&self, a: &Genome, b: &Genome, rng: &mut R) -> Genome {
+    /// parent. Returns a child that validates, trying `max_tries` mixes; falls back to a copy of
+    /// `a` (also for parents of different depth).
+    pub fn crossover<R: rand::Rng + ?Sized>(
+        &self,
+        a: &Genome,
+        b: &Genome,
+        rng: &mut R,
+        max_tries: usize,
+    ) -> Genome {
         if a.encoder.len() != b.encoder.len() {
             return a.clone();
         }
+        (0..max_tries)
+            .map(|_| self.mix(a, b, rng))
+            .find(|g| self.validate(g).is_ok())
+            .unwrap_or_else(|| a.clone())
+    }
+
+    fn mix<R: rand::Rng + ?Sized>(&self, a: &Genome, b: &Genome, rng: &mut R) -> Genome {
         let pick = |rng: &mut R| rng.random_bool(0.5);
         let mut g = a.clone();
         if pick(rng) {
