@@ -189,7 +189,7 @@ impl DataSource {
                 };
                 idx_dataset("fashion-mnist", &dirs, split)
             }
-            DataSource::Mnist(p) => idx_dataset("mnist", &[p.clone()], split),
+            DataSource::Mnist(p) => idx_dataset("mnist", std::slice::from_ref(p), split),
             DataSource::Cifar10(p) => read_cifar10(p, split),
             DataSource::Folder(p) => read_image_folder(p),
         }
@@ -266,7 +266,7 @@ fn convert_channels(img: &[u8], from: usize, to: usize, hw: usize) -> Option<Vec
 
 /// One plane `h x w` -> `size x size`: centred zero padding when it fits evenly, else resize.
 fn fit_plane(plane: &[u8], h: usize, w: usize, size: usize) -> Vec<u8> {
-    if h <= size && w <= size && (size - h) % 2 == 0 && (size - w) % 2 == 0 {
+    if h <= size && w <= size && (size - h).is_multiple_of(2) && (size - w).is_multiple_of(2) {
         let (top, left) = ((size - h) / 2, (size - w) / 2);
         let mut out = vec![0u8; size * size];
         for y in 0..h {

@@ -86,7 +86,7 @@ impl NoiseSchedule {
 
     /// Build from explicit betas (used by respacing), checking the invariants.
     pub fn from_betas(kind: BetaSchedule, betas: Vec<f64>) -> Result<Self, ScheduleError> {
-        if betas.len() < 1 {
+        if betas.is_empty() {
             return Err(ScheduleError::TooFewSteps(betas.len()));
         }
         for (index, &value) in betas.iter().enumerate() {

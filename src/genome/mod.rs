@@ -159,6 +159,10 @@ pub struct ResBlockShape {
     pub attention: bool,
 }
 
+/// One level of a derived layout: its blocks, and `Some((channels, resolution))` of the
+/// resampling convolution that follows them.
+pub type LevelLayout = (Vec<ResBlockShape>, Option<(usize, usize)>);
+
 /// Derived layout of a whole UNet: everything the builder and the cost model need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnetLayout {
@@ -169,12 +173,12 @@ pub struct UnetLayout {
     pub scale_shift_norm: bool,
     /// Per encoder level: its blocks, and `Some((channels, resolution))` of the downsample
     /// that follows it (None for the last level).
-    pub encoder: Vec<(Vec<ResBlockShape>, Option<(usize, usize)>)>,
+    pub encoder: Vec<LevelLayout>,
     /// Middle ResBlock, attention, ResBlock (attention always on in the middle).
     pub middle: [ResBlockShape; 2],
     /// Per decoder level: its blocks, and `Some((channels, resolution))` of the upsample that
     /// follows it (None for the last, full-resolution level).
-    pub decoder: Vec<(Vec<ResBlockShape>, Option<(usize, usize)>)>,
+    pub decoder: Vec<LevelLayout>,
     /// Width entering the head.
     pub head_channels: usize,
 }
@@ -233,7 +237,7 @@ impl Genome {
         }
         if self.base_channels == 0 {
             e("base_channels".into(), "0 is not a valid width".into());
-        } else if self.norm_groups > 0 && self.base_channels % self.norm_groups != 0 {
+        } else if self.norm_groups > 0 && !self.base_channels.is_multiple_of(self.norm_groups) {
             e(
                 "base_channels".into(),
                 format!(
@@ -254,7 +258,7 @@ impl Genome {
         let levels = self.encoder.len();
         if levels > 0 && self.image.size >= 4 {
             let div = 1usize << (levels - 1);
-            if self.image.size % div != 0 {
+            if !self.image.size.is_multiple_of(div) {
                 e(
                     "encoder".into(),
                     format!(

@@ -64,7 +64,7 @@ impl SearchSpace {
     /// The default space for images of a given spec (ALGORITHMS.md section 2).
     pub fn for_image(image: ImageSpec) -> SearchSpace {
         let num_levels = (2..=4)
-            .filter(|&l| image.size % (1 << (l - 1)) == 0 && (image.size >> (l - 1)) >= 4)
+            .filter(|&l| image.size.is_multiple_of(1 << (l - 1)) && (image.size >> (l - 1)) >= 4)
             .collect();
         SearchSpace {
             image,
@@ -122,14 +122,14 @@ impl SearchSpace {
             &g.encoder.len(),
             &self.num_levels,
         );
-        if !self.num_levels.contains(&g.encoder.len()) {
-            if let Some(last) = errs.last_mut() {
-                last.message = format!(
-                    "has {} levels; allowed level counts are {:?}",
-                    g.encoder.len(),
-                    self.num_levels
-                );
-            }
+        if !self.num_levels.contains(&g.encoder.len())
+            && let Some(last) = errs.last_mut()
+        {
+            last.message = format!(
+                "has {} levels; allowed level counts are {:?}",
+                g.encoder.len(),
+                self.num_levels
+            );
         }
         not_one_of(
             &mut errs,

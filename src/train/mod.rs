@@ -336,7 +336,7 @@ where
         state.step = step + 1;
         on_event(&TrainEvent::Step { step: state.step });
 
-        let log_now = state.step % cfg.log_every == 0 || state.step == stop_at;
+        let log_now = state.step.is_multiple_of(cfg.log_every) || state.step == stop_at;
         if log_now {
             pending = Some((state.step, loss.clone(), norm, lr));
         }
@@ -372,7 +372,8 @@ where
         }
 
         let stop_requested = opts.stop.is_some_and(|s| s.load(Ordering::SeqCst));
-        let at_checkpoint = cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0;
+        let at_checkpoint =
+            cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every);
         let last = state.step == stop_at;
         if let Some(dir) = opts.run_dir
             && (at_checkpoint || last || stop_requested)
