@@ -310,7 +310,6 @@ where
     let start = Instant::now();
     let base_elapsed = state.elapsed_s;
     let mut window = (Instant::now(), state.step);
-    let mut pending: Option<(u64, Tensor<1>, Option<Tensor<1>>, f64)> = None;
     let mut last_finite = state
         .last_loss
         .map_or("none".to_string(), |l| format!("{l:.6}"));
@@ -338,11 +337,10 @@ where
 
         let log_now = state.step.is_multiple_of(cfg.log_every) || state.step == stop_at;
         if log_now {
-            pending = Some((state.step, loss.clone(), norm, lr));
-        }
-        if let Some((s, l, n, lr_s)) = pending.take() {
-            let value = l.into_scalar::<f32>() as f64;
-            let gn = n.map_or(f64::NAN, |n| n.into_scalar::<f32>() as f64);
+            // Reading the loss is a device sync: only every `log_every` steps.
+            let s = state.step;
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            let gn = norm.map_or(f64::NAN, |n| n.into_scalar::<f32>() as f64);
             if !value.is_finite() || gn.is_infinite() {
                 return Err(TrainError::NonFinite {
                     step: s,
@@ -359,7 +357,7 @@ where
                 step: s,
                 loss: value,
                 grad_norm: gn,
-                lr: lr_s,
+                lr,
                 elapsed_s: base_elapsed + start.elapsed().as_secs_f64(),
                 steps_per_s: rate,
             };
