@@ -2,8 +2,9 @@
 //! gradients agree. On a machine without a GPU this runs on Mesa's lavapipe (software Vulkan),
 //! which `.ci/run` installs. Set DIFFNAS_SKIP_WGPU=1 to skip where no adapter exists.
 //!
-//! Tolerance: max |wgpu - flex| <= 1e-3 * max(1, max |flex|) for every compared tensor (f32
-//! with different summation orders in convolutions, matmuls and reductions).
+//! Tolerance: max |wgpu - flex| <= 1e-4 * max |flex| + 1e-9 for every compared tensor (f32 with
+//! different summation orders in convolutions, matmuls and reductions). Measured on lavapipe:
+//! about 4e-7 relative on the output, 1e-5 or less on the gradients.
 
 use crate::common::{Randomize, max_abs_diff, tiny16, to_vec};
 use burn::module::Module;
@@ -41,14 +42,18 @@ fn tensor(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
 }
 
 fn check(name: &str, flex: &[f32], wgpu: &[f32]) {
-    let scale = flex.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let d = max_abs_diff(flex, wgpu);
-    eprintln!("{name}: max |diff| = {d:.3e} (scale {scale:.3})");
+    let scale = flex.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(
-        d <= 1e-3 * scale,
-        "{name}: max |wgpu - flex| = {d} > {}",
-        1e-3 * scale
+        scale > 0.0,
+        "{name}: all zero, the comparison would say nothing"
     );
+    let d = max_abs_diff(flex, wgpu);
+    let tol = 1e-4 * scale + 1e-9;
+    eprintln!(
+        "{name}: max |diff| = {d:.3e}, max |flex| = {scale:.3e}, relative {:.2e}",
+        d / scale
+    );
+    assert!(d <= tol, "{name}: max |wgpu - flex| = {d} > {tol}");
 }
 
 #[test]
