@@ -8,12 +8,15 @@
 //! - `diffusion` -> burn only; it owns the [`diffusion::Denoiser`] trait.
 //! - `model` -> genome, diffusion. The only place a genome meets Burn.
 //! - `data` -> burn, image. `train` -> diffusion, data (generic over a `Denoiser` module).
+//! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
+//!   f64 linear algebra (faer).
 //! - `cli` -> everything. `device` -> burn, wgpu.
 //!
 //! `genome`, `model` and `diffusion` build for wasm; everything that touches files, the
 //! terminal or the network sits behind the default `cli` feature.
 
 pub mod diffusion;
+pub mod eval;
 pub mod genome;
 pub mod model;
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Debian's Fashion-MNIST (installed by `.ci/run`). Set DIFFNAS_SKIP_FASHION_MNIST=1 to skip on
 /// a machine without it.
-fn fashion_dir() -> Option<PathBuf> {
+pub fn fashion_dir() -> Option<PathBuf> {
     let dir = DataSource::fashion_mnist_dirs()
         .into_iter()
         .find(|d| d.join("train-images-idx3-ubyte.gz").is_file());

@@ -94,3 +94,17 @@ fn unet_forward_and_gradients_match_flex() {
     check("grad middle attention qkv", &g2f, &g2w);
     check("grad decoder[2] conv1", &g3f, &g3w);
 }
+
+/// The FID Inception on wgpu against pytorch-fid's features (same fixture as the flex test).
+#[test]
+fn inception_features_match_pytorch_fid_on_wgpu() {
+    let Some(device) = wgpu_device() else { return };
+    let p = crate::eval::parity();
+    let ext = diffnas::eval::extract::InceptionExtractor::synthetic(&device);
+    let t0 = std::time::Instant::now();
+    let worst = crate::eval::check_features(&ext, &p, &[0, 4], 1e-4);
+    eprintln!(
+        "wgpu vs pytorch-fid: worst relative difference {worst:.2e} ({:.1} s incl. kernel compilation)",
+        t0.elapsed().as_secs_f64()
+    );
+}

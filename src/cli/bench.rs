@@ -33,6 +33,13 @@ pub struct BenchArgs {
     /// Timed denoiser evaluations for sampling (0 skips sampling).
     #[arg(long, default_value_t = 10)]
     pub sample_evals: usize,
+    /// Images pushed through a metric feature extractor (0 skips it). The Inception uses the
+    /// formula weights: the same arithmetic as the pretrained file, with no download.
+    #[arg(long, default_value_t = 0)]
+    pub extract_images: usize,
+    /// Which extractor --extract-images measures: inception or classifier.
+    #[arg(long, default_value = "inception", value_parser = ["inception", "classifier"])]
+    pub extractor: String,
     /// Untimed warm-up steps before each measurement.
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
@@ -67,6 +74,19 @@ pub struct SampleBench {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtractBench {
+    pub extractor: String,
+    /// Input images `[channels, height, width]` (the genome's; Inception resizes to 299).
+    pub input: [usize; 3],
+    pub batch_size: usize,
+    pub images: usize,
+    pub seconds: f64,
+    pub images_per_s: f64,
+    /// One untimed batch (kernel compilation, autotune).
+    pub warmup_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     pub tool: String,
     pub version: String,
@@ -78,6 +98,7 @@ pub struct BenchReport {
     pub device: DeviceInfo,
     pub train: Option<TrainBench>,
     pub sample: Option<SampleBench>,
+    pub extract: Option<ExtractBench>,
     /// Bytes the device allocator held at the end (None where the backend does not report it).
     pub device_bytes_reserved: Option<u64>,
 }
@@ -168,6 +189,49 @@ fn bench_sample(g: &Genome, a: &BenchArgs, device: &Device, macs: u64) -> Sample
     }
 }
 
+fn bench_extract(g: &Genome, a: &BenchArgs, device: &Device) -> ExtractBench {
+    use crate::eval::classifier::Classifier;
+    use crate::eval::extract::{ClassifierExtractor, FeatureExtractor, InceptionExtractor};
+    let input = [g.image.channels, g.image.size, g.image.size];
+    let ext: Box<dyn FeatureExtractor> = if a.extractor == "classifier" {
+        let side = g.image.size.div_ceil(4) * 4;
+        let net = Classifier::new([g.image.channels, side, side], 10, device);
+        let meta = crate::eval::classifier::ClassifierMeta {
+            input: net.input(),
+            classes: 10,
+            data: "untrained".into(),
+            train_images: 0,
+            test_accuracy: 0.0,
+            epochs: 0,
+            seed: 0,
+        };
+        Box::new(ClassifierExtractor::new(net, meta, "untrained", device))
+    } else {
+        Box::new(InceptionExtractor::synthetic(device).with_batch_size(a.batch_size))
+    };
+    let b = a.batch_size;
+    let pixels = crate::eval::synthetic::bytes(1, b * input.iter().product::<usize>());
+    let shape = [b, input[0], input[1], input[2]];
+    let t0 = Instant::now();
+    let _ = ext.extract(&pixels, shape);
+    let warmup_seconds = t0.elapsed().as_secs_f64();
+    let batches = a.extract_images.div_ceil(b);
+    let t0 = Instant::now();
+    for _ in 0..batches {
+        let _ = ext.extract(&pixels, shape);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    ExtractBench {
+        extractor: ext.id().kind.clone(),
+        input,
+        batch_size: b,
+        images: batches * b,
+        seconds,
+        images_per_s: (batches * b) as f64 / seconds,
+        warmup_seconds,
+    }
+}
+
 /// Run the benchmark on an already selected device.
 pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<BenchReport> {
     if a.batch_size == 0 {
@@ -178,6 +242,7 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
     let device = &selected.device;
     let train = (a.train_steps > 0).then(|| bench_train(&g, a, device, c.macs));
     let sample = (a.sample_evals > 0).then(|| bench_sample(&g, a, device, c.macs));
+    let extract = (a.extract_images > 0).then(|| bench_extract(&g, a, device));
     Ok(BenchReport {
         tool: "diffnas".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -189,6 +254,7 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
         device: selected.info.clone(),
         train,
         sample,
+        extract,
         device_bytes_reserved: device.memory_pool_usage().map(|u| u.bytes_reserved),
     })
 }

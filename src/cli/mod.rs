@@ -2,6 +2,7 @@
 //! here and in `main.rs`.
 
 mod bench;
+pub mod eval_cmd;
 mod genome_cmd;
 mod progress;
 mod run;
@@ -37,6 +38,12 @@ pub enum Command {
     Devices,
     /// Measure training and sampling throughput for a genome, batch size and device (JSON).
     Bench(BenchArgs),
+    /// Metrics: FID / FD-classifier and KID, reference statistics, the offline classifier.
+    #[command(subcommand)]
+    Eval(eval_cmd::EvalCmd),
+    /// Download the Inception weights for FID, or show where weights are looked for.
+    #[command(subcommand)]
+    Weights(eval_cmd::WeightsCmd),
 }
 
 /// Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, files, genomes),
@@ -79,6 +86,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Genome(c) => genome_cmd::run(c),
         Command::Devices => devices().map(|_| 0),
         Command::Bench(a) => bench::run_cli(a).map(|_| 0),
+        Command::Eval(c) => eval_cmd::run_eval(c),
+        Command::Weights(c) => eval_cmd::run_weights(c),
     }
 }
 
