@@ -155,7 +155,11 @@ fn strict_loading_names_missing_and_misshaped_tensors() {
     assert!(problems.contains(&Problem::Missing(
         "Mixed_7c.branch_pool.bn.running_var".into()
     )));
-    assert!(!problems.iter().any(|p| matches!(p, Problem::Missing(n) if n.starts_with("Conv2d_1a_3x3"))));
+    assert!(
+        !problems
+            .iter()
+            .any(|p| matches!(p, Problem::Missing(n) if n.starts_with("Conv2d_1a_3x3")))
+    );
     // The extractor refuses it, and the message names the tensors.
     let err = InceptionExtractor::load(&fixture("inception_part.pth"), &Device::flex())
         .err()
@@ -167,15 +171,20 @@ fn strict_loading_names_missing_and_misshaped_tensors() {
     // In memory: one tensor removed, one reshaped, one stray; fc.* is allowed.
     let mut w = TensorMap::synthetic();
     assert!(w.check().is_ok());
-    w.tensors.insert("fc.weight".into(), (vec![1008, 2048], vec![]));
+    w.tensors
+        .insert("fc.weight".into(), (vec![1008, 2048], vec![]));
     assert!(w.check().is_ok());
     w.tensors.remove("Mixed_6c.branch7x7_2.bn.bias");
-    let v = w.tensors.remove("Mixed_5b.branch_pool.conv.weight").unwrap();
+    let v = w
+        .tensors
+        .remove("Mixed_5b.branch_pool.conv.weight")
+        .unwrap();
     w.tensors.insert(
         "Mixed_5b.branch_pool.conv.weight".into(),
         (vec![32, 192, 1, 2], v.1),
     );
-    w.tensors.insert("Mixed_8a.conv.weight".into(), (vec![1], vec![0.0]));
+    w.tensors
+        .insert("Mixed_8a.conv.weight".into(), (vec![1], vec![0.0]));
     let problems = mismatch(FidInception::from_tensors(&w, &Device::flex()).unwrap_err());
     assert_eq!(
         problems,
@@ -245,7 +254,11 @@ fn frechet_closed_forms() {
     let mu2: Vec<f64> = (0..d).map(|i| 1.0 - i as f64 * 0.05).collect();
     let a: Vec<f64> = (0..d).map(|i| 0.5 + i as f64).collect();
     let b: Vec<f64> = (0..d).map(|i| 2.0 + (i as f64).sqrt()).collect();
-    let want: f64 = mu1.iter().zip(&mu2).map(|(x, y)| (x - y).powi(2)).sum::<f64>()
+    let want: f64 = mu1
+        .iter()
+        .zip(&mu2)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
         + a.iter()
             .zip(&b)
             .map(|(x, y)| (x.sqrt() - y.sqrt()).powi(2))
@@ -311,7 +324,11 @@ fn frechet_2048_matches_scipy_and_kid_matches_numpy() {
     let sx = acc.finish().unwrap();
     let sy = FeatureStats::of(&y, d).unwrap();
     let tr: f64 = (0..d).map(|i| sx.sigma[i * d + i]).sum();
-    assert!((tr - r.trace_s1).abs() < 1e-9 * r.trace_s1, "{tr} vs {}", r.trace_s1);
+    assert!(
+        (tr - r.trace_s1).abs() < 1e-9 * r.trace_s1,
+        "{tr} vs {}",
+        r.trace_s1
+    );
     let t0 = std::time::Instant::now();
     let f = frechet_distance(&sx, &sy).unwrap();
     eprintln!(
@@ -323,19 +340,30 @@ fn frechet_2048_matches_scipy_and_kid_matches_numpy() {
     );
     assert!((f.value - r.frechet).abs() < 1e-8 * r.frechet);
     let k = kid_first_rows(&x, &y, d, r.kid_m);
-    assert!((k - r.kid_full).abs() < 1e-9 * r.kid_full.abs().max(1e-3), "{k} vs {}", r.kid_full);
+    assert!(
+        (k - r.kid_full).abs() < 1e-9 * r.kid_full.abs().max(1e-3),
+        "{k} vs {}",
+        r.kid_full
+    );
     // The subset estimator: same sets give ~0, different sets give about the full value.
     let same = kid(&x, &x, d, 5, 200, 1).unwrap();
     assert!(same.mean.abs() < 0.2 * r.kid_full, "{}", same.mean);
     let diff = kid(&x, &y, d, 5, 200, 1).unwrap();
-    assert!((diff.mean - r.kid_full).abs() < 0.5 * r.kid_full, "{}", diff.mean);
+    assert!(
+        (diff.mean - r.kid_full).abs() < 0.5 * r.kid_full,
+        "{}",
+        diff.mean
+    );
 }
 
 #[test]
 fn reference_file_round_trips_and_refuses_another_extractor() {
     let dir = tempfile::tempdir().unwrap();
     let d = 8;
-    let feats: Vec<f32> = synthetic::unit(3, 50 * d).iter().map(|&v| v as f32).collect();
+    let feats: Vec<f32> = synthetic::unit(3, 50 * d)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
     let stats = FeatureStats::of(&feats, d).unwrap();
     let mut id = ExtractorId::classifier("abcdef0123456789ffff");
     id.dim = d;
@@ -363,7 +391,7 @@ fn reference_file_round_trips_and_refuses_another_extractor() {
     assert_eq!(back.meta, r.meta);
     let other = ExtractorId::inception("6726825d00");
     match Reference::load(&path, Some(&other)) {
-        Err(ReferenceError::Extractor { found, .. }) => assert_eq!(found, id),
+        Err(ReferenceError::Extractor { found, .. }) => assert_eq!(*found, id),
         other => panic!("expected an extractor mismatch, got {other:?}"),
     }
     std::fs::write(&path, b"not a statistics file").unwrap();

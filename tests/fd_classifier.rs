@@ -10,7 +10,9 @@ use burn::tensor::Device;
 use diffnas::cli::{Weights, load_denoiser};
 use diffnas::data::{DataSource, Split};
 use diffnas::diffusion::{NoiseSchedule, SamplerKind};
-use diffnas::eval::classifier::{ClassifierMeta, ClassifierTraining, LabelledImages, train_classifier};
+use diffnas::eval::classifier::{
+    ClassifierMeta, ClassifierTraining, LabelledImages, train_classifier,
+};
 use diffnas::eval::extract::{ClassifierExtractor, FeatureExtractor};
 use diffnas::eval::reference::{Reference, ReferenceMeta};
 use diffnas::eval::rfid::{GenerationConfig, KidConfig, score_denoiser, score_images};
@@ -48,7 +50,11 @@ fn fd_classifier_ranks_real_model_noise() {
     };
     let t0 = std::time::Instant::now();
     let (net, acc) = train_classifier(&tr, &te, 10, &cfg, &Device::flex().autodiff(), &mut |_| {});
-    eprintln!("classifier: {:.1}% after 1 epoch of 10k ({:.0} s)", 100.0 * acc, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "classifier: {:.1}% after 1 epoch of 10k ({:.0} s)",
+        100.0 * acc,
+        t0.elapsed().as_secs_f64()
+    );
     assert!(acc > 0.75, "test accuracy {acc}");
     let meta = ClassifierMeta {
         input: [1, 28, 28],
@@ -66,9 +72,13 @@ fn fd_classifier_ranks_real_model_noise() {
     let n_ref = 5000;
     let mut next_ref = |s: usize, c: usize| -> Result<_, String> {
         let o = 20_000 + s;
-        Ok((train.pixels[o * per..(o + c) * per].to_vec(), [c, 1, 28, 28]))
+        Ok((
+            train.pixels[o * per..(o + c) * per].to_vec(),
+            [c, 1, 28, 28],
+        ))
     };
-    let sum = diffnas::eval::extract::summarise(&ext, n_ref, 1000, &mut next_ref, &mut |_| {}).unwrap();
+    let sum =
+        diffnas::eval::extract::summarise(&ext, n_ref, 1000, &mut next_ref, &mut |_| {}).unwrap();
     let reference = Reference {
         meta: ReferenceMeta {
             extractor: ext.id().clone(),
@@ -84,13 +94,23 @@ fn fd_classifier_ranks_real_model_noise() {
         features: sum.kept,
     };
     let n = 300;
-    let kid = Some(KidConfig { subsets: 20, subset_size: 300, seed: 0 });
+    let kid = Some(KidConfig {
+        subsets: 20,
+        subset_size: 300,
+        seed: 0,
+    });
     let mut real = |s: usize, c: usize| -> Result<_, String> {
-        Ok((test.pixels[(5000 + s) * per..(5000 + s + c) * per].to_vec(), [c, 1, 28, 28]))
+        Ok((
+            test.pixels[(5000 + s) * per..(5000 + s + c) * per].to_vec(),
+            [c, 1, 28, 28],
+        ))
     };
     let real = score_images(&ext, &reference, n, kid, &mut real, &mut |_| {}).unwrap();
     let mut noise = |s: usize, c: usize| -> Result<_, String> {
-        Ok((diffnas::eval::synthetic::bytes(s as u64 + 1, c * per), [c, 1, 28, 28]))
+        Ok((
+            diffnas::eval::synthetic::bytes(s as u64 + 1, c * per),
+            [c, 1, 28, 28],
+        ))
     };
     let noise = score_images(&ext, &reference, n, kid, &mut noise, &mut |_| {}).unwrap();
     let (model, genome, files, _) = load_denoiser(&fixture_run(), Weights::Ema, &device).unwrap();
@@ -105,7 +125,18 @@ fn fd_classifier_ranks_real_model_noise() {
     };
     let t0 = std::time::Instant::now();
     let spec = [genome.image.channels, genome.image.size, genome.image.size];
-    let model_score = score_denoiser(&model, schedule, spec, &generation, &ext, &reference, kid, &device, &mut |_| {}).unwrap();
+    let model_score = score_denoiser(
+        &model,
+        schedule,
+        spec,
+        &generation,
+        &ext,
+        &reference,
+        kid,
+        &device,
+        &mut |_| {},
+    )
+    .unwrap();
     eprintln!(
         "FD-classifier at N = {n}: real test {:.3}, model {:.3} ({:.0} s), noise {:.3}; KID {:.4} / {:.4} / {:.4}",
         real.value,
@@ -118,8 +149,18 @@ fn fd_classifier_ranks_real_model_noise() {
     );
     assert_eq!(model_score.metric, "FD-classifier");
     assert_eq!(model_score.generation.as_ref().unwrap().steps, 10);
-    assert!(real.value < model_score.value, "real {} vs model {}", real.value, model_score.value);
-    assert!(model_score.value < noise.value, "model {} vs noise {}", model_score.value, noise.value);
+    assert!(
+        real.value < model_score.value,
+        "real {} vs model {}",
+        real.value,
+        model_score.value
+    );
+    assert!(
+        model_score.value < noise.value,
+        "model {} vs noise {}",
+        model_score.value,
+        noise.value
+    );
     let k = |s: &diffnas::eval::rfid::Score| s.kid.as_ref().unwrap().mean;
     assert!(k(&real) < k(&model_score) && k(&model_score) < k(&noise));
 }
@@ -131,9 +172,8 @@ fn json(out: &std::process::Output) -> serde_json::Value {
         out.status.code(),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&out.stdout))
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[test]
@@ -150,37 +190,80 @@ fn eval_commands_end_to_end() {
             .unwrap()
     };
     // Nothing to extract features with yet: a clear error, exit code 2.
-    let o = cmd(&["eval", "fid", "--data", &data, "--n", "100", "--device", "flex"]);
+    let o = cmd(&[
+        "eval", "fid", "--data", &data, "--n", "100", "--device", "flex",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("weights fetch inception") && err.contains("train-classifier"), "{err}");
+    assert!(
+        err.contains("weights fetch inception") && err.contains("train-classifier"),
+        "{err}"
+    );
 
-    let o = cmd(&["eval", "train-classifier", "--data", &data, "--epochs", "1", "--max-images", "3000", "--batch-size", "100", "--device", "flex"]);
+    let o = cmd(&[
+        "eval",
+        "train-classifier",
+        "--data",
+        &data,
+        "--epochs",
+        "1",
+        "--max-images",
+        "3000",
+        "--batch-size",
+        "100",
+        "--device",
+        "flex",
+    ]);
     let v = json(&o);
     assert!(v["meta"]["test_accuracy"].as_f64().unwrap() > 0.6, "{v}");
     assert_eq!(v["extractor"]["distance"], "FD-classifier");
 
     // Score the test split's first 500 against the test split's statistics (cached on first use).
     let fid = |n: &str, extra: &[&str]| {
-        let mut a = vec!["eval", "fid", "--n", n, "--ref-split", "test", "--kid-subset-size", "200", "--kid-subsets", "5", "--device", "flex"];
+        let mut a = vec![
+            "eval",
+            "fid",
+            "--n",
+            n,
+            "--ref-split",
+            "test",
+            "--kid-subset-size",
+            "200",
+            "--kid-subsets",
+            "5",
+            "--device",
+            "flex",
+        ];
         a.extend_from_slice(extra);
         cmd(&a)
     };
-    let o = fid("500", &["--data", &data, "--split", "test", "--ref-data", &data]);
+    let o = fid(
+        "500",
+        &["--data", &data, "--split", "test", "--ref-data", &data],
+    );
     let first = json(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("computing them once"));
     assert_eq!(first["metric"], "FD-classifier");
     assert_eq!(first["n"], 500);
     assert_eq!(first["reference"]["n"], 10000);
     assert!(first["value"].as_f64().unwrap() < 5.0, "{first}");
-    let o = fid("500", &["--data", &data, "--split", "test", "--ref-data", &data]);
+    let o = fid(
+        "500",
+        &["--data", &data, "--split", "test", "--ref-data", &data],
+    );
     let again = json(&o);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("computing them once"));
-    assert_eq!(first["value"], again["value"], "cached statistics give the same number");
+    assert_eq!(
+        first["value"], again["value"],
+        "cached statistics give the same number"
+    );
 
     // A run directory: generated, scored, settings recorded.
     let run = fixture_run();
-    let o = fid("200", &[run.to_str().unwrap(), "--steps", "5", "--ref-data", &data]);
+    let o = fid(
+        "200",
+        &[run.to_str().unwrap(), "--steps", "5", "--ref-data", &data],
+    );
     let v = json(&o);
     assert_eq!(v["generation"]["steps"], 5);
     assert_eq!(v["generation"]["sampler"], "ddim");

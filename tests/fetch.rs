@@ -136,7 +136,10 @@ fn interrupted_download_resumes_with_range() {
         other => panic!("expected an interruption, got {other:?}"),
     }
     let half = b.len() / 2;
-    assert_eq!(std::fs::metadata(part_path(&dest)).unwrap().len() as usize, half);
+    assert_eq!(
+        std::fs::metadata(part_path(&dest)).unwrap().len() as usize,
+        half
+    );
     assert!(!dest.exists());
     download(&s.url, &dest, prefix, T, &mut |_, _| {}).unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), b);

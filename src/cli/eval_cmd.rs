@@ -42,7 +42,13 @@ pub fn default_inception_path() -> PathBuf {
 
 fn slug(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -351,13 +357,13 @@ pub fn extractor(
                 None => e,
             })
         }
-        ExtractorChoice::Classifier => Box::new(
-            ClassifierExtractor::load(&classifier, device).map_err(|e| {
+        ExtractorChoice::Classifier => {
+            Box::new(ClassifierExtractor::load(&classifier, device).map_err(|e| {
                 user_err(format!(
                     "{e}\n  (train one with `diffnas eval train-classifier --data {data}`)"
                 ))
-            })?,
-        ),
+            })?)
+        }
         ExtractorChoice::Synthetic => {
             let e = InceptionExtractor::synthetic(device);
             Box::new(match a.extract_batch {
@@ -406,8 +412,10 @@ pub fn compute_reference(
     }
     let pb = bar(d.len as u64, "features");
     let mut next = slice_source(&d);
-    let s = summarise(ext, d.len, keep, &mut next, &mut |k| pb.set_position(k as u64))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let s = summarise(ext, d.len, keep, &mut next, &mut |k| {
+        pb.set_position(k as u64)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     pb.finish_and_clear();
     Ok(Reference {
         meta: ReferenceMeta {
@@ -622,13 +630,19 @@ fn classifier(a: TrainClassifierArgs) -> anyhow::Result<()> {
     if let Some(m) = a.max_images {
         train.truncate(m);
     }
-    let classes = train_labels.iter().chain(&test_labels).max().map_or(0, |m| *m as usize + 1);
+    let classes = train_labels
+        .iter()
+        .chain(&test_labels)
+        .max()
+        .map_or(0, |m| *m as usize + 1);
     let (c, h, w) = (train.channels, train.height, train.width);
     // The network pools twice: pad to a multiple of 4 (28 -> 28, 30 -> 32).
     let side = h.max(w).div_ceil(4) * 4;
     let (train, test) = if (h, w) != (side, side) {
         (
-            train.to_spec(c, side).map_err(|e| user_err(e.to_string()))?,
+            train
+                .to_spec(c, side)
+                .map_err(|e| user_err(e.to_string()))?,
             test.to_spec(c, side).map_err(|e| user_err(e.to_string()))?,
         )
     } else {
@@ -659,7 +673,10 @@ fn classifier(a: TrainClassifierArgs) -> anyhow::Result<()> {
     };
     let t0 = std::time::Instant::now();
     let ad = selected.device.clone().autodiff();
-    let pb = bar(((train.len / cfg.batch_size) * cfg.epochs) as u64, "classifier");
+    let pb = bar(
+        ((train.len / cfg.batch_size) * cfg.epochs) as u64,
+        "classifier",
+    );
     let (net, acc) = train_classifier(&tr, &te, classes, &cfg, &ad, &mut |e| match e {
         ClassifierEvent::Step { step, loss, .. } => {
             pb.set_position(*step as u64);

@@ -230,7 +230,8 @@ pub fn train_classifier(
             let y = Tensor::<1, Int>::from_data(TensorData::new(y, [idx.len()]), device);
             let loss = loss_fn.forward(model.logits(x), y);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
+            let lr =
+                cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
             model = optim.step(lr, model, grads);
             step += 1;
             if step % 20 == 0 || step == total {

@@ -4,10 +4,10 @@
 //! samples are scored the way pytorch-fid scores saved PNGs. Batches are extracted one at a time
 //! and folded into a [`StatsAccumulator`]; only the features kept for KID stay in memory.
 
+use super::ExtractorId;
 use super::classifier::{Classifier, ClassifierMeta};
 use super::inception::{FidInception, TensorMap, WeightsError};
 use super::stats::{FeatureStats, StatsAccumulator, StatsError};
-use super::ExtractorId;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use sha2::{Digest, Sha256};
@@ -242,6 +242,12 @@ impl FeatureExtractor for ClassifierExtractor {
     }
 }
 
+/// A batch of 8-bit images and its `[n, c, h, w]` shape.
+pub type ImageBatch = (Vec<u8>, [usize; 4]);
+
+/// Supplies images: `next(start, count)` returns images `start .. start + count`.
+pub type ImageSource<'a, E> = dyn FnMut(usize, usize) -> Result<ImageBatch, E> + 'a;
+
 /// Statistics of a stream of images plus the first `keep` feature rows (for KID).
 pub struct FeatureSummary {
     pub stats: FeatureStats,
@@ -256,7 +262,7 @@ pub fn summarise<E>(
     ext: &dyn FeatureExtractor,
     total: usize,
     keep: usize,
-    next: &mut dyn FnMut(usize, usize) -> Result<(Vec<u8>, [usize; 4]), E>,
+    next: &mut ImageSource<'_, E>,
     on_done: &mut dyn FnMut(usize),
 ) -> Result<FeatureSummary, SummaryError<E>> {
     let t0 = std::time::Instant::now();
@@ -273,7 +279,9 @@ pub fn summarise<E>(
             break;
         }
         if f.iter().any(|x| !x.is_finite()) {
-            return Err(SummaryError::Stats(StatsError::NonFinite("extracted features")));
+            return Err(SummaryError::Stats(StatsError::NonFinite(
+                "extracted features",
+            )));
         }
         let room = keep.saturating_sub(kept.len() / dim).min(rows);
         kept.extend_from_slice(&f[..room * dim]);

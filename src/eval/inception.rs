@@ -126,8 +126,20 @@ impl SpecList {
         self.conv(format!("{p}.branch3x3_2b"), [384, 384], [3, 1], 1, [1, 0]);
         self.one(format!("{p}.branch3x3dbl_1"), cin, 448);
         self.conv(format!("{p}.branch3x3dbl_2"), [448, 384], [3, 3], 1, [1, 1]);
-        self.conv(format!("{p}.branch3x3dbl_3a"), [384, 384], [1, 3], 1, [0, 1]);
-        self.conv(format!("{p}.branch3x3dbl_3b"), [384, 384], [3, 1], 1, [1, 0]);
+        self.conv(
+            format!("{p}.branch3x3dbl_3a"),
+            [384, 384],
+            [1, 3],
+            1,
+            [0, 1],
+        );
+        self.conv(
+            format!("{p}.branch3x3dbl_3b"),
+            [384, 384],
+            [3, 1],
+            1,
+            [1, 0],
+        );
         self.one(format!("{p}.branch_pool"), cin, 192);
     }
 }
@@ -144,7 +156,12 @@ pub fn conv_specs() -> Vec<ConvSpec> {
     s.a("Mixed_5c", 256, 64);
     s.a("Mixed_5d", 288, 64);
     s.b("Mixed_6a", 288);
-    for (p, c7) in [("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)] {
+    for (p, c7) in [
+        ("Mixed_6b", 128),
+        ("Mixed_6c", 160),
+        ("Mixed_6d", 160),
+        ("Mixed_6e", 192),
+    ] {
         s.c(p, c7);
     }
     s.d("Mixed_7a");
@@ -188,7 +205,10 @@ impl std::fmt::Display for Problem {
                 name,
                 expected,
                 found,
-            } => write!(f, "tensor `{name}` has shape {found:?}, expected {expected:?}"),
+            } => write!(
+                f,
+                "tensor `{name}` has shape {found:?}, expected {expected:?}"
+            ),
             Problem::Unexpected(n) => write!(f, "unexpected tensor `{n}`"),
             Problem::Unreadable { name, message } => write!(f, "tensor `{name}`: {message}"),
         }
@@ -517,9 +537,15 @@ impl MixedE {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let b1 = self.b1.forward(x.clone());
         let h = self.b3_1.forward(x.clone());
-        let b3 = Tensor::cat(vec![self.b3_2a.forward(h.clone()), self.b3_2b.forward(h)], 1);
+        let b3 = Tensor::cat(
+            vec![self.b3_2a.forward(h.clone()), self.b3_2b.forward(h)],
+            1,
+        );
         let h = self.bd_2.forward(self.bd_1.forward(x.clone()));
-        let bd = Tensor::cat(vec![self.bd_3a.forward(h.clone()), self.bd_3b.forward(h)], 1);
+        let bd = Tensor::cat(
+            vec![self.bd_3a.forward(h.clone()), self.bd_3b.forward(h)],
+            1,
+        );
         let pooled = if self.max_pool {
             max_pool_3(x, 1, 1)
         } else {
@@ -570,7 +596,6 @@ impl FidInception {
             pool: next(),
         };
         let mixed_5 = vec![a(), a(), a()];
-        drop(a);
         let mixed_6a = MixedB {
             b3: next(),
             bd_1: next(),
@@ -590,7 +615,6 @@ impl FidInception {
             pool: next(),
         };
         let mixed_6 = vec![c(), c(), c(), c()];
-        drop(c);
         let mixed_7a = MixedD {
             b3_1: next(),
             b3_2: next(),

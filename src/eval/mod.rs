@@ -82,6 +82,10 @@ impl ExtractorId {
 
 impl std::fmt::Display for ExtractorId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (weights {}, {}-d)", self.kind, self.weights, self.dim)
+        write!(
+            f,
+            "{} (weights {}, {}-d)",
+            self.kind, self.weights, self.dim
+        )
     }
 }

@@ -46,8 +46,8 @@ pub enum ReferenceError {
     )]
     Extractor {
         path: PathBuf,
-        found: ExtractorId,
-        expected: ExtractorId,
+        found: Box<ExtractorId>,
+        expected: Box<ExtractorId>,
     },
 }
 
@@ -60,7 +60,13 @@ impl Reference {
     pub fn file_name(data: &str, split: &str, image: [usize; 3], id: &ExtractorId) -> String {
         let clean: String = data
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         format!(
             "{clean}-{split}-{}x{}x{}-{}.safetensors",
@@ -83,7 +89,10 @@ impl Reference {
         let feats = le_bytes(&self.features, f32::to_le_bytes);
         let rows = self.features.len() / d.max(1);
         let views = vec![
-            ("mu", TensorView::new(Dtype::F64, vec![d], &mu).map_err(|e| io(&e))?),
+            (
+                "mu",
+                TensorView::new(Dtype::F64, vec![d], &mu).map_err(|e| io(&e))?,
+            ),
             (
                 "sigma",
                 TensorView::new(Dtype::F64, vec![d, d], &sigma).map_err(|e| io(&e))?,
@@ -130,8 +139,8 @@ impl Reference {
         {
             return Err(ReferenceError::Extractor {
                 path: path.to_path_buf(),
-                found: meta.extractor,
-                expected: exp.clone(),
+                found: Box::new(meta.extractor),
+                expected: Box::new(exp.clone()),
             });
         }
         let d = meta.extractor.dim;

@@ -8,10 +8,12 @@
 //! biased upward against a 50k FID and are never mixed with FIDs at another N.
 
 use super::ExtractorId;
-use super::extract::{FeatureExtractor, FeatureSummary, SummaryError, summarise};
+use super::extract::{FeatureExtractor, FeatureSummary, ImageSource, SummaryError, summarise};
 use super::reference::Reference;
 use super::stats::{Frechet, Kid, StatsError, frechet_distance, kid};
-use crate::diffusion::{Denoiser, NoiseSchedule, SamplerKind, SamplingRun, make_sampler, to_pixels};
+use crate::diffusion::{
+    Denoiser, NoiseSchedule, SamplerKind, SamplingRun, make_sampler, to_pixels,
+};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -140,7 +142,7 @@ pub fn score_images<E: std::fmt::Display>(
     reference: &Reference,
     n: usize,
     kid_cfg: Option<KidConfig>,
-    next: &mut dyn FnMut(usize, usize) -> Result<(Vec<u8>, [usize; 4]), E>,
+    next: &mut ImageSource<'_, E>,
     on_done: &mut dyn FnMut(usize),
 ) -> Result<Score, ScoreError> {
     let t0 = std::time::Instant::now();
@@ -211,7 +213,14 @@ pub fn score_denoiser<D: Denoiser + ?Sized>(
         let mut first = start;
         while first < start + count {
             let k = cfg.batch_size.min(start + count - first);
-            let run = SamplingRun::new(sampler.as_ref(), cfg.seed, first as u64, k, image_shape, device);
+            let run = SamplingRun::new(
+                sampler.as_ref(),
+                cfg.seed,
+                first as u64,
+                k,
+                image_shape,
+                device,
+            );
             let x = run.run(model, &mut |_, _| {});
             let v = x
                 .into_data()

@@ -81,7 +81,11 @@ impl StatsAccumulator {
     /// Add rows (`k x dim`, row-major).
     pub fn push(&mut self, rows: &[f32]) {
         let d = self.dim;
-        assert_eq!(rows.len() % d, 0, "rows must be a multiple of the dimension");
+        assert_eq!(
+            rows.len() % d,
+            0,
+            "rows must be a multiple of the dimension"
+        );
         let k = rows.len() / d;
         if k == 0 {
             return;
@@ -118,8 +122,8 @@ impl StatsAccumulator {
         let mut sigma = vec![0.0; d * d];
         for i in 0..d {
             for j in 0..d {
-                sigma[i * d + j] = (self.scatter[(i, j)] - n as f64 * mean_c[i] * mean_c[j])
-                    / (n as f64 - 1.0);
+                sigma[i * d + j] =
+                    (self.scatter[(i, j)] - n as f64 * mean_c[i] * mean_c[j]) / (n as f64 - 1.0);
             }
         }
         Ok(FeatureStats {
@@ -196,7 +200,11 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<Frechet, S
         warnings.push(format!(
             "singular product; adding {eps:e} to the covariance diagonals"
         ));
-        let off = |m: &Mat<f64>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] + if i == j { eps } else { 0.0 });
+        let off = |m: &Mat<f64>| {
+            Mat::from_fn(m.nrows(), m.ncols(), |i, j| {
+                m[(i, j)] + if i == j { eps } else { 0.0 }
+            })
+        };
         covmean = trace_sqrt_product(&off(&s1), &off(&s2))?;
     }
     let trace_term = tr(&s1) + tr(&s2) - 2.0 * covmean;
