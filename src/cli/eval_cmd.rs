@@ -2,11 +2,12 @@
 //! KID of runs, folders and data splits, the offline classifier, and the Inception download.
 
 use super::progress::{bar, note};
-use super::run::{RunFiles, Weights, load_denoiser};
+use super::run::{RunFiles, load_denoiser};
+use super::sample::SamplingArgs;
 use super::user_err;
 use crate::data::{DataSource, Dataset, Split, read_image_folder};
 use crate::device::{DeviceChoice, SelectedDevice};
-use crate::diffusion::{NoiseSchedule, SamplerKind};
+use crate::diffusion::NoiseSchedule;
 use crate::eval::classifier::{
     ClassifierEvent, ClassifierMeta, ClassifierTraining, LabelledImages, train_classifier,
 };
@@ -195,19 +196,8 @@ pub struct FidArgs {
     /// Number of images (generated, or the first N of the folder/split).
     #[arg(long, default_value_t = 10_000)]
     pub n: usize,
-    #[arg(long, default_value = "ddim")]
-    pub sampler: SamplerKind,
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Images generated per batch.
-    #[arg(long, default_value_t = 100)]
-    pub batch_size: usize,
-    #[arg(long, value_enum, default_value = "ema")]
-    pub weights: Weights,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Reference statistics file (from `eval stats`); default: the cached statistics of
     /// --ref-data/--ref-split, computed now if missing.
     #[arg(long)]
@@ -505,7 +495,7 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
     let kid_cfg = (a.kid_subsets > 0).then_some(KidConfig {
         subsets: a.kid_subsets,
         subset_size: a.kid_subset_size,
-        seed: a.seed,
+        seed: a.sampling.seed,
     });
     let run = match &a.run_dir {
         Some(dir) => Some(RunFiles::read(dir)?),
@@ -525,17 +515,17 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
             Some(p) => Reference::load(p, Some(ext.id()))?,
             None => cached_reference(ext.as_ref(), &ref_data, a.ref_split, spec)?,
         };
-        let (model, _, _, wpath) = load_denoiser(dir, a.weights, &selected.device)?;
+        let (model, _, _, wpath) = load_denoiser(dir, a.sampling.weights, &selected.device)?;
         eprintln!("model: {}", wpath.display());
         let schedule = NoiseSchedule::new(files.config.beta_schedule, files.config.timesteps)
             .map_err(|e| user_err(e.to_string()))?;
         let cfg = GenerationConfig {
             n: a.n,
-            sampler: a.sampler,
-            steps: a.steps,
-            eta: a.eta,
-            seed: a.seed,
-            batch_size: a.batch_size,
+            sampler: a.sampling.sampler,
+            steps: a.sampling.steps,
+            eta: a.sampling.eta,
+            seed: a.sampling.seed,
+            batch_size: a.sampling.batch_size,
         };
         let pb = bar(a.n as u64, "generate+score");
         let s = score_denoiser(
@@ -552,7 +542,11 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         pb.finish_and_clear();
         let mut s = s;
-        s.images = Some(format!("{} ({:?} weights)", dir.display(), a.weights));
+        s.images = Some(format!(
+            "{} ({:?} weights)",
+            dir.display(),
+            a.sampling.weights
+        ));
         s
     } else {
         let (d, what) = if let Some(dir) = &a.images {

@@ -10,13 +10,9 @@ use anyhow::Context;
 use clap::Args;
 use std::path::{Path, PathBuf};
 
+/// How images are drawn from a run: shared by `sample` and `eval fid`.
 #[derive(Args, Debug, Clone)]
-pub struct SampleArgs {
-    /// Run directory written by `diffnas train`.
-    pub run_dir: PathBuf,
-    /// Number of images.
-    #[arg(long, default_value_t = 64)]
-    pub n: usize,
+pub struct SamplingArgs {
     /// ddim (deterministic with --eta 0) or ddpm (ancestral).
     #[arg(long, default_value = "ddim")]
     pub sampler: SamplerKind,
@@ -26,20 +22,46 @@ pub struct SampleArgs {
     /// DDIM eta (0: deterministic; 1: DDPM-like noise).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
+    /// Image i of a seed is the same whatever the batch size.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// ema (default) or the raw model weights.
+    #[arg(long, value_enum, default_value = "ema")]
+    pub weights: Weights,
+    /// Images generated per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+impl SamplingArgs {
+    /// DDIM-`steps` from the EMA weights, seed 0.
+    pub fn ddim(steps: usize) -> Self {
+        SamplingArgs {
+            sampler: SamplerKind::Ddim,
+            steps,
+            eta: 0.0,
+            seed: 0,
+            weights: Weights::Ema,
+            batch_size: 64,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SampleArgs {
+    /// Run directory written by `diffnas train`.
+    pub run_dir: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Grid PNG (default: RUN_DIR/samples.png unless --individual is given).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Also write one PNG per image into this folder.
     #[arg(long)]
     pub individual: Option<PathBuf>,
-    /// ema (default) or the raw model weights.
-    #[arg(long, value_enum, default_value = "ema")]
-    pub weights: Weights,
-    /// Images per batch.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
 }
@@ -57,27 +79,35 @@ pub fn run(a: SampleArgs) -> anyhow::Result<()> {
 /// Sample per `a` on an already selected device (its `device` field is ignored). Returns the
 /// grid path if one was written.
 pub fn sample_run(a: &SampleArgs, selected: &SelectedDevice) -> anyhow::Result<Option<PathBuf>> {
-    if a.n == 0 || a.batch_size == 0 || a.steps == 0 {
+    let sa = &a.sampling;
+    if a.n == 0 || sa.batch_size == 0 || sa.steps == 0 {
         return Err(user_err("--n, --batch-size and --steps must be at least 1"));
     }
     let device = &selected.device;
-    let (model, genome, files, _) = load_denoiser(&a.run_dir, a.weights, device)?;
+    let (model, genome, files, _) = load_denoiser(&a.run_dir, sa.weights, device)?;
     let schedule = NoiseSchedule::new(files.config.beta_schedule, files.config.timesteps)
         .map_err(|e| user_err(e.to_string()))?;
-    if a.steps > files.config.timesteps {
+    if sa.steps > files.config.timesteps {
         return Err(user_err(format!(
             "--steps {} exceeds the {} training timesteps",
-            a.steps, files.config.timesteps
+            sa.steps, files.config.timesteps
         )));
     }
-    let sampler = make_sampler(a.sampler, schedule, a.steps, a.eta);
+    let sampler = make_sampler(sa.sampler, schedule, sa.steps, sa.eta);
     let shape = [genome.image.channels, genome.image.size, genome.image.size];
     let pb = bar((a.n * sampler.timesteps().len()) as u64, "sample");
     let mut pixels = Vec::with_capacity(a.n * shape.iter().product::<usize>());
     let mut first = 0;
     while first < a.n {
-        let count = a.batch_size.min(a.n - first);
-        let run = SamplingRun::new(sampler.as_ref(), a.seed, first as u64, count, shape, device);
+        let count = sa.batch_size.min(a.n - first);
+        let run = SamplingRun::new(
+            sampler.as_ref(),
+            sa.seed,
+            first as u64,
+            count,
+            shape,
+            device,
+        );
         let x = run.run(&model, &mut |_, _| pb.inc(count as u64));
         let data = x
             .into_data()

@@ -7,7 +7,7 @@ use super::sample::{SampleArgs, sample_run};
 use super::user_err;
 use crate::data::{DataSource, Split};
 use crate::device::DeviceChoice;
-use crate::diffusion::{BetaSchedule, SamplerKind};
+use crate::diffusion::BetaSchedule;
 use crate::model::Unet;
 use crate::train::{
     LrSchedule, TrainConfig, TrainEvent, TrainOptions, TrainStatus, latest_checkpoint, train,
@@ -255,14 +255,9 @@ pub fn run(a: TrainArgs) -> anyhow::Result<i32> {
             &SampleArgs {
                 run_dir: run_dir.clone(),
                 n: a.samples,
-                sampler: SamplerKind::Ddim,
-                steps: a.sample_steps,
-                eta: 0.0,
-                seed: 0,
+                sampling: super::sample::SamplingArgs::ddim(a.sample_steps),
                 out: Some(out.clone()),
                 individual: None,
-                weights: super::run::Weights::Ema,
-                batch_size: 64,
                 device: DeviceChoice::Flex,
             },
             &selected,

@@ -81,7 +81,7 @@ impl Classifier {
     }
 
     /// u8 images `[n, c, h, w]` -> network input on `device`: [-1, 1], channels matched
-    /// (grey <-> RGB by copy / luminance mean), resized to the classifier's size.
+    /// (grey -> RGB by copying, RGB -> grey by the channel mean), resized to the classifier's size.
     pub fn prepare(&self, pixels: &[u8], shape: [usize; 4], device: &Device) -> Tensor<4> {
         let [_, c, h, w] = shape;
         let v: Vec<f32> = pixels.iter().map(|&p| p as f32 / 127.5 - 1.0).collect();

@@ -239,3 +239,28 @@ pub fn score_denoiser<D: Denoiser + ?Sized>(
     score.generation = Some(cfg.clone());
     Ok(score)
 }
+
+/// RFID: [`score_denoiser`] with the fixed proxy settings of [`GenerationConfig::rfid`]
+/// (N = 5,000, DDIM 50, eta 0, seed 0) and KID over 100 subsets of 1,000. What a search's
+/// trial evaluator calls on a candidate's EMA weights.
+pub fn rfid<D: Denoiser + ?Sized>(
+    model: &D,
+    schedule: NoiseSchedule,
+    image_shape: [usize; 3],
+    ext: &dyn FeatureExtractor,
+    reference: &Reference,
+    device: &Device,
+    on_done: &mut dyn FnMut(usize),
+) -> Result<Score, ScoreError> {
+    score_denoiser(
+        model,
+        schedule,
+        image_shape,
+        &GenerationConfig::rfid(),
+        ext,
+        reference,
+        Some(KidConfig::default()),
+        device,
+        on_done,
+    )
+}
