@@ -10,6 +10,8 @@
 //! - `data` -> burn, image. `train` -> diffusion, data (generic over a `Denoiser` module).
 //! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
 //!   f64 linear algebra (faer).
+//! - `trial` -> genome, model, train, diffusion, eval, data: genome -> trained, scored trial.
+//! - `search` -> genome, trial (the `Evaluator` trait), the trial log.
 //! - `cli` -> everything. `device` -> burn, wgpu.
 //!
 //! `genome`, `model` and `diffusion` build for wasm; everything that touches files, the
@@ -27,4 +29,8 @@ pub mod data;
 #[cfg(feature = "cli")]
 pub mod device;
 #[cfg(feature = "cli")]
+pub mod search;
+#[cfg(feature = "cli")]
 pub mod train;
+#[cfg(feature = "cli")]
+pub mod trial;

@@ -10,5 +10,6 @@ mod fd_classifier;
 mod fetch;
 mod genome;
 mod model;
+mod search;
 mod train;
 mod wgpu_parity;

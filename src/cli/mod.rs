@@ -7,6 +7,7 @@ mod genome_cmd;
 mod progress;
 mod run;
 mod sample;
+pub mod search_cmd;
 mod train_cmd;
 
 pub use bench::{BenchArgs, BenchReport, run_bench};
@@ -41,6 +42,10 @@ pub enum Command {
     /// Metrics: FID / FD-classifier and KID, reference statistics, the offline classifier.
     #[command(subcommand)]
     Eval(eval_cmd::EvalCmd),
+    /// Architecture search: random or regularized evolution, with rapid-convergence trials
+    /// ranked by reduced FID (or FD-classifier offline); resumable.
+    #[command(subcommand)]
+    Search(search_cmd::SearchCmd),
     /// Download the Inception weights for FID, or show where weights are looked for.
     #[command(subcommand)]
     Weights(eval_cmd::WeightsCmd),
@@ -87,6 +92,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Devices => devices().map(|_| 0),
         Command::Bench(a) => bench::run_cli(a).map(|_| 0),
         Command::Eval(c) => eval_cmd::run_eval(c),
+        Command::Search(c) => search_cmd::run(c),
         Command::Weights(c) => eval_cmd::run_weights(c),
     }
 }

@@ -1,0 +1,359 @@
+//! `diffnas search random|evolution`: architecture search with the proxy evaluator
+//! (rapid-convergence training + reduced FID, or its classifier-space twin offline).
+//!
+//! The resolved configuration goes to `RUN_DIR/search.json` before the first trial; trials are
+//! appended to `RUN_DIR/trials.jsonl`; each trial's files live in `RUN_DIR/trials/<hash>/`.
+//! Ctrl-C (or a kill) stops it; `--resume` continues with no trial lost or repeated.
+
+use super::eval_cmd::{ExtractorArgs, cached_reference, extractor};
+use super::user_err;
+use crate::data::{DataSource, Split};
+use crate::eval::rfid::{GenerationConfig, KidConfig};
+use crate::genome::{Budget, ImageSpec, SearchSpace};
+use crate::search::evolution::{Evolution, EvolutionConfig};
+use crate::search::random::RandomSearch;
+use crate::search::{CONFIG_FILE, Limits, SearchEvent, SearchStatus, Strategy, run_search};
+use crate::trial::{Evaluator, ProxyEvaluator, StubEvaluator, TrialConfig};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Subcommand, Debug)]
+pub enum SearchCmd {
+    /// Random search: uniform draws from the space within the budget (a baseline).
+    Random(SearchArgs),
+    /// Regularized evolution: mutate the best of S sampled from the P most recent trials.
+    Evolution(EvolutionArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvaluatorKind {
+    /// Train each candidate briefly and score its samples (the real thing).
+    Proxy,
+    /// A known function of the genome, no training: for dry runs of a search's mechanics.
+    Stub,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SearchArgs {
+    /// Run directory [default: runs/search-<strategy>].
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Continue a stopped search; its search.json is used (only --trials and --max-minutes
+    /// may be changed).
+    #[arg(long)]
+    pub resume: bool,
+    /// fashion-mnist[:DIR], mnist:DIR, cifar10:PATH or folder:DIR.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub data: DataSource,
+    /// Trials that train (proposals rejected before training do not count) [default: 12].
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Wall-clock budget across resumes, checked between trials.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "proxy")]
+    pub evaluator: EvaluatorKind,
+    /// Largest genome allowed, in parameters.
+    #[arg(long, default_value_t = 4_000_000)]
+    pub max_params: u64,
+    /// Largest genome allowed, in multiply-accumulates per image.
+    #[arg(long, default_value_t = 200_000_000)]
+    pub max_macs: u64,
+    /// Training steps of each trial (rapid convergence: warm-up + cosine, EMA warm-up).
+    #[arg(long, default_value_t = 300)]
+    pub trial_steps: u64,
+    #[arg(long, default_value_t = 32)]
+    pub trial_batch_size: usize,
+    /// Peak learning rate of each trial.
+    #[arg(long, default_value_t = 2e-4)]
+    pub trial_lr: f64,
+    /// Samples scored per trial (RFID uses 5,000; fewer is faster and noisier, never compare
+    /// scores made with different numbers).
+    #[arg(long, default_value_t = 1000)]
+    pub score_n: usize,
+    /// DDIM steps of the scoring samples.
+    #[arg(long, default_value_t = 20)]
+    pub score_steps: usize,
+    /// Use only the first N training images.
+    #[arg(long)]
+    pub max_images: Option<usize>,
+    #[command(flatten)]
+    pub ext: ExtractorArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvolutionArgs {
+    #[command(flatten)]
+    pub common: SearchArgs,
+    /// Population: the P most recent successful trials (older ones age out).
+    #[arg(long, default_value_t = 8)]
+    pub population: usize,
+    /// Tournament size: the best of S trials drawn from the population is mutated.
+    #[arg(long, default_value_t = 3)]
+    pub sample: usize,
+    /// Probability of crossing the winner with a second tournament's before mutating.
+    #[arg(long, default_value_t = 0.0)]
+    pub crossover: f64,
+}
+
+/// `search.json`: everything that determines the search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchConfig {
+    pub strategy: String,
+    pub seed: u64,
+    pub data: DataSource,
+    pub max_images: Option<usize>,
+    pub evaluator: EvaluatorKind,
+    pub space: SearchSpace,
+    pub trial: TrialConfig,
+    pub limits: Limits,
+    pub evolution: Option<EvolutionConfig>,
+    /// The score's name (`RFID`, `RFD-classifier`, `stub`) and the extractor behind it.
+    pub metric: String,
+    pub extractor: Option<crate::eval::ExtractorId>,
+}
+
+pub fn run(cmd: SearchCmd) -> anyhow::Result<i32> {
+    let (common, evo) = match cmd {
+        SearchCmd::Random(a) => (a, None),
+        SearchCmd::Evolution(e) => (
+            e.common,
+            Some(EvolutionConfig {
+                population: e.population,
+                sample: e.sample,
+                crossover: e.crossover,
+            }),
+        ),
+    };
+    let name = if evo.is_some() { "evolution" } else { "random" };
+    let dir = common
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/search-{name}")));
+    search(&dir, name, &common, evo)
+}
+
+fn read_config(dir: &Path) -> anyhow::Result<SearchConfig> {
+    let p = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&p)
+        .map_err(|e| user_err(format!("{}: {e} (nothing to resume)", p.display())))?;
+    serde_json::from_str(&text).map_err(|e| user_err(format!("{}: {e}", p.display())))
+}
+
+fn search(
+    dir: &Path,
+    name: &str,
+    a: &SearchArgs,
+    evo: Option<EvolutionConfig>,
+) -> anyhow::Result<i32> {
+    let selected = super::select_device(a.ext.device)?;
+    eprintln!("device: {}", selected.info);
+    let cfg_path = dir.join(CONFIG_FILE);
+    if !a.resume && cfg_path.exists() {
+        return Err(user_err(format!(
+            "{} already holds a search; continue it with --resume or pick another --run-dir",
+            dir.display()
+        )));
+    }
+    let mut data = a
+        .data
+        .load(Split::Train)
+        .map_err(|e| user_err(e.to_string()))?;
+    let mut cfg = if a.resume {
+        let mut c = read_config(dir)?;
+        if c.strategy != name {
+            return Err(user_err(format!(
+                "{} holds a {} search, not {name}",
+                dir.display(),
+                c.strategy
+            )));
+        }
+        if let Some(t) = a.trials {
+            c.limits.max_trials = t;
+        }
+        if let Some(m) = a.max_minutes {
+            c.limits.max_seconds = Some(m * 60.0);
+        }
+        c
+    } else {
+        if data.height != data.width {
+            return Err(user_err(format!(
+                "{}: images are {}x{}; the search space needs square images",
+                a.data, data.height, data.width
+            )));
+        }
+        let image = ImageSpec {
+            channels: data.channels,
+            size: data.height,
+        };
+        let space = SearchSpace::for_image(image).with_budget(Budget {
+            max_params: Some(a.max_params),
+            max_macs: Some(a.max_macs),
+            min_params: None,
+        });
+        let mut trial = TrialConfig::rapid(a.trial_steps, a.trial_batch_size);
+        trial.train.lr = a.trial_lr;
+        trial.train.seed = a.seed;
+        trial.score = GenerationConfig {
+            n: a.score_n,
+            steps: a.score_steps,
+            ..GenerationConfig::rfid()
+        };
+        trial.kid = Some(KidConfig {
+            subset_size: a.score_n.min(1000),
+            ..KidConfig::default()
+        });
+        SearchConfig {
+            strategy: name.into(),
+            seed: a.seed,
+            data: a.data.clone(),
+            max_images: a.max_images,
+            evaluator: a.evaluator,
+            space,
+            trial,
+            limits: Limits {
+                max_trials: a.trials.unwrap_or(12),
+                max_seconds: a.max_minutes.map(|m| m * 60.0),
+                max_stale: 200,
+            },
+            evolution: evo,
+            metric: String::new(),
+            extractor: None,
+        }
+    };
+    if let Some(m) = cfg.max_images {
+        data.truncate(m);
+    }
+    let mut evaluator: Box<dyn Evaluator> = match cfg.evaluator {
+        EvaluatorKind::Stub => Box::new(StubEvaluator {
+            space: cfg.space.clone(),
+        }),
+        EvaluatorKind::Proxy => {
+            let ext = extractor(&a.ext, &cfg.data, &selected)?;
+            if let Some(id) = &cfg.extractor
+                && id != ext.id()
+            {
+                return Err(user_err(format!(
+                    "this search was scored with {id}; now {} would be used. Pass the same \
+                     --extractor/--inception/--classifier as when it started",
+                    ext.id()
+                )));
+            }
+            let spec = [
+                cfg.space.image.channels,
+                cfg.space.image.size,
+                cfg.space.image.size,
+            ];
+            let reference = cached_reference(
+                ext.as_ref(),
+                &cfg.data,
+                super::eval_cmd::SplitArg::Train,
+                spec,
+            )?;
+            let data = data
+                .to_spec(spec[0], spec[1])
+                .map_err(|e| user_err(e.to_string()))?;
+            cfg.extractor = Some(ext.id().clone());
+            Box::new(ProxyEvaluator {
+                space: cfg.space.clone(),
+                data,
+                cfg: cfg.trial.clone(),
+                extractor: ext,
+                reference,
+                device: selected.device.clone(),
+            })
+        }
+    };
+    cfg.metric = evaluator.metric();
+    std::fs::create_dir_all(dir).map_err(|e| user_err(format!("{}: {e}", dir.display())))?;
+    crate::train::write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    let mut strategy: Box<dyn Strategy> = match cfg.evolution {
+        Some(e) => Box::new(Evolution::new(cfg.seed, e).map_err(|e| user_err(e.to_string()))?),
+        None => Box::new(RandomSearch::new(cfg.seed)),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\ninterrupt: stopping the current trial at a checkpoint (Ctrl-C again aborts)"
+            );
+        });
+    }
+    let metric = cfg.metric.clone();
+    let max = cfg.limits.max_trials;
+    let mut on_event = |e: SearchEvent| match e {
+        SearchEvent::Started { done, max_trials } => {
+            eprintln!(
+                "{name} search in {}: {done}/{max_trials} trials done",
+                dir.display()
+            )
+        }
+        SearchEvent::TrialStarted {
+            index,
+            hash,
+            origin,
+        } => eprintln!("trial {index} [{hash}] {origin} ..."),
+        SearchEvent::Skipped { hash, why } => eprintln!("  skipped {hash}: {why}"),
+        SearchEvent::TrialDone(r) => {
+            let o = &r.outcome;
+            let what = match o.score {
+                Some(s) => format!("{metric} {s:.4}"),
+                None => format!(
+                    "{:?}: {}",
+                    o.status,
+                    o.reason.as_deref().unwrap_or("no reason given")
+                ),
+            };
+            eprintln!(
+                "  -> {what} | {:.2} M params, {:.3} GMACs | {:.0} s (trial {}/{max})",
+                o.params.unwrap_or(0) as f64 / 1e6,
+                o.macs.unwrap_or(0) as f64 / 1e9,
+                o.seconds,
+                r.index + 1
+            );
+        }
+    };
+    let (status, log) = run_search(
+        dir,
+        &cfg.space,
+        &cfg.limits,
+        strategy.as_mut(),
+        evaluator.as_mut(),
+        &stop,
+        &mut on_event,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(b) = log.best() {
+        eprintln!(
+            "best: [{}] {metric} {:.4} ({:.2} M params) -> {}",
+            b.hash,
+            b.score().unwrap_or(f64::NAN),
+            b.outcome.params.unwrap_or(0) as f64 / 1e6,
+            dir.join("trials")
+                .join(&b.hash)
+                .join("genome.json")
+                .display()
+        );
+    }
+    match status {
+        SearchStatus::Interrupted => {
+            eprintln!("stopped; continue with --resume");
+            Ok(130)
+        }
+        SearchStatus::Exhausted => {
+            eprintln!("stopped: the strategy found no new genome in the space");
+            Ok(0)
+        }
+        SearchStatus::Finished | SearchStatus::TimeUp => Ok(0),
+    }
+}

@@ -1,0 +1,323 @@
+//! Search strategies and what they share: the append-only trial log, the resolved search
+//! configuration, and the loop that asks a [`Strategy`] for candidates and an [`Evaluator`]
+//! for scores.
+//!
+//! Resumability: every line of `trials.jsonl` is one finished trial, written and flushed before
+//! the next starts. Strategies propose as a pure function of (seed, log so far), so a killed
+//! search resumed with `--resume` proposes the same next candidate, and the trial that was
+//! running resumes from its own checkpoints. No trial is lost or run twice.
+
+pub mod evolution;
+pub mod random;
+
+use crate::genome::{Genome, SearchSpace};
+use crate::trial::{Evaluator, TrialOutcome, TrialStatus};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+pub const TRIALS_FILE: &str = "trials.jsonl";
+pub const CONFIG_FILE: &str = "search.json";
+
+/// One line of `trials.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    /// 0-based position in the log.
+    pub index: usize,
+    /// Canonical hash of the genome (16 hex digits).
+    pub hash: String,
+    pub strategy: String,
+    /// How the candidate came about: `random`, `mutation of <hash>`, `llm round 3`, ...
+    pub origin: String,
+    pub genome: Genome,
+    pub outcome: TrialOutcome,
+    /// Search wall-clock seconds (across resumes) when the trial finished.
+    pub search_seconds: f64,
+    /// Unix time when the trial finished.
+    pub finished_unix: u64,
+}
+
+impl TrialRecord {
+    /// The score if the trial succeeded.
+    pub fn score(&self) -> Option<f64> {
+        (self.outcome.status == TrialStatus::Ok)
+            .then_some(self.outcome.score)
+            .flatten()
+    }
+
+    /// Whether it counts against the trial budget (it was trained or tried to be).
+    pub fn counts(&self) -> bool {
+        matches!(self.outcome.status, TrialStatus::Ok | TrialStatus::Failed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{path}:{line}: not a trial record: {message}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Strategy(String),
+    #[error(
+        "{dir} already holds a search ({CONFIG_FILE}); continue it with --resume or pick another --run-dir"
+    )]
+    Exists { dir: PathBuf },
+    #[error("{dir}: no {CONFIG_FILE} to resume from")]
+    NothingToResume { dir: PathBuf },
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> SearchError {
+    SearchError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// The append-only trial log.
+pub struct TrialLog {
+    path: PathBuf,
+    pub records: Vec<TrialRecord>,
+}
+
+impl TrialLog {
+    /// Open (or create) `dir/trials.jsonl`. A torn last line, left by a kill during a write,
+    /// is dropped (and cut from the file); a bad line anywhere else is an error.
+    pub fn open(dir: &Path) -> Result<Self, SearchError> {
+        let path = dir.join(TRIALS_FILE);
+        let mut records = Vec::new();
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+            let lines: Vec<&str> = text.split_inclusive('\n').collect();
+            let mut good_len = 0;
+            for (i, line) in lines.iter().enumerate() {
+                let complete = line.ends_with('\n');
+                match serde_json::from_str::<TrialRecord>(line.trim_end()) {
+                    Ok(r) if complete => {
+                        records.push(r);
+                        good_len += line.len();
+                    }
+                    Err(_) | Ok(_) if i + 1 == lines.len() && !complete => {
+                        // torn write: cut it
+                        let f = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(|e| io_err(&path, e))?;
+                        f.set_len(good_len as u64).map_err(|e| io_err(&path, e))?;
+                    }
+                    Err(e) => {
+                        return Err(SearchError::Corrupt {
+                            path,
+                            line: i + 1,
+                            message: e.to_string(),
+                        });
+                    }
+                    Ok(_) => unreachable!("complete lines are handled above"),
+                }
+            }
+        }
+        Ok(TrialLog { path, records })
+    }
+
+    /// Append one record and flush it to disk before returning.
+    pub fn append(&mut self, r: TrialRecord) -> Result<(), SearchError> {
+        let mut line = serde_json::to_string(&r).expect("record serialises");
+        line.push('\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| io_err(&self.path, e))?;
+        f.write_all(line.as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(|e| io_err(&self.path, e))?;
+        self.records.push(r);
+        Ok(())
+    }
+
+    pub fn contains(&self, hash: &str) -> bool {
+        self.records.iter().any(|r| r.hash == hash)
+    }
+
+    /// Trials that count against the budget.
+    pub fn trials(&self) -> usize {
+        self.records.iter().filter(|r| r.counts()).count()
+    }
+
+    /// The best (lowest-score) successful trial.
+    pub fn best(&self) -> Option<&TrialRecord> {
+        self.records
+            .iter()
+            .filter(|r| r.score().is_some())
+            .min_by(|a, b| a.score().partial_cmp(&b.score()).expect("finite scores"))
+    }
+}
+
+/// A candidate from a strategy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Proposal {
+    pub genome: Genome,
+    pub origin: String,
+}
+
+/// A source of candidates. `propose` must be a pure function of its own configuration (seed
+/// included) and `log`, so that a resumed search continues exactly.
+pub trait Strategy {
+    fn name(&self) -> String;
+    fn propose(
+        &mut self,
+        log: &[TrialRecord],
+        space: &SearchSpace,
+    ) -> Result<Vec<Proposal>, SearchError>;
+}
+
+/// Budgets of a search.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Trials that train (invalid proposals do not count).
+    pub max_trials: usize,
+    /// Wall-clock seconds across resumes (None: no limit). Checked between trials.
+    pub max_seconds: Option<f64>,
+    /// Give up after this many proposals in a row that were all duplicates or invalid.
+    pub max_stale: usize,
+}
+
+/// What happened during a search, for progress output.
+pub enum SearchEvent<'a> {
+    Started {
+        done: usize,
+        max_trials: usize,
+    },
+    TrialStarted {
+        index: usize,
+        hash: &'a str,
+        origin: &'a str,
+    },
+    TrialDone(&'a TrialRecord),
+    Skipped {
+        hash: &'a str,
+        why: &'a str,
+    },
+}
+
+/// Why a search loop returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SearchStatus {
+    Finished,
+    TimeUp,
+    Exhausted,
+    Interrupted,
+}
+
+/// Run `strategy` with `evaluator` in `dir` until the limits are reached.
+pub fn run_search(
+    dir: &Path,
+    space: &SearchSpace,
+    limits: &Limits,
+    strategy: &mut dyn Strategy,
+    evaluator: &mut dyn Evaluator,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(SearchEvent),
+) -> Result<(SearchStatus, TrialLog), SearchError> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let mut log = TrialLog::open(dir)?;
+    let t0 = Instant::now();
+    let base = log.records.last().map_or(0.0, |r| r.search_seconds);
+    let elapsed = || base + t0.elapsed().as_secs_f64();
+    on_event(SearchEvent::Started {
+        done: log.trials(),
+        max_trials: limits.max_trials,
+    });
+    let mut stale = 0;
+    loop {
+        if log.trials() >= limits.max_trials {
+            return Ok((SearchStatus::Finished, log));
+        }
+        if limits.max_seconds.is_some_and(|m| elapsed() >= m) {
+            return Ok((SearchStatus::TimeUp, log));
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Ok((SearchStatus::Interrupted, log));
+        }
+        let proposals = strategy.propose(&log.records, space)?;
+        if proposals.is_empty() {
+            return Ok((SearchStatus::Exhausted, log));
+        }
+        for p in proposals {
+            if log.trials() >= limits.max_trials
+                || limits.max_seconds.is_some_and(|m| elapsed() >= m)
+            {
+                break;
+            }
+            let hash = p.genome.hash();
+            if log.contains(&hash) {
+                on_event(SearchEvent::Skipped {
+                    hash: &hash,
+                    why: "duplicate of an evaluated genome",
+                });
+                stale += 1;
+                if stale >= limits.max_stale {
+                    return Ok((SearchStatus::Exhausted, log));
+                }
+                continue;
+            }
+            let index = log.records.len();
+            on_event(SearchEvent::TrialStarted {
+                index,
+                hash: &hash,
+                origin: &p.origin,
+            });
+            let tdir = dir.join("trials").join(&hash);
+            std::fs::create_dir_all(&tdir).map_err(|e| io_err(&tdir, e))?;
+            std::fs::write(tdir.join("genome.json"), p.genome.to_json_pretty())
+                .map_err(|e| io_err(&tdir, e))?;
+            let outcome = evaluator.evaluate(&p.genome, Some(&tdir), stop);
+            if outcome.status == TrialStatus::Interrupted {
+                return Ok((SearchStatus::Interrupted, log));
+            }
+            let _ = std::fs::write(
+                tdir.join("metrics.json"),
+                serde_json::to_vec_pretty(&outcome).expect("serialises"),
+            );
+            stale = if outcome.status == TrialStatus::Invalid {
+                stale + 1
+            } else {
+                0
+            };
+            let rec = TrialRecord {
+                index,
+                hash: hash.clone(),
+                strategy: strategy.name(),
+                origin: p.origin,
+                genome: p.genome,
+                outcome,
+                search_seconds: elapsed(),
+                finished_unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            log.append(rec)?;
+            on_event(SearchEvent::TrialDone(
+                log.records.last().expect("just added"),
+            ));
+            if stale >= limits.max_stale {
+                return Ok((SearchStatus::Exhausted, log));
+            }
+        }
+    }
+}
+
+/// A seeded RNG for the `k`-th draw of a strategy after `n` log records: resuming replays it.
+pub fn strategy_rng(seed: u64, n: usize, k: u64) -> rand::rngs::ChaCha8Rng {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed ^ 0x5ea4_c400_0000_0000);
+    rng.set_stream(((n as u64) << 16) | k);
+    rng
+}

@@ -1,0 +1,299 @@
+//! One search trial: genome -> budget check -> build -> rapid-convergence training -> sample ->
+//! score (RFID, or its classifier-space twin when the Inception weights are absent). The one
+//! module that joins model, train, diffusion, eval and data.
+//!
+//! A trial that fails (invalid or over-budget genome, non-finite loss, a panic such as a device
+//! out of memory) returns a failed outcome with its reason; the search goes on.
+
+use crate::data::Dataset;
+use crate::diffusion::NoiseSchedule;
+use crate::eval::extract::FeatureExtractor;
+use crate::eval::reference::Reference;
+use crate::eval::rfid::{GenerationConfig, KidConfig, score_denoiser};
+use crate::genome::{Genome, SearchSpace, cost};
+use crate::model::Unet;
+use crate::train::{LrSchedule, TrainConfig, TrainError, TrainOptions, TrainStatus, train};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+/// The trial's schedule and scoring (ALGORITHMS.md sections 4 and 5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialConfig {
+    /// Rapid-convergence training: linear warm-up, cosine decay to `min_lr_ratio`, EMA with
+    /// warm-up, a fixed step budget.
+    pub train: TrainConfig,
+    /// Dropout used during the proxy run instead of the genome's (None: the genome's).
+    pub proxy_dropout: Option<f64>,
+    /// How the score's samples are drawn (RFID: 5,000, DDIM 50).
+    pub score: GenerationConfig,
+    /// KID alongside (None: skipped).
+    pub kid: Option<KidConfig>,
+}
+
+impl TrialConfig {
+    /// The rapid-convergence proxy: `steps` of batch `batch_size`, peak LR 2e-4 (configurable),
+    /// warm-up 5% of the steps, cosine to 10% of the peak, EMA 0.999 with warm-up.
+    pub fn rapid(steps: u64, batch_size: usize) -> Self {
+        TrialConfig {
+            train: TrainConfig::new()
+                .with_steps(steps)
+                .with_batch_size(batch_size)
+                .with_lr(2e-4)
+                .with_warmup_steps((steps / 20).max(1))
+                .with_lr_schedule(LrSchedule::Cosine)
+                .with_min_lr_ratio(0.1)
+                .with_ema_decay(0.999)
+                .with_ema_warmup(true)
+                .with_checkpoint_every((steps / 4).max(1))
+                .with_log_every(50),
+            proxy_dropout: Some(0.0),
+            score: GenerationConfig::rfid(),
+            kid: Some(KidConfig::default()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialStatus {
+    Ok,
+    /// The genome was rejected before training (validation or budget).
+    Invalid,
+    /// Training or scoring failed.
+    Failed,
+    /// Stopped by the user; the trial is re-run (resuming its checkpoint) on `--resume`.
+    Interrupted,
+}
+
+/// What a trial produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialOutcome {
+    pub status: TrialStatus,
+    /// The score (lower is better); None unless `status` is ok.
+    pub score: Option<f64>,
+    /// Name of the score: `RFID`, `RFD-classifier`, ...
+    pub metric: String,
+    pub kid: Option<f64>,
+    pub params: Option<u64>,
+    pub macs: Option<u64>,
+    pub final_loss: Option<f64>,
+    pub train_seconds: f64,
+    pub score_seconds: f64,
+    pub seconds: f64,
+    pub reason: Option<String>,
+}
+
+impl TrialOutcome {
+    pub fn rejected(status: TrialStatus, metric: &str, reason: String) -> Self {
+        TrialOutcome {
+            status,
+            score: None,
+            metric: metric.into(),
+            kid: None,
+            params: None,
+            macs: None,
+            final_loss: None,
+            train_seconds: 0.0,
+            score_seconds: 0.0,
+            seconds: 0.0,
+            reason: Some(reason),
+        }
+    }
+}
+
+/// Scores genomes. Search strategies see only this.
+pub trait Evaluator {
+    /// Name of the score, e.g. `RFID` or `RFD-classifier`.
+    fn metric(&self) -> String;
+    /// Evaluate `genome`; `dir` (when given) holds the trial's files and checkpoints, so that an
+    /// interrupted trial resumes. `stop` asks for an early, resumable stop.
+    fn evaluate(&mut self, genome: &Genome, dir: Option<&Path>, stop: &AtomicBool) -> TrialOutcome;
+}
+
+/// The real evaluator: trains on `data` and scores against `reference` with `extractor`.
+pub struct ProxyEvaluator {
+    pub space: SearchSpace,
+    pub data: Dataset,
+    pub cfg: TrialConfig,
+    pub extractor: Box<dyn FeatureExtractor>,
+    pub reference: Reference,
+    pub device: Device,
+}
+
+impl ProxyEvaluator {
+    /// `R` + the extractor's distance: `RFID` for Inception features, `RFD-classifier` for the
+    /// classifier's, so a reduced score is never mistaken for a full one.
+    pub fn metric_name(ext: &dyn FeatureExtractor) -> String {
+        let d = &ext.id().distance;
+        if d == "FID" {
+            "RFID".into()
+        } else {
+            format!("R{d}")
+        }
+    }
+
+    fn run(
+        &mut self,
+        genome: &Genome,
+        dir: Option<&Path>,
+        stop: &AtomicBool,
+    ) -> Result<TrialOutcome, (TrialStatus, String)> {
+        let metric = self.metric();
+        let t0 = Instant::now();
+        self.space
+            .validate(genome)
+            .map_err(|e| (TrialStatus::Invalid, e.to_string()))?;
+        let c = cost(genome).map_err(|e| (TrialStatus::Invalid, e.to_string()))?;
+        let mut g = genome.clone();
+        if let Some(p) = self.cfg.proxy_dropout {
+            g.dropout = p;
+        }
+        let ad = self.device.clone().autodiff();
+        ad.seed(self.cfg.train.seed);
+        let model = Unet::new(&g, &ad).map_err(|e| (TrialStatus::Invalid, e.to_string()))?;
+        let opts = TrainOptions {
+            run_dir: dir,
+            resume: true,
+            stop: Some(stop),
+            stop_at: None,
+        };
+        let out = train(model, &self.data, &self.cfg.train, &ad, opts, &mut |_| {}).map_err(
+            |e| match e {
+                TrainError::Config(m) => (TrialStatus::Invalid, m),
+                other => (TrialStatus::Failed, other.to_string()),
+            },
+        )?;
+        if out.status == TrainStatus::Interrupted {
+            return Err((TrialStatus::Interrupted, "stopped by the user".into()));
+        }
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let schedule = NoiseSchedule::new(self.cfg.train.beta_schedule, self.cfg.train.timesteps)
+            .map_err(|e| (TrialStatus::Failed, e.to_string()))?;
+        let spec = [g.image.channels, g.image.size, g.image.size];
+        let score = score_denoiser(
+            &out.ema,
+            schedule,
+            spec,
+            &self.cfg.score,
+            self.extractor.as_ref(),
+            &self.reference,
+            self.cfg.kid,
+            &self.device,
+            &mut |_| {},
+        )
+        .map_err(|e| (TrialStatus::Failed, format!("scoring: {e}")))?;
+        Ok(TrialOutcome {
+            status: TrialStatus::Ok,
+            score: Some(score.value),
+            metric,
+            kid: score.kid.map(|k| k.mean),
+            params: Some(c.params),
+            macs: Some(c.macs),
+            final_loss: out.state.last_loss,
+            train_seconds,
+            score_seconds: t1.elapsed().as_secs_f64(),
+            seconds: t0.elapsed().as_secs_f64(),
+            reason: None,
+        })
+    }
+}
+
+impl Evaluator for ProxyEvaluator {
+    fn metric(&self) -> String {
+        Self::metric_name(self.extractor.as_ref())
+    }
+
+    fn evaluate(&mut self, genome: &Genome, dir: Option<&Path>, stop: &AtomicBool) -> TrialOutcome {
+        let t0 = Instant::now();
+        let metric = self.metric();
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(genome, dir, stop)));
+        let (status, reason) = match result {
+            Ok(Ok(outcome)) => return outcome,
+            Ok(Err(e)) => e,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                (TrialStatus::Failed, format!("panicked: {msg}"))
+            }
+        };
+        let mut o = TrialOutcome::rejected(status, &metric, reason);
+        if let Ok(c) = cost(genome) {
+            o.params = Some(c.params);
+            o.macs = Some(c.macs);
+        }
+        o.seconds = t0.elapsed().as_secs_f64();
+        o
+    }
+}
+
+/// A known, cheap function of the genome standing in for training: for strategy tests and
+/// dry runs of a search (`--evaluator stub`). Lower is better; its optimum is a 3-level UNet with
+/// multipliers (1, 2, 2), two standard ResBlocks per level, 64 base channels, attention at one
+/// resolution and scale-shift norm. Scores are reported as `stub`, never as a distance.
+pub struct StubEvaluator {
+    pub space: SearchSpace,
+}
+
+impl StubEvaluator {
+    pub fn score(g: &Genome) -> f64 {
+        let target = [1usize, 2, 2, 2];
+        let mut s = (g.encoder.len() as f64 - 3.0).abs();
+        for (l, level) in g.encoder.iter().enumerate() {
+            s += (level.channel_mult as f64 - target[l.min(3)] as f64).abs() * 0.5;
+            s += (level.res_blocks.len() as f64 - 2.0).abs() * 0.5;
+        }
+        let blocks = g
+            .encoder
+            .iter()
+            .flat_map(|l| &l.res_blocks)
+            .chain(&g.middle.res_blocks)
+            .chain(g.decoder.iter().flat_map(|l| &l.res_blocks));
+        for b in blocks {
+            s += b.kernels.iter().filter(|&&k| k != 3).count() as f64 * 0.2;
+            s += (b.hidden_mult - 1.0).abs() * 0.4;
+        }
+        s += (g.base_channels as f64 / 64.0).log2().abs();
+        s += (g.attention.resolutions.len() as f64 - 1.0).abs() * 0.3;
+        s += if g.scale_shift_norm { 0.0 } else { 0.25 };
+        s + g.dropout
+    }
+}
+
+impl Evaluator for StubEvaluator {
+    fn metric(&self) -> String {
+        "stub".into()
+    }
+
+    fn evaluate(
+        &mut self,
+        genome: &Genome,
+        _dir: Option<&Path>,
+        _stop: &AtomicBool,
+    ) -> TrialOutcome {
+        if let Err(e) = self.space.validate(genome) {
+            return TrialOutcome::rejected(TrialStatus::Invalid, "stub", e.to_string());
+        }
+        let c = cost(genome).expect("validated");
+        TrialOutcome {
+            status: TrialStatus::Ok,
+            score: Some(Self::score(genome)),
+            metric: "stub".into(),
+            kid: None,
+            params: Some(c.params),
+            macs: Some(c.macs),
+            final_loss: None,
+            train_seconds: 0.0,
+            score_seconds: 0.0,
+            seconds: 0.0,
+            reason: None,
+        }
+    }
+}
