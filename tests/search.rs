@@ -141,3 +141,158 @@ fn evolution_knobs_are_checked() {
     assert!(bad(4, 2, 1.5));
     assert!(!bad(4, 2, 0.5));
 }
+
+/// Write the first `n_train` / `n_test` images of the real Fashion-MNIST as raw IDX files, so
+/// that CLI tests run the real pipeline (classifier, statistics, trials) in seconds.
+pub fn small_fashion_mnist(dir: &Path, n_train: usize, n_test: usize) -> Option<String> {
+    use diffnas::data::{DataSource, Split};
+    let src = crate::data::fashion_dir()?;
+    let src = DataSource::FashionMnist(Some(src));
+    for (split, prefix, n) in [
+        (Split::Train, "train", n_train),
+        (Split::Test, "t10k", n_test),
+    ] {
+        let d = src.load(split).unwrap();
+        let mut img = 2051u32.to_be_bytes().to_vec();
+        for v in [n as u32, 28, 28] {
+            img.extend(v.to_be_bytes());
+        }
+        img.extend(&d.pixels[..n * 784]);
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
+        let mut lab = 2049u32.to_be_bytes().to_vec();
+        lab.extend((n as u32).to_be_bytes());
+        lab.extend(&d.labels.as_ref().unwrap()[..n]);
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
+    }
+    Some(format!("mnist:{}", dir.display()))
+}
+
+/// A real search process killed (SIGKILL) in the middle of a trial's training, then resumed:
+/// every trial appears once, the trials finished before the kill are unchanged, and the
+/// interrupted trial resumed from its checkpoint.
+#[test]
+fn killed_search_resumes_with_every_trial_once() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let work = tempfile::tempdir().unwrap();
+    let data_dir = work.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let Some(data) = small_fashion_mnist(&data_dir, 1000, 500) else {
+        return;
+    };
+    let home = work.path().join("home");
+    let bin = env!("CARGO_BIN_EXE_diffnas");
+    let run = |args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .env("DIFFNAS_HOME", &home)
+            .env_remove("DIFFNAS_INCEPTION")
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "eval",
+        "train-classifier",
+        "--data",
+        &data,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--device",
+        "flex",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = work.path().join("search");
+    let args = [
+        "search",
+        "evolution",
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--data",
+        &data,
+        "--trials",
+        "3",
+        "--population",
+        "2",
+        "--sample",
+        "2",
+        "--trial-steps",
+        "40",
+        "--trial-batch-size",
+        "8",
+        "--score-n",
+        "40",
+        "--score-steps",
+        "3",
+        "--max-params",
+        "400000",
+        "--max-macs",
+        "60000000",
+        "--device",
+        "flex",
+    ];
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("DIFFNAS_HOME", &home)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until one trial is logged and the next has written a checkpoint, then kill.
+    let log = dir.join("trials.jsonl");
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the search made no progress"
+        );
+        let logged = std::fs::read_to_string(&log).map_or(0, |s| s.lines().count());
+        let ck = std::fs::read_dir(dir.join("trials"))
+            .ok()
+            .is_some_and(|rd| {
+                rd.flatten().any(|e| {
+                    e.path().join("checkpoints").join("latest").exists()
+                        && !std::fs::read_to_string(&log)
+                            .unwrap_or_default()
+                            .contains(&*e.file_name().to_string_lossy())
+                })
+            });
+        if logged >= 1 && ck {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = TrialLog::open(&dir).unwrap().records;
+    assert!(
+        !before.is_empty() && before.len() < 3,
+        "{} trials before the kill",
+        before.len()
+    );
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let o = run(&resume);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{}/3 trials done", before.len())),
+        "{err}"
+    );
+    let after = TrialLog::open(&dir).unwrap().records;
+    assert_eq!(after.len(), 3);
+    assert_eq!(&after[..before.len()], &before[..]);
+    let hashes: HashSet<_> = after.iter().map(|r| &r.hash).collect();
+    assert_eq!(hashes.len(), 3);
+    for (i, r) in after.iter().enumerate() {
+        assert_eq!(r.index, i);
+        assert!(r.score().is_some(), "trial {i}: {:?}", r.outcome);
+        assert_eq!(r.outcome.metric, "RFD-classifier");
+    }
+    // The search configuration was written before the first trial and still describes it.
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("search.json")).unwrap()).unwrap();
+    assert_eq!(cfg["strategy"], "evolution");
+    assert_eq!(cfg["trial"]["train"]["steps"], 40);
+}
