@@ -9,6 +9,7 @@ mod eval;
 mod fd_classifier;
 mod fetch;
 mod genome;
+mod llm;
 mod model;
 mod search;
 mod train;

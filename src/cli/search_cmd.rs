@@ -11,6 +11,9 @@ use crate::data::{DataSource, Split};
 use crate::eval::rfid::{GenerationConfig, KidConfig};
 use crate::genome::{Budget, ImageSpec, SearchSpace};
 use crate::search::evolution::{Evolution, EvolutionConfig};
+use crate::search::llm::client::{ChatClient, LlmConfig};
+use crate::search::llm::prompt::MemoryLimits;
+use crate::search::llm::{LlmSearch, LlmSearchConfig, RoundFile};
 use crate::search::random::RandomSearch;
 use crate::search::{CONFIG_FILE, Limits, SearchEvent, SearchStatus, Strategy, run_search};
 use crate::trial::{Evaluator, ProxyEvaluator, StubEvaluator, TrialConfig};
@@ -26,6 +29,48 @@ pub enum SearchCmd {
     Random(SearchArgs),
     /// Regularized evolution: mutate the best of S sampled from the P most recent trials.
     Evolution(EvolutionArgs),
+    /// LLM-guided search: a chat model proposes genomes from the space, the budget and the
+    /// search memory (needs an OpenAI-compatible endpoint; offline, use random or evolution).
+    ///
+    /// Example (any OpenAI-compatible server):
+    ///   OPENAI_API_KEY=... diffnas search llm --llm-base-url https://api.openai.com/v1 --llm-model gpt-4o
+    Llm(LlmArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LlmArgs {
+    #[command(flatten)]
+    pub common: SearchArgs,
+    /// OpenAI-compatible base URL (the part before /chat/completions).
+    #[arg(long, env = "DIFFNAS_LLM_BASE_URL")]
+    pub llm_base_url: Option<String>,
+    #[arg(long, env = "DIFFNAS_LLM_MODEL", default_value = "gpt-4o")]
+    pub llm_model: String,
+    /// Environment variable holding the API key (the key is never written or printed).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub llm_api_key_env: String,
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens: usize,
+    /// Seconds per request.
+    #[arg(long, default_value_t = 120.0)]
+    pub llm_timeout: f64,
+    /// Retries on 429, 5xx and timeouts (exponential backoff from --llm-backoff seconds).
+    #[arg(long, default_value_t = 4)]
+    pub llm_retries: usize,
+    #[arg(long, default_value_t = 2.0)]
+    pub llm_backoff: f64,
+    /// Rounds R of K proposals each.
+    #[arg(long, default_value_t = 10)]
+    pub rounds: usize,
+    #[arg(long, default_value_t = 2)]
+    pub per_round: usize,
+    /// Search memory in the prompt: the best N trials plus the M most recent.
+    #[arg(long, default_value_t = 20)]
+    pub memory_top: usize,
+    #[arg(long, default_value_t = 10)]
+    pub memory_recent: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -114,29 +159,79 @@ pub struct SearchConfig {
     pub trial: TrialConfig,
     pub limits: Limits,
     pub evolution: Option<EvolutionConfig>,
+    /// The LLM endpoint (no key: only the name of its environment variable).
+    pub llm_endpoint: Option<LlmConfig>,
+    pub llm: Option<LlmSearchConfig>,
     /// The score's name (`RFID`, `RFD-classifier`, `stub`) and the extractor behind it.
     pub metric: String,
     pub extractor: Option<crate::eval::ExtractorId>,
 }
 
+/// Which strategy, with its own settings.
+pub enum StrategySpec {
+    Random,
+    Evolution(EvolutionConfig),
+    Llm(LlmConfig, LlmSearchConfig),
+}
+
 pub fn run(cmd: SearchCmd) -> anyhow::Result<i32> {
-    let (common, evo) = match cmd {
-        SearchCmd::Random(a) => (a, None),
+    let (common, spec) = match cmd {
+        SearchCmd::Random(a) => (a, StrategySpec::Random),
         SearchCmd::Evolution(e) => (
             e.common,
-            Some(EvolutionConfig {
+            StrategySpec::Evolution(EvolutionConfig {
                 population: e.population,
                 sample: e.sample,
                 crossover: e.crossover,
             }),
         ),
+        SearchCmd::Llm(l) => {
+            let Some(base_url) = l.llm_base_url.clone() else {
+                return Err(user_err(
+                    "no LLM endpoint configured: pass --llm-base-url (or set DIFFNAS_LLM_BASE_URL) \
+                     to an OpenAI-compatible server. Offline, the baselines `diffnas search random` \
+                     and `diffnas search evolution` need none.",
+                ));
+            };
+            if l.rounds == 0 || l.per_round == 0 {
+                return Err(user_err("--rounds and --per-round must be at least 1"));
+            }
+            let endpoint = LlmConfig {
+                base_url,
+                model: l.llm_model.clone(),
+                temperature: l.temperature,
+                max_tokens: l.max_tokens,
+                timeout_s: l.llm_timeout,
+                api_key_env: l.llm_api_key_env.clone(),
+                max_retries: l.llm_retries,
+                backoff_s: l.llm_backoff,
+            };
+            let search = LlmSearchConfig {
+                rounds: l.rounds,
+                per_round: l.per_round,
+                memory: MemoryLimits {
+                    top: l.memory_top,
+                    recent: l.memory_recent,
+                    ..MemoryLimits::default()
+                },
+                dataset: l.common.data.to_string(),
+                metric: String::new(),
+            };
+            let mut common = l.common;
+            common.trials = common.trials.or(Some(l.rounds * l.per_round));
+            (common, StrategySpec::Llm(endpoint, search))
+        }
     };
-    let name = if evo.is_some() { "evolution" } else { "random" };
+    let name = match spec {
+        StrategySpec::Random => "random",
+        StrategySpec::Evolution(_) => "evolution",
+        StrategySpec::Llm(..) => "llm",
+    };
     let dir = common
         .run_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/search-{name}")));
-    search(&dir, name, &common, evo)
+    search(&dir, name, &common, spec)
 }
 
 fn read_config(dir: &Path) -> anyhow::Result<SearchConfig> {
@@ -146,12 +241,7 @@ fn read_config(dir: &Path) -> anyhow::Result<SearchConfig> {
     serde_json::from_str(&text).map_err(|e| user_err(format!("{}: {e}", p.display())))
 }
 
-fn search(
-    dir: &Path,
-    name: &str,
-    a: &SearchArgs,
-    evo: Option<EvolutionConfig>,
-) -> anyhow::Result<i32> {
+fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow::Result<i32> {
     let selected = super::select_device(a.ext.device)?;
     eprintln!("device: {}", selected.info);
     let cfg_path = dir.join(CONFIG_FILE);
@@ -222,7 +312,18 @@ fn search(
                 max_seconds: a.max_minutes.map(|m| m * 60.0),
                 max_stale: 200,
             },
-            evolution: evo,
+            evolution: match &spec {
+                StrategySpec::Evolution(e) => Some(*e),
+                _ => None,
+            },
+            llm_endpoint: match &spec {
+                StrategySpec::Llm(e, _) => Some(e.clone()),
+                _ => None,
+            },
+            llm: match &spec {
+                StrategySpec::Llm(_, l) => Some(l.clone()),
+                _ => None,
+            },
             metric: String::new(),
             extractor: None,
         }
@@ -273,9 +374,41 @@ fn search(
     cfg.metric = evaluator.metric();
     std::fs::create_dir_all(dir).map_err(|e| user_err(format!("{}: {e}", dir.display())))?;
     crate::train::write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-    let mut strategy: Box<dyn Strategy> = match cfg.evolution {
-        Some(e) => Box::new(Evolution::new(cfg.seed, e).map_err(|e| user_err(e.to_string()))?),
-        None => Box::new(RandomSearch::new(cfg.seed)),
+    if let Some(l) = &mut cfg.llm {
+        l.metric = cfg.metric.clone();
+    }
+    let mut strategy: Box<dyn Strategy> = match (&cfg.evolution, &cfg.llm_endpoint, &cfg.llm) {
+        (Some(e), _, _) => {
+            Box::new(Evolution::new(cfg.seed, *e).map_err(|e| user_err(e.to_string()))?)
+        }
+        (None, Some(endpoint), Some(l)) => {
+            let mut client =
+                ChatClient::new(endpoint.clone()).map_err(|e| user_err(e.to_string()))?;
+            client.on_retry = Some(Box::new(|attempt, wait, why: &str| {
+                eprintln!("  LLM request failed ({why}); retry {attempt} in {wait:.1} s")
+            }));
+            eprintln!(
+                "LLM: {} at {} ({} rounds x {})",
+                endpoint.model, endpoint.base_url, l.rounds, l.per_round
+            );
+            Box::new(LlmSearch {
+                chat: Box::new(client),
+                cfg: l.clone(),
+                dir: dir.to_path_buf(),
+                on_round: Some(Box::new(|rf: &RoundFile| {
+                    eprintln!(
+                        "LLM round {}: {} proposal(s), {} rejected",
+                        rf.round,
+                        rf.proposals.len(),
+                        rf.rejected.len()
+                    );
+                    for r in &rf.rejected {
+                        eprintln!("  rejected: {}", r.error);
+                    }
+                })),
+            })
+        }
+        _ => Box::new(RandomSearch::new(cfg.seed)),
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -351,7 +484,9 @@ fn search(
             Ok(130)
         }
         SearchStatus::Exhausted => {
-            eprintln!("stopped: the strategy found no new genome in the space");
+            eprintln!(
+                "stopped: the strategy has no new candidate (rounds done, or the space is exhausted)"
+            );
             Ok(0)
         }
         SearchStatus::Finished | SearchStatus::TimeUp => Ok(0),

@@ -8,6 +8,7 @@
 //! running resumes from its own checkpoints. No trial is lost or run twice.
 
 pub mod evolution;
+pub mod llm;
 pub mod random;
 
 use crate::genome::{Genome, SearchSpace};
@@ -73,7 +74,7 @@ pub enum SearchError {
     NothingToResume { dir: PathBuf },
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> SearchError {
+pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> SearchError {
     SearchError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
