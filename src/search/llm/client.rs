@@ -91,12 +91,15 @@ pub trait Chat {
     fn chat(&self, messages: &[Message]) -> Result<String, LlmError>;
 }
 
+/// Told (attempt, seconds to wait, reason) before each retry.
+pub type RetryHook = Box<dyn Fn(usize, f64, &str)>;
+
 pub struct ChatClient {
     cfg: LlmConfig,
     key: Option<String>,
     http: reqwest::blocking::Client,
     /// Called before each backoff sleep with (attempt, seconds, reason).
-    pub on_retry: Option<Box<dyn Fn(usize, f64, &str)>>,
+    pub on_retry: Option<RetryHook>,
 }
 
 #[derive(Deserialize)]

@@ -49,13 +49,16 @@ pub struct RoundFile {
     pub rejected: Vec<Rejected>,
 }
 
+/// Told about each round once its proposals are final.
+pub type RoundHook = Box<dyn FnMut(&RoundFile)>;
+
 pub struct LlmSearch {
     pub chat: Box<dyn Chat>,
     pub cfg: LlmSearchConfig,
     /// The search's run directory.
     pub dir: PathBuf,
     /// Called when a round's proposals are final (round, proposals, rejected).
-    pub on_round: Option<Box<dyn FnMut(&RoundFile)>>,
+    pub on_round: Option<RoundHook>,
 }
 
 pub fn round_path(dir: &Path, round: usize) -> PathBuf {
