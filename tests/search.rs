@@ -296,3 +296,62 @@ fn killed_search_resumes_with_every_trial_once() {
     assert_eq!(cfg["strategy"], "evolution");
     assert_eq!(cfg["trial"]["train"]["steps"], 40);
 }
+
+#[test]
+fn report_has_table_pareto_front_and_charts() {
+    use diffnas::search::report::{RunSummary, pareto_front};
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let mut evo = Evolution::new(2, EvolutionConfig::default()).unwrap();
+    search(a.path(), &mut evo, 25);
+    search(b.path(), &mut RandomSearch::new(2), 25);
+    let run = RunSummary::load(a.path()).unwrap();
+    // The front is non-dominated, and every other scored trial is dominated by a front member.
+    let front = pareto_front(&run.records);
+    assert!(!front.is_empty());
+    for r in run.records.iter().filter(|r| r.score().is_some()) {
+        let (s, m) = (r.score().unwrap(), r.outcome.macs.unwrap());
+        let on_front = front.iter().any(|f| f.index == r.index);
+        let dominated = front.iter().any(|f| {
+            let (fs, fm) = (f.score().unwrap(), f.outcome.macs.unwrap());
+            fs <= s && fm <= m && (fs < s || fm < m)
+        });
+        assert!(
+            on_front != dominated,
+            "trial {} is both or neither",
+            r.index
+        );
+    }
+    let bsf = run.best_so_far();
+    assert_eq!(bsf.len(), 25);
+    assert!(
+        bsf.windows(2).all(|w| w[1].2 <= w[0].2),
+        "best-so-far never rises"
+    );
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
+        .args([
+            "report",
+            a.path().to_str().unwrap(),
+            "--compare",
+            b.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(a.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("## Pareto front")
+            && md.contains("## Runs compared")
+            && md.contains("## Best genome")
+    );
+    assert!(md.matches("| `").count() >= 25);
+    for png in [
+        "best_vs_trials.png",
+        "best_vs_time.png",
+        "score_vs_macs.png",
+    ] {
+        let bytes = std::fs::read(a.path().join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
+        assert!(md.contains(png));
+    }
+}

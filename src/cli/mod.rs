@@ -5,6 +5,7 @@ mod bench;
 pub mod eval_cmd;
 mod genome_cmd;
 mod progress;
+pub mod report_cmd;
 mod run;
 mod sample;
 pub mod search_cmd;
@@ -46,6 +47,8 @@ pub enum Command {
     /// ranked by reduced FID (or FD-classifier offline); resumable.
     #[command(subcommand)]
     Search(search_cmd::SearchCmd),
+    /// Write report.md and PNG charts of a search (optionally overlaying other searches).
+    Report(report_cmd::ReportArgs),
     /// Download the Inception weights for FID, or show where weights are looked for.
     #[command(subcommand)]
     Weights(eval_cmd::WeightsCmd),
@@ -93,6 +96,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(a) => bench::run_cli(a).map(|_| 0),
         Command::Eval(c) => eval_cmd::run_eval(c),
         Command::Search(c) => search_cmd::run(c),
+        Command::Report(a) => report_cmd::run(a),
         Command::Weights(c) => eval_cmd::run_weights(c),
     }
 }
