@@ -40,25 +40,18 @@ pub fn run(a: ReportArgs) -> anyhow::Result<i32> {
     let out = a.out.unwrap_or_else(|| a.run_dir.clone());
     std::fs::create_dir_all(&out)?;
     let mut charts = Vec::new();
-    let jobs: [(
-        &str,
-        Box<dyn Fn(&std::path::Path) -> Result<(), Box<dyn std::error::Error>>>,
-    ); 3] = [
-        (
-            "best_vs_trials.png",
-            Box::new(|p| chart_best_so_far(&runs, p, false)),
-        ),
-        (
-            "best_vs_time.png",
-            Box::new(|p| chart_best_so_far(&runs, p, true)),
-        ),
-        (
-            "score_vs_macs.png",
-            Box::new(|p| chart_score_vs_macs(&runs, p)),
-        ),
-    ];
-    for (name, draw) in jobs {
-        match draw(&out.join(name)) {
+    for name in [
+        "best_vs_trials.png",
+        "best_vs_time.png",
+        "score_vs_macs.png",
+    ] {
+        let p = out.join(name);
+        let drawn = match name {
+            "best_vs_trials.png" => chart_best_so_far(&runs, &p, false),
+            "best_vs_time.png" => chart_best_so_far(&runs, &p, true),
+            _ => chart_score_vs_macs(&runs, &p),
+        };
+        match drawn {
             Ok(()) => charts.push(name.to_string()),
             Err(e) => eprintln!("warning: chart {name} not drawn: {e}"),
         }
