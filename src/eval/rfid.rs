@@ -61,6 +61,10 @@ impl Default for KidConfig {
     }
 }
 
+/// Most feature rows of the scored images kept in memory for KID (20,000 x 2048 f32 is
+/// 160 MB); beyond that, KID's subsets come from the first 20,000.
+pub const KID_MAX_ROWS: usize = 20_000;
+
 /// What the reference statistics were.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReferenceInfo {
@@ -146,7 +150,8 @@ pub fn score_images<E: std::fmt::Display>(
     on_done: &mut dyn FnMut(usize),
 ) -> Result<Score, ScoreError> {
     let t0 = std::time::Instant::now();
-    let keep = kid_cfg.map_or(0, |k| k.subset_size);
+    // KID draws its subsets from all scored images (up to KID_MAX_ROWS), not from a prefix.
+    let keep = kid_cfg.map_or(0, |_| n.min(KID_MAX_ROWS));
     let summary = summarise(ext, n, keep, next, on_done)?;
     let (frechet, kid) = compare(&summary, ext.id(), reference, kid_cfg)?;
     let seconds = t0.elapsed().as_secs_f64();
