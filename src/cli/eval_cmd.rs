@@ -246,7 +246,7 @@ pub fn run_eval(cmd: EvalCmd) -> anyhow::Result<i32> {
     match cmd {
         EvalCmd::Stats(a) => stats(a),
         EvalCmd::Fid(a) => fid(a),
-        EvalCmd::TrainClassifier(a) => classifier(a),
+        EvalCmd::TrainClassifier(a) => classifier_cmd(a),
     }
     .map(|_| 0)
 }
@@ -609,7 +609,47 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn classifier(a: TrainClassifierArgs) -> anyhow::Result<()> {
+/// With `--extractor auto` and neither the Inception weights nor a classifier for `data` on
+/// disk, train the classifier now (once) when `data` has labels, so that a search works
+/// offline on built-in defaults. Does nothing otherwise.
+pub fn ensure_extractor(a: &ExtractorArgs, data: &DataSource) -> anyhow::Result<()> {
+    let inception = a.inception.clone().unwrap_or_else(default_inception_path);
+    let classifier = a
+        .classifier
+        .clone()
+        .unwrap_or_else(|| default_classifier_path(data));
+    if a.extractor != ExtractorChoice::Auto
+        || inception.is_file()
+        || inception.with_extension("bpk").is_file()
+        || classifier.is_file()
+    {
+        return Ok(());
+    }
+    let labelled = data
+        .load(Split::Test)
+        .map(|d| d.labels.is_some())
+        .unwrap_or(false);
+    if !labelled {
+        return Ok(());
+    }
+    eprintln!(
+        "no Inception weights ({}) and no classifier for {data}: training the classifier once \
+         (scores will be FD-classifier; `diffnas weights fetch inception` gives FID)",
+        inception.display()
+    );
+    classifier_cmd(TrainClassifierArgs {
+        data: data.clone(),
+        epochs: 4,
+        batch_size: 128,
+        lr: 1e-3,
+        seed: 0,
+        max_images: None,
+        out: Some(classifier),
+        device: a.device,
+    })
+}
+
+fn classifier_cmd(a: TrainClassifierArgs) -> anyhow::Result<()> {
     let selected = super::select_device(a.device)?;
     eprintln!("device: {}", selected.info);
     let mut train = load_split(&a.data, Split::Train)?;

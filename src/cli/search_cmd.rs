@@ -336,6 +336,7 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
             space: cfg.space.clone(),
         }),
         EvaluatorKind::Proxy => {
+            super::eval_cmd::ensure_extractor(&a.ext, &cfg.data)?;
             let ext = extractor(&a.ext, &cfg.data, &selected)?;
             if let Some(id) = &cfg.extractor
                 && id != ext.id()
@@ -477,6 +478,14 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
                 .join("genome.json")
                 .display()
         );
+    }
+    let report = super::report_cmd::ReportArgs {
+        run_dir: dir.to_path_buf(),
+        compare: Vec::new(),
+        out: None,
+    };
+    if let Err(e) = super::report_cmd::run(report) {
+        eprintln!("warning: report not written: {e:#}");
     }
     match status {
         SearchStatus::Interrupted => {
