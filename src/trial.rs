@@ -113,6 +113,16 @@ pub trait Evaluator {
     fn evaluate(&mut self, genome: &Genome, dir: Option<&Path>, stop: &AtomicBool) -> TrialOutcome;
 }
 
+/// Where a trial is: training step `done` of `total`, or scoring image `done` of `total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrialProgress {
+    Train { done: u64, total: u64 },
+    Score { done: u64, total: u64 },
+}
+
+/// Told about a running trial's progress.
+pub type ProgressHook = Box<dyn FnMut(TrialProgress)>;
+
 /// The real evaluator: trains on `data` and scores against `reference` with `extractor`.
 pub struct ProxyEvaluator {
     pub space: SearchSpace,
@@ -121,6 +131,7 @@ pub struct ProxyEvaluator {
     pub extractor: Box<dyn FeatureExtractor>,
     pub reference: Reference,
     pub device: Device,
+    pub progress: Option<ProgressHook>,
 }
 
 impl ProxyEvaluator {
@@ -160,12 +171,19 @@ impl ProxyEvaluator {
             stop: Some(stop),
             stop_at: None,
         };
-        let out = train(model, &self.data, &self.cfg.train, &ad, opts, &mut |_| {}).map_err(
-            |e| match e {
-                TrainError::Config(m) => (TrialStatus::Invalid, m),
-                other => (TrialStatus::Failed, other.to_string()),
-            },
-        )?;
+        let total = self.cfg.train.steps;
+        let mut progress = self.progress.take();
+        let mut on_train = |e: &crate::train::TrainEvent| {
+            if let (Some(p), crate::train::TrainEvent::Step { step }) = (progress.as_mut(), e) {
+                p(TrialProgress::Train { done: *step, total });
+            }
+        };
+        let trained = train(model, &self.data, &self.cfg.train, &ad, opts, &mut on_train);
+        self.progress = progress;
+        let out = trained.map_err(|e| match e {
+            TrainError::Config(m) => (TrialStatus::Invalid, m),
+            other => (TrialStatus::Failed, other.to_string()),
+        })?;
         if out.status == TrainStatus::Interrupted {
             return Err((TrialStatus::Interrupted, "stopped by the user".into()));
         }
@@ -174,7 +192,9 @@ impl ProxyEvaluator {
         let schedule = NoiseSchedule::new(self.cfg.train.beta_schedule, self.cfg.train.timesteps)
             .map_err(|e| (TrialStatus::Failed, e.to_string()))?;
         let spec = [g.image.channels, g.image.size, g.image.size];
-        let score = score_denoiser(
+        let n = self.cfg.score.n as u64;
+        let mut progress = self.progress.take();
+        let scored = score_denoiser(
             &out.ema,
             schedule,
             spec,
@@ -183,9 +203,17 @@ impl ProxyEvaluator {
             &self.reference,
             self.cfg.kid,
             &self.device,
-            &mut |_| {},
-        )
-        .map_err(|e| (TrialStatus::Failed, format!("scoring: {e}")))?;
+            &mut |k| {
+                if let Some(p) = progress.as_mut() {
+                    p(TrialProgress::Score {
+                        done: k as u64,
+                        total: n,
+                    });
+                }
+            },
+        );
+        self.progress = progress;
+        let score = scored.map_err(|e| (TrialStatus::Failed, format!("scoring: {e}")))?;
         Ok(TrialOutcome {
             status: TrialStatus::Ok,
             score: Some(score.value),

@@ -262,19 +262,45 @@ fn eval_commands_end_to_end() {
     // statistics written by `eval stats` and passed with --reference.
     let pngs = home.path().join("pngs");
     std::fs::create_dir_all(&pngs).unwrap();
-    let test = DataSource::FashionMnist(Some(dir.clone())).load(Split::Test).unwrap();
+    let test = DataSource::FashionMnist(Some(dir.clone()))
+        .load(Split::Test)
+        .unwrap();
     for i in 0..500 {
         image::GrayImage::from_raw(28, 28, test.image(i).to_vec())
             .unwrap()
             .save(pngs.join(format!("{i:05}.png")))
             .unwrap();
     }
-    let o = fid("500", &["--images", pngs.to_str().unwrap(), "--ref-data", &data]);
+    let o = fid(
+        "500",
+        &["--images", pngs.to_str().unwrap(), "--ref-data", &data],
+    );
     assert_eq!(json(&o)["value"], first["value"]);
     let stats = home.path().join("test-stats.safetensors");
-    let o = cmd(&["eval", "stats", "--data", &data, "--split", "test", "--out", stats.to_str().unwrap(), "--device", "flex"]);
+    let o = cmd(&[
+        "eval",
+        "stats",
+        "--data",
+        &data,
+        "--split",
+        "test",
+        "--out",
+        stats.to_str().unwrap(),
+        "--device",
+        "flex",
+    ]);
     assert_eq!(json(&o)["meta"]["n"], 10000);
-    let o = fid("500", &["--data", &data, "--split", "test", "--reference", stats.to_str().unwrap()]);
+    let o = fid(
+        "500",
+        &[
+            "--data",
+            &data,
+            "--split",
+            "test",
+            "--reference",
+            stats.to_str().unwrap(),
+        ],
+    );
     assert_eq!(json(&o)["value"], first["value"]);
 
     // A run directory: generated, scored, settings recorded.

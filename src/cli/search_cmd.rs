@@ -16,7 +16,7 @@ use crate::search::llm::prompt::MemoryLimits;
 use crate::search::llm::{LlmSearch, LlmSearchConfig, RoundFile};
 use crate::search::random::RandomSearch;
 use crate::search::{CONFIG_FILE, Limits, SearchEvent, SearchStatus, Strategy, run_search};
-use crate::trial::{Evaluator, ProxyEvaluator, StubEvaluator, TrialConfig};
+use crate::trial::{Evaluator, ProxyEvaluator, StubEvaluator, TrialConfig, TrialProgress};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -362,6 +362,23 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
                 .to_spec(spec[0], spec[1])
                 .map_err(|e| user_err(e.to_string()))?;
             cfg.extractor = Some(ext.id().clone());
+            let pb = super::progress::bar(0, "trial");
+            let hook: crate::trial::ProgressHook = Box::new(move |p| {
+                let (what, done, total) = match p {
+                    TrialProgress::Train { done, total } => ("train", done, total),
+                    TrialProgress::Score { done, total } => ("score", done, total),
+                };
+                if pb.length() != Some(total) || pb.message() != what {
+                    pb.set_length(total);
+                    pb.set_message(what);
+                    pb.reset_eta();
+                }
+                pb.set_position(done);
+                if done >= total && what == "score" {
+                    pb.finish_and_clear();
+                    pb.reset();
+                }
+            });
             Box::new(ProxyEvaluator {
                 space: cfg.space.clone(),
                 data,
@@ -369,6 +386,7 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
                 extractor: ext,
                 reference,
                 device: selected.device.clone(),
+                progress: Some(hook),
             })
         }
     };

@@ -306,6 +306,8 @@ pub fn run_search(
                     .map_or(0, |d| d.as_secs()),
             };
             log.append(rec)?;
+            // A finished trial keeps its final weights; its checkpoints were only for resuming.
+            let _ = std::fs::remove_dir_all(tdir.join("checkpoints"));
             on_event(SearchEvent::TrialDone(
                 log.records.last().expect("just added"),
             ));
