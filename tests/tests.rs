@@ -13,4 +13,5 @@ mod llm;
 mod model;
 mod search;
 mod train;
+mod trial;
 mod wgpu_parity;
