@@ -355,3 +355,78 @@ fn report_has_table_pareto_front_and_charts() {
         assert!(md.contains(png));
     }
 }
+
+#[test]
+fn spearman_matches_scipy() {
+    use diffnas::search::rank::{ranks, spearman};
+    assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
+    // Values from scipy.stats.spearmanr.
+    let r = spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[5.0, 6.0, 7.0, 8.0, 7.0]).unwrap();
+    assert!((r - 0.8207826816681233).abs() < 1e-12, "{r}");
+    let r = spearman(
+        &[3.1, 0.2, 5.5, 2.2, 9.0, 4.4],
+        &[10.0, 3.0, 30.0, 3.0, 50.0, 20.0],
+    )
+    .unwrap();
+    assert!((r - 0.9856107606091623).abs() < 1e-12, "{r}");
+    assert_eq!(spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), Some(-1.0));
+    assert_eq!(spearman(&[1.0, 2.0], &[5.0, 5.0]), None);
+}
+
+#[test]
+fn proxy_check_reports_spearman_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("s");
+    let bin = env!("CARGO_BIN_EXE_diffnas");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let o = run(&[
+        "search",
+        "random",
+        "--run-dir",
+        d.to_str().unwrap(),
+        "--evaluator",
+        "stub",
+        "--trials",
+        "10",
+        "--device",
+        "flex",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The stub's score does not depend on training length: the ranking is reproduced exactly.
+    let o = run(&[
+        "search",
+        "proxy-check",
+        d.to_str().unwrap(),
+        "--architectures",
+        "6",
+        "--steps",
+        "50",
+        "--device",
+        "flex",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["architectures"], 6);
+    assert_eq!(v["spearman_rho"], 1.0);
+    assert_eq!(v["long_steps"], 50);
+    let rows = std::fs::read_to_string(d.join("proxy-check/results.jsonl")).unwrap();
+    assert_eq!(rows.lines().count(), 6);
+    // Run again: nothing re-trained.
+    let o = run(&[
+        "search",
+        "proxy-check",
+        d.to_str().unwrap(),
+        "--architectures",
+        "6",
+        "--steps",
+        "50",
+        "--device",
+        "flex",
+    ]);
+    assert!(o.status.success());
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("steps ..."));
+    assert_eq!(
+        std::fs::read_to_string(d.join("proxy-check/results.jsonl")).unwrap(),
+        rows
+    );
+}

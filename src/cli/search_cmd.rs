@@ -35,6 +35,139 @@ pub enum SearchCmd {
     /// Example (any OpenAI-compatible server):
     ///   OPENAI_API_KEY=... diffnas search llm --llm-base-url https://api.openai.com/v1 --llm-model gpt-4o
     Llm(LlmArgs),
+    /// Does the proxy rank correctly? Re-train N of a search's architectures (spread over its
+    /// ranking) with a longer schedule and report Spearman's rho between the two scores.
+    ProxyCheck(ProxyCheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProxyCheckArgs {
+    /// A search run directory.
+    pub run_dir: PathBuf,
+    /// Architectures to re-train, spread evenly over the proxy ranking.
+    #[arg(long, default_value_t = 6)]
+    pub architectures: usize,
+    /// Training steps of the longer runs (warm-up and checkpoints scale with it).
+    #[arg(long, default_value_t = 2000)]
+    pub steps: u64,
+    #[command(flatten)]
+    pub ext: ExtractorArgs,
+}
+
+/// One line of `proxy-check/results.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProxyCheckRow {
+    pub hash: String,
+    pub proxy_score: f64,
+    pub long_score: Option<f64>,
+    pub long_seconds: f64,
+    pub proxy_seconds: f64,
+    pub reason: Option<String>,
+}
+
+fn proxy_check(a: ProxyCheckArgs) -> anyhow::Result<i32> {
+    let selected = super::select_device(a.ext.device)?;
+    eprintln!("device: {}", selected.info);
+    let mut cfg = read_config(&a.run_dir)?;
+    let log = crate::search::TrialLog::open(&a.run_dir).map_err(|e| user_err(e.to_string()))?;
+    let mut scored: Vec<&crate::search::TrialRecord> =
+        log.records.iter().filter(|r| r.score().is_some()).collect();
+    scored.sort_by(|x, y| x.score().partial_cmp(&y.score()).expect("finite"));
+    let k = a.architectures.min(scored.len());
+    if k < 2 {
+        return Err(user_err(format!(
+            "{}: {} scored trial(s); a rank correlation needs at least 2",
+            a.run_dir.display(),
+            scored.len()
+        )));
+    }
+    let picks: Vec<&crate::search::TrialRecord> = (0..k)
+        .map(|i| scored[i * (scored.len() - 1) / (k - 1)])
+        .collect();
+    let proxy_steps = cfg.trial.train.steps;
+    let t = &mut cfg.trial.train;
+    t.steps = a.steps;
+    t.warmup_steps = (a.steps / 20).max(1);
+    t.checkpoint_every = (a.steps / 4).max(1);
+    let mut data = cfg
+        .data
+        .load(Split::Train)
+        .map_err(|e| user_err(e.to_string()))?;
+    if let Some(m) = cfg.max_images {
+        data.truncate(m);
+    }
+    let mut evaluator = build_evaluator(&mut cfg, data, &a.ext, &selected)?;
+    let out = a.run_dir.join("proxy-check");
+    std::fs::create_dir_all(&out)?;
+    let rows_path = out.join("results.jsonl");
+    let mut rows: Vec<ProxyCheckRow> = std::fs::read_to_string(&rows_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let stop = AtomicBool::new(false);
+    for (i, r) in picks.iter().enumerate() {
+        if rows.iter().any(|x| x.hash == r.hash) {
+            continue;
+        }
+        eprintln!(
+            "[{}/{k}] {} (proxy {} {:.4}): {} steps ...",
+            i + 1,
+            r.hash,
+            cfg.metric,
+            r.score().unwrap_or(f64::NAN),
+            a.steps
+        );
+        let o = evaluator.evaluate(&r.genome, Some(&out.join(&r.hash)), &stop);
+        let row = ProxyCheckRow {
+            hash: r.hash.clone(),
+            proxy_score: r.score().unwrap_or(f64::NAN),
+            long_score: o.score,
+            long_seconds: o.seconds,
+            proxy_seconds: r.outcome.seconds,
+            reason: o.reason,
+        };
+        eprintln!(
+            "  -> {} after {:.0} s (proxy trial took {:.0} s)",
+            row.long_score
+                .map_or("failed".into(), |s| format!("{s:.4}")),
+            row.long_seconds,
+            row.proxy_seconds
+        );
+        let mut line = serde_json::to_string(&row)?;
+        line.push('\n');
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&rows_path)?
+            .write_all(line.as_bytes())?;
+        rows.push(row);
+    }
+    let pairs: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.proxy_score, r.long_score?)))
+        .collect();
+    let (p, l): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
+    let rho = crate::search::rank::spearman(&p, &l);
+    let summary = serde_json::json!({
+        "metric": cfg.metric,
+        "proxy_steps": proxy_steps,
+        "long_steps": a.steps,
+        "architectures": pairs.len(),
+        "spearman_rho": rho,
+        "rows": rows,
+    });
+    let text = serde_json::to_string_pretty(&summary)?;
+    crate::train::write_atomic(&out.join("summary.json"), text.as_bytes())?;
+    eprintln!(
+        "Spearman rho between proxy ({proxy_steps} steps) and long ({} steps) {}: {}",
+        a.steps,
+        cfg.metric,
+        rho.map_or("undefined".into(), |r| format!("{r:.3}"))
+    );
+    println!("{text}");
+    Ok(0)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -176,6 +309,7 @@ pub enum StrategySpec {
 
 pub fn run(cmd: SearchCmd) -> anyhow::Result<i32> {
     let (common, spec) = match cmd {
+        SearchCmd::ProxyCheck(a) => return proxy_check(a),
         SearchCmd::Random(a) => (a, StrategySpec::Random),
         SearchCmd::Evolution(e) => (
             e.common,
@@ -331,71 +465,13 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
     if let Some(m) = cfg.max_images {
         data.truncate(m);
     }
-    let mut evaluator: Box<dyn Evaluator> = match cfg.evaluator {
-        EvaluatorKind::Stub => Box::new(StubEvaluator {
-            space: cfg.space.clone(),
-        }),
-        EvaluatorKind::Proxy => {
-            super::eval_cmd::ensure_extractor(&a.ext, &cfg.data)?;
-            let ext = extractor(&a.ext, &cfg.data, &selected)?;
-            if let Some(id) = &cfg.extractor
-                && id != ext.id()
-            {
-                return Err(user_err(format!(
-                    "this search was scored with {id}; now {} would be used. Pass the same \
-                     --extractor/--inception/--classifier as when it started",
-                    ext.id()
-                )));
-            }
-            let spec = [
-                cfg.space.image.channels,
-                cfg.space.image.size,
-                cfg.space.image.size,
-            ];
-            let reference = cached_reference(
-                ext.as_ref(),
-                &cfg.data,
-                super::eval_cmd::SplitArg::Train,
-                spec,
-            )?;
-            let data = data
-                .to_spec(spec[0], spec[1])
-                .map_err(|e| user_err(e.to_string()))?;
-            cfg.extractor = Some(ext.id().clone());
-            let pb = super::progress::bar(0, "trial");
-            let hook: crate::trial::ProgressHook = Box::new(move |p| {
-                let (what, done, total) = match p {
-                    TrialProgress::Train { done, total } => ("train", done, total),
-                    TrialProgress::Score { done, total } => ("score", done, total),
-                };
-                if pb.length() != Some(total) || pb.message() != what {
-                    pb.set_length(total);
-                    pb.set_message(what);
-                    pb.reset_eta();
-                }
-                pb.set_position(done);
-                if done >= total && what == "score" {
-                    pb.finish_and_clear();
-                    pb.reset();
-                }
-            });
-            Box::new(ProxyEvaluator {
-                space: cfg.space.clone(),
-                data,
-                cfg: cfg.trial.clone(),
-                extractor: ext,
-                reference,
-                device: selected.device.clone(),
-                progress: Some(hook),
-            })
-        }
-    };
+    let mut evaluator = build_evaluator(&mut cfg, data, &a.ext, &selected)?;
     cfg.metric = evaluator.metric();
-    std::fs::create_dir_all(dir).map_err(|e| user_err(format!("{}: {e}", dir.display())))?;
-    crate::train::write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
     if let Some(l) = &mut cfg.llm {
         l.metric = cfg.metric.clone();
     }
+    std::fs::create_dir_all(dir).map_err(|e| user_err(format!("{}: {e}", dir.display())))?;
+    crate::train::write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
     let mut strategy: Box<dyn Strategy> = match (&cfg.evolution, &cfg.llm_endpoint, &cfg.llm) {
         (Some(e), _, _) => {
             Box::new(Evolution::new(cfg.seed, *e).map_err(|e| user_err(e.to_string()))?)
@@ -518,4 +594,73 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
         }
         SearchStatus::Finished | SearchStatus::TimeUp => Ok(0),
     }
+}
+
+/// The evaluator a search configuration asks for (training data already loaded and cut to
+/// `max_images`); fills in the configuration's extractor identity.
+pub fn build_evaluator(
+    cfg: &mut SearchConfig,
+    data: crate::data::Dataset,
+    ext_args: &ExtractorArgs,
+    selected: &crate::device::SelectedDevice,
+) -> anyhow::Result<Box<dyn Evaluator>> {
+    Ok(match cfg.evaluator {
+        EvaluatorKind::Stub => Box::new(StubEvaluator {
+            space: cfg.space.clone(),
+        }),
+        EvaluatorKind::Proxy => {
+            super::eval_cmd::ensure_extractor(ext_args, &cfg.data)?;
+            let ext = extractor(ext_args, &cfg.data, selected)?;
+            if let Some(id) = &cfg.extractor
+                && id != ext.id()
+            {
+                return Err(user_err(format!(
+                    "this search was scored with {id}; now {} would be used. Pass the same \
+                 --extractor/--inception/--classifier as when it started",
+                    ext.id()
+                )));
+            }
+            let spec = [
+                cfg.space.image.channels,
+                cfg.space.image.size,
+                cfg.space.image.size,
+            ];
+            let reference = cached_reference(
+                ext.as_ref(),
+                &cfg.data,
+                super::eval_cmd::SplitArg::Train,
+                spec,
+            )?;
+            let data = data
+                .to_spec(spec[0], spec[1])
+                .map_err(|e| user_err(e.to_string()))?;
+            cfg.extractor = Some(ext.id().clone());
+            let pb = super::progress::bar(0, "trial");
+            let hook: crate::trial::ProgressHook = Box::new(move |p| {
+                let (what, done, total) = match p {
+                    TrialProgress::Train { done, total } => ("train", done, total),
+                    TrialProgress::Score { done, total } => ("score", done, total),
+                };
+                if pb.length() != Some(total) || pb.message() != what {
+                    pb.set_length(total);
+                    pb.set_message(what);
+                    pb.reset_eta();
+                }
+                pb.set_position(done);
+                if done >= total && what == "score" {
+                    pb.finish_and_clear();
+                    pb.reset();
+                }
+            });
+            Box::new(ProxyEvaluator {
+                space: cfg.space.clone(),
+                data,
+                cfg: cfg.trial.clone(),
+                extractor: ext,
+                reference,
+                device: selected.device.clone(),
+                progress: Some(hook),
+            })
+        }
+    })
 }

@@ -10,6 +10,7 @@
 pub mod evolution;
 pub mod llm;
 pub mod random;
+pub mod rank;
 pub mod report;
 
 use crate::genome::{Genome, SearchSpace};
