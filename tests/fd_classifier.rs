@@ -14,7 +14,7 @@ use diffnas::eval::classifier::{
     ClassifierMeta, ClassifierTraining, LabelledImages, train_classifier,
 };
 use diffnas::eval::extract::{ClassifierExtractor, FeatureExtractor};
-use diffnas::eval::reference::{Reference, ReferenceMeta};
+use diffnas::eval::reference::Reference;
 use diffnas::eval::rfid::{GenerationConfig, KidConfig, score_denoiser, score_images};
 use std::path::Path;
 use std::process::Command;
@@ -79,20 +79,13 @@ fn fd_classifier_ranks_real_model_noise() {
     };
     let sum =
         diffnas::eval::extract::summarise(&ext, n_ref, 1000, &mut next_ref, &mut |_| {}).unwrap();
-    let reference = Reference {
-        meta: ReferenceMeta {
-            extractor: ext.id().clone(),
-            data: "fashion-mnist".into(),
-            split: "train".into(),
-            image: [1, 28, 28],
-            n: n_ref,
-            kept: sum.kept.len() / 128,
-            seconds: sum.seconds,
-            created_by: "test".into(),
-        },
-        stats: sum.stats,
-        features: sum.kept,
-    };
+    let reference = Reference::from_summary(
+        sum,
+        &ext.id().clone(),
+        "fashion-mnist",
+        "train",
+        [1, 28, 28],
+    );
     let n = 300;
     let kid = Some(KidConfig {
         subsets: 20,

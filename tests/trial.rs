@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use diffnas::data::{DataSource, Split};
 use diffnas::eval::classifier::{Classifier, ClassifierMeta};
 use diffnas::eval::extract::{ClassifierExtractor, FeatureExtractor, summarise};
-use diffnas::eval::reference::{Reference, ReferenceMeta};
+use diffnas::eval::reference::Reference;
 use diffnas::genome::{Budget, Genome, ImageSpec, SearchSpace};
 use diffnas::trial::{Evaluator, ProxyEvaluator, TrialConfig, TrialStatus};
 use std::sync::atomic::AtomicBool;
@@ -39,20 +39,13 @@ fn evaluator() -> Option<ProxyEvaluator> {
         Ok((data.pixels[s * per..(s + c) * per].to_vec(), [c, 1, 28, 28]))
     };
     let sum = summarise(&ext, 512, 512, &mut next, &mut |_| {}).unwrap();
-    let reference = Reference {
-        meta: ReferenceMeta {
-            extractor: ext.id().clone(),
-            data: "fashion-mnist".into(),
-            split: "train".into(),
-            image: [1, 28, 28],
-            n: 512,
-            kept: 512,
-            seconds: 0.0,
-            created_by: "test".into(),
-        },
-        stats: sum.stats,
-        features: sum.kept,
-    };
+    let reference = Reference::from_summary(
+        sum,
+        &ext.id().clone(),
+        "fashion-mnist",
+        "train",
+        [1, 28, 28],
+    );
     let mut cfg = TrialConfig::rapid(12, 8);
     cfg.score.n = 32;
     cfg.score.steps = 2;

@@ -16,7 +16,7 @@ use crate::eval::extract::{
     InceptionExtractor, summarise,
 };
 use crate::eval::fetch::{INCEPTION_URL, download};
-use crate::eval::reference::{Reference, ReferenceMeta};
+use crate::eval::reference::Reference;
 use crate::eval::rfid::{GenerationConfig, KidConfig, Score, score_denoiser, score_images};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
@@ -407,20 +407,13 @@ pub fn compute_reference(
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     pb.finish_and_clear();
-    Ok(Reference {
-        meta: ReferenceMeta {
-            extractor: ext.id().clone(),
-            data: data.to_string(),
-            split: split.name().into(),
-            image: [d.channels, d.height, d.width],
-            n: s.stats.n,
-            kept: s.kept.len() / ext.id().dim,
-            seconds: s.seconds,
-            created_by: format!("diffnas {}", env!("CARGO_PKG_VERSION")),
-        },
-        stats: s.stats,
-        features: s.kept,
-    })
+    Ok(Reference::from_summary(
+        s,
+        ext.id(),
+        &data.to_string(),
+        split.name(),
+        [d.channels, d.height, d.width],
+    ))
 }
 
 fn stats(a: StatsArgs) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 //! in use, so a number is never computed against statistics of another feature space.
 
 use super::ExtractorId;
+use super::extract::FeatureSummary;
 use super::stats::FeatureStats;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,30 @@ fn le_bytes<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u
 }
 
 impl Reference {
+    /// Statistics of a dataset split from its feature summary.
+    pub fn from_summary(
+        summary: FeatureSummary,
+        extractor: &ExtractorId,
+        data: &str,
+        split: &str,
+        image: [usize; 3],
+    ) -> Self {
+        Reference {
+            meta: ReferenceMeta {
+                extractor: extractor.clone(),
+                data: data.into(),
+                split: split.into(),
+                image,
+                n: summary.stats.n,
+                kept: summary.kept.len() / extractor.dim.max(1),
+                seconds: summary.seconds,
+                created_by: format!("diffnas {}", env!("CARGO_PKG_VERSION")),
+            },
+            stats: summary.stats,
+            features: summary.kept,
+        }
+    }
+
     /// The cache file name for these inputs.
     pub fn file_name(data: &str, split: &str, image: [usize; 3], id: &ExtractorId) -> String {
         let clean: String = data

@@ -3,6 +3,7 @@
 //! several runs overlaid (LLM vs random vs evolution) when more than one is given.
 
 use super::{TrialLog, TrialRecord};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -206,6 +207,44 @@ pub fn markdown(runs: &[RunSummary], charts: &[String]) -> String {
 }
 
 type ChartResult = Result<(), Box<dyn std::error::Error>>;
+type Root<'b> = DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>;
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Caption, axes and grid.
+fn frame<'a, 'b>(
+    root: &'a Root<'b>,
+    caption: String,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<Chart<'a, 'b>, Box<dyn std::error::Error>> {
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()?;
+    Ok(chart)
+}
+
+/// Legend, then write the file.
+fn finish<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, root: &Root<'b>) -> ChartResult {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
 
 fn range(vals: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
     let lo = vals.clone().fold(f64::INFINITY, f64::min);
@@ -220,7 +259,6 @@ fn range(vals: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
 /// Best-so-far score against trials (`by_time` false) or wall-clock minutes (true).
 pub fn chart_best_so_far(runs: &[RunSummary], path: &Path, by_time: bool) -> ChartResult {
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE)?;
     let series: Vec<Vec<(f64, f64)>> = runs
         .iter()
         .map(|r| {
@@ -234,21 +272,18 @@ pub fn chart_best_so_far(runs: &[RunSummary], path: &Path, by_time: bool) -> Cha
     let (x0, x1) = range(all.clone().map(|p| p.0));
     let (y0, y1) = range(all.map(|p| p.1));
     let metric = &runs[0].metric;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("best {metric} so far"), ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0.min(0.0)..x1, y0..y1)?;
-    chart
-        .configure_mesh()
-        .x_desc(if by_time {
+    let mut chart = frame(
+        &root,
+        format!("best {metric} so far"),
+        x0.min(0.0)..x1,
+        y0..y1,
+        if by_time {
             "wall-clock minutes"
         } else {
             "trials"
-        })
-        .y_desc(metric.as_str())
-        .draw()?;
+        },
+        metric,
+    )?;
     for (i, (run, pts)) in runs.iter().zip(&series).enumerate() {
         let color = Palette99::pick(i).to_rgba();
         // A step line: the best holds until the next improvement.
@@ -265,19 +300,12 @@ pub fn chart_best_so_far(runs: &[RunSummary], path: &Path, by_time: bool) -> Cha
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&mut chart, &root)
 }
 
 /// Score against MACs for every scored trial, with the Pareto front of the first run.
 pub fn chart_score_vs_macs(runs: &[RunSummary], path: &Path) -> ChartResult {
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE)?;
     let pts: Vec<Vec<(f64, f64)>> = runs
         .iter()
         .map(|r| {
@@ -291,17 +319,14 @@ pub fn chart_score_vs_macs(runs: &[RunSummary], path: &Path) -> ChartResult {
     let (x0, x1) = range(all.clone().map(|p| p.0));
     let (y0, y1) = range(all.map(|p| p.1));
     let metric = &runs[0].metric;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{metric} vs cost"), ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart
-        .configure_mesh()
-        .x_desc("MMACs per image")
-        .y_desc(metric.as_str())
-        .draw()?;
+    let mut chart = frame(
+        &root,
+        format!("{metric} vs cost"),
+        x0..x1,
+        y0..y1,
+        "MMACs per image",
+        metric,
+    )?;
     for (i, (run, p)) in runs.iter().zip(&pts).enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
@@ -317,11 +342,5 @@ pub fn chart_score_vs_macs(runs: &[RunSummary], path: &Path) -> ChartResult {
         .draw_series(LineSeries::new(front, BLACK.stroke_width(1)))?
         .label(format!("Pareto front ({})", runs[0].name))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    finish(&mut chart, &root)
 }
