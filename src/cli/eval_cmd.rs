@@ -70,6 +70,7 @@ pub enum EvalCmd {
     ///   diffnas eval fid runs/fmnist-tiny --n 10000 --sampler ddim --steps 50
     ///   diffnas eval fid --images samples/ --ref-data cifar10:cifar-10-batches-bin
     ///   diffnas eval fid --data fashion-mnist --split test
+    #[command(verbatim_doc_comment)]
     Fid(FidArgs),
     /// Train the offline feature extractor: a small CNN classifier on a labelled dataset.
     ///

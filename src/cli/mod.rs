@@ -43,8 +43,8 @@ pub enum Command {
     /// Metrics: FID / FD-classifier and KID, reference statistics, the offline classifier.
     #[command(subcommand)]
     Eval(eval_cmd::EvalCmd),
-    /// Architecture search: random or regularized evolution, with rapid-convergence trials
-    /// ranked by reduced FID (or FD-classifier offline); resumable.
+    /// Architecture search (LLM-guided, regularized evolution, random) with rapid-convergence
+    /// trials ranked by reduced FID (reduced FD-classifier offline); resumable.
     #[command(subcommand)]
     Search(search_cmd::SearchCmd),
     /// Write report.md and PNG charts of a search (optionally overlaying other searches).

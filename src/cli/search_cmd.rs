@@ -34,6 +34,7 @@ pub enum SearchCmd {
     ///
     /// Example (any OpenAI-compatible server):
     ///   OPENAI_API_KEY=... diffnas search llm --llm-base-url https://api.openai.com/v1 --llm-model gpt-4o
+    #[command(verbatim_doc_comment)]
     Llm(LlmArgs),
     /// Does the proxy rank correctly? Re-train N of a search's architectures (spread over its
     /// ranking) with a longer schedule and report Spearman's rho between the two scores.
