@@ -112,8 +112,22 @@ pub fn adapters() -> Vec<DeviceInfo> {
     Vec::new()
 }
 
+/// The wgpu device of this process: initialised once (under a lock, so that threads asking at
+/// the same time do not race the runtime's setup), then handed out again.
 #[cfg(feature = "wgpu")]
 fn init_wgpu() -> Result<SelectedDevice, DeviceError> {
+    static WGPU: std::sync::Mutex<Option<SelectedDevice>> = std::sync::Mutex::new(None);
+    let mut held = WGPU.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = held.as_ref() {
+        return Ok(d.clone());
+    }
+    let d = init_wgpu_once()?;
+    *held = Some(d.clone());
+    Ok(d)
+}
+
+#[cfg(feature = "wgpu")]
+fn init_wgpu_once() -> Result<SelectedDevice, DeviceError> {
     use burn::tensor::DeviceKind;
     let mut last = String::new();
     for kind in [DeviceKind::DefaultDevice, DeviceKind::Cpu] {
