@@ -13,7 +13,7 @@ use diffnas::diffusion::{NoiseSchedule, SamplerKind};
 use diffnas::eval::classifier::{
     ClassifierMeta, ClassifierTraining, LabelledImages, train_classifier,
 };
-use diffnas::eval::extract::{ClassifierExtractor, FeatureExtractor};
+use diffnas::eval::extract::{ClassifierExtractor, FeatureExtractor, dataset_source};
 use diffnas::eval::reference::Reference;
 use diffnas::eval::rfid::{GenerationConfig, KidConfig, score_denoiser, score_images};
 use std::path::Path;
@@ -70,13 +70,7 @@ fn fd_classifier_ranks_real_model_noise() {
 
     // Reference: 5,000 training images (not the ones scored below).
     let n_ref = 5000;
-    let mut next_ref = |s: usize, c: usize| -> Result<_, String> {
-        let o = 20_000 + s;
-        Ok((
-            train.pixels[o * per..(o + c) * per].to_vec(),
-            [c, 1, 28, 28],
-        ))
-    };
+    let mut next_ref = dataset_source(&train, 20_000);
     let sum =
         diffnas::eval::extract::summarise(&ext, n_ref, 1000, &mut next_ref, &mut |_| {}).unwrap();
     let reference = Reference::from_summary(
@@ -92,12 +86,7 @@ fn fd_classifier_ranks_real_model_noise() {
         subset_size: 300,
         seed: 0,
     });
-    let mut real = |s: usize, c: usize| -> Result<_, String> {
-        Ok((
-            test.pixels[(5000 + s) * per..(5000 + s + c) * per].to_vec(),
-            [c, 1, 28, 28],
-        ))
-    };
+    let mut real = dataset_source(&test, 5000);
     let real = score_images(&ext, &reference, n, kid, &mut real, &mut |_| {}).unwrap();
     let mut noise = |s: usize, c: usize| -> Result<_, String> {
         Ok((

@@ -392,18 +392,18 @@ fn proxy_check_reports_spearman_and_resumes() {
         "flex",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let check = || {
+        let a = [
+            "search",
+            "proxy-check",
+            d.to_str().unwrap(),
+            "--architectures",
+            "6",
+        ];
+        run(&[&a[..], &["--steps", "50", "--device", "flex"]].concat())
+    };
     // The stub's score does not depend on training length: the ranking is reproduced exactly.
-    let o = run(&[
-        "search",
-        "proxy-check",
-        d.to_str().unwrap(),
-        "--architectures",
-        "6",
-        "--steps",
-        "50",
-        "--device",
-        "flex",
-    ]);
+    let o = check();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["architectures"], 6);
@@ -412,17 +412,7 @@ fn proxy_check_reports_spearman_and_resumes() {
     let rows = std::fs::read_to_string(d.join("proxy-check/results.jsonl")).unwrap();
     assert_eq!(rows.lines().count(), 6);
     // Run again: nothing re-trained.
-    let o = run(&[
-        "search",
-        "proxy-check",
-        d.to_str().unwrap(),
-        "--architectures",
-        "6",
-        "--steps",
-        "50",
-        "--device",
-        "flex",
-    ]);
+    let o = check();
     assert!(o.status.success());
     assert!(!String::from_utf8_lossy(&o.stderr).contains("steps ..."));
     assert_eq!(

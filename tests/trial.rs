@@ -5,7 +5,7 @@
 use burn::tensor::Device;
 use diffnas::data::{DataSource, Split};
 use diffnas::eval::classifier::{Classifier, ClassifierMeta};
-use diffnas::eval::extract::{ClassifierExtractor, FeatureExtractor, summarise};
+use diffnas::eval::extract::{ClassifierExtractor, FeatureExtractor, dataset_source, summarise};
 use diffnas::eval::reference::Reference;
 use diffnas::genome::{Budget, Genome, ImageSpec, SearchSpace};
 use diffnas::trial::{Evaluator, ProxyEvaluator, TrialConfig, TrialStatus};
@@ -34,11 +34,7 @@ fn evaluator() -> Option<ProxyEvaluator> {
         "untrained",
         &device,
     );
-    let per = 784;
-    let mut next = |s: usize, c: usize| -> Result<_, String> {
-        Ok((data.pixels[s * per..(s + c) * per].to_vec(), [c, 1, 28, 28]))
-    };
-    let sum = summarise(&ext, 512, 512, &mut next, &mut |_| {}).unwrap();
+    let sum = summarise(&ext, 512, 512, &mut dataset_source(&data, 0), &mut |_| {}).unwrap();
     let reference = Reference::from_summary(
         sum,
         &ext.id().clone(),

@@ -13,7 +13,7 @@ use crate::eval::classifier::{
 };
 use crate::eval::extract::{
     ClassifierExtractor, FeatureExtractor, INCEPTION_FILE, INCEPTION_SHA256_PREFIX,
-    InceptionExtractor, summarise,
+    InceptionExtractor, dataset_source, summarise,
 };
 use crate::eval::fetch::{INCEPTION_URL, download};
 use crate::eval::reference::Reference;
@@ -372,19 +372,6 @@ fn load_split(data: &DataSource, split: Split) -> anyhow::Result<Dataset> {
     data.load(split).map_err(|e| user_err(e.to_string()))
 }
 
-fn slice_source<'a>(
-    d: &'a Dataset,
-) -> impl FnMut(usize, usize) -> Result<(Vec<u8>, [usize; 4]), String> + 'a {
-    move |start, count| {
-        let per = d.channels * d.height * d.width;
-        let end = (start + count).min(d.len);
-        Ok((
-            d.pixels[start * per..end * per].to_vec(),
-            [end - start, d.channels, d.height, d.width],
-        ))
-    }
-}
-
 /// Compute the statistics of a dataset split with `ext`, at image spec `[c, h, w]`.
 pub fn compute_reference(
     ext: &dyn FeatureExtractor,
@@ -402,7 +389,7 @@ pub fn compute_reference(
         d.truncate(m);
     }
     let pb = bar(d.len as u64, "features");
-    let mut next = slice_source(&d);
+    let mut next = dataset_source(&d, 0);
     let s = summarise(ext, d.len, keep, &mut next, &mut |k| {
         pb.set_position(k as u64)
     })
@@ -568,7 +555,7 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
             );
         }
         let pb = bar(d.len as u64, "features");
-        let mut next = slice_source(&d);
+        let mut next = dataset_source(&d, 0);
         let mut s = score_images(
             ext.as_ref(),
             &reference,

@@ -248,6 +248,21 @@ pub type ImageBatch = (Vec<u8>, [usize; 4]);
 /// Supplies images: `next(start, count)` returns images `start .. start + count`.
 pub type ImageSource<'a, E> = dyn FnMut(usize, usize) -> Result<ImageBatch, E> + 'a;
 
+/// Images `start .. start + count` of a dataset (`first` onwards), as an [`ImageSource`].
+pub fn dataset_source(
+    d: &crate::data::Dataset,
+    first: usize,
+) -> impl FnMut(usize, usize) -> Result<ImageBatch, String> + '_ {
+    move |start, count| {
+        let per = d.channels * d.height * d.width;
+        let (start, end) = (first + start, (first + start + count).min(d.len));
+        Ok((
+            d.pixels[start * per..end * per].to_vec(),
+            [end - start, d.channels, d.height, d.width],
+        ))
+    }
+}
+
 /// Statistics of a stream of images plus the first `keep` feature rows (for KID).
 pub struct FeatureSummary {
     pub stats: FeatureStats,
