@@ -420,3 +420,67 @@ fn proxy_check_reports_spearman_and_resumes() {
         rows
     );
 }
+
+#[test]
+fn scale_sets_the_defaults_and_a_resume_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_diffnas");
+    let run = |d: &Path, extra: &[&str]| {
+        let a = ["search", "evolution", "--run-dir", d.to_str().unwrap()];
+        let b = ["--evaluator", "stub", "--device", "flex"];
+        std::process::Command::new(bin)
+            .args([&a[..], &b[..], extra].concat())
+            .output()
+            .unwrap()
+    };
+    let config = |d: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(d.join("search.json")).unwrap()).unwrap()
+    };
+    // flex is a CPU: `auto` means `small`.
+    let small = dir.path().join("small");
+    let o = run(&small, &["--trials", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = config(&small);
+    assert_eq!(c["space"]["budget"]["max_macs"], 40_000_000);
+    assert_eq!(c["space"]["budget"]["max_params"], 1_000_000);
+    assert_eq!(c["trial"]["train"]["steps"], 200);
+    assert_eq!(c["trial"]["score"]["n"], 500);
+    assert_eq!(c["trial"]["score"]["steps"], 10);
+    assert_eq!(c["evolution"]["population"], 4);
+    assert_eq!(c["evolution"]["sample"], 2);
+    // `standard`, with one value given on its own.
+    let standard = dir.path().join("standard");
+    let o = run(
+        &standard,
+        &[
+            "--scale",
+            "standard",
+            "--max-macs",
+            "90000000",
+            "--sample",
+            "5",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = config(&standard);
+    assert_eq!(c["space"]["budget"]["max_macs"], 90_000_000);
+    assert_eq!(c["space"]["budget"]["max_params"], 4_000_000);
+    assert_eq!(c["trial"]["train"]["steps"], 300);
+    assert_eq!(c["limits"]["max_trials"], 24);
+    assert_eq!(c["evolution"]["population"], 8);
+    assert_eq!(c["evolution"]["sample"], 5);
+    // A resume may repeat a setting but not change it; --trials may grow.
+    let o = run(&small, &["--resume", "--max-macs", "5"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--max-macs 5 differs from the 40000000"),
+        "{err}"
+    );
+    let o = run(
+        &small,
+        &["--resume", "--max-macs", "40000000", "--trials", "3"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(TrialLog::open(&small).unwrap().records.len(), 3);
+}

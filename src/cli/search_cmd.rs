@@ -228,7 +228,13 @@ pub struct SearchArgs {
     /// fashion-mnist[:DIR], mnist:DIR, cifar10:PATH or folder:DIR.
     #[arg(long, default_value = "fashion-mnist")]
     pub data: DataSource,
-    /// Trials that train (proposals rejected before training do not count) [default: 12].
+    /// How big a search the defaults describe: `small` fits a laptop CPU (a trial takes minutes),
+    /// `standard` a GPU. `auto` picks `small` when the device is a CPU (flex, or a software
+    /// wgpu adapter), else `standard`. Every value it sets can be given on its own.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub scale: Scale,
+    /// Trials that train (proposals rejected before training do not count) [default: 8 small,
+    /// 24 standard].
     #[arg(long)]
     pub trials: Option<usize>,
     /// Wall-clock budget across resumes, checked between trials.
@@ -238,27 +244,29 @@ pub struct SearchArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "proxy")]
     pub evaluator: EvaluatorKind,
-    /// Largest genome allowed, in parameters.
-    #[arg(long, default_value_t = 4_000_000)]
-    pub max_params: u64,
-    /// Largest genome allowed, in multiply-accumulates per image.
-    #[arg(long, default_value_t = 200_000_000)]
-    pub max_macs: u64,
-    /// Training steps of each trial (rapid convergence: warm-up + cosine, EMA warm-up).
-    #[arg(long, default_value_t = 300)]
-    pub trial_steps: u64,
+    /// Largest genome allowed, in parameters [default: 1,000,000 small, 4,000,000 standard].
+    #[arg(long)]
+    pub max_params: Option<u64>,
+    /// Largest genome allowed, in multiply-accumulates per image [default: 40M small, 200M
+    /// standard].
+    #[arg(long)]
+    pub max_macs: Option<u64>,
+    /// Training steps of each trial (rapid convergence: warm-up + cosine, EMA warm-up)
+    /// [default: 200 small, 300 standard].
+    #[arg(long)]
+    pub trial_steps: Option<u64>,
     #[arg(long, default_value_t = 32)]
     pub trial_batch_size: usize,
     /// Peak learning rate of each trial.
     #[arg(long, default_value_t = 2e-4)]
     pub trial_lr: f64,
     /// Samples scored per trial (RFID uses 5,000; fewer is faster and noisier, never compare
-    /// scores made with different numbers).
-    #[arg(long, default_value_t = 1000)]
-    pub score_n: usize,
-    /// DDIM steps of the scoring samples.
-    #[arg(long, default_value_t = 20)]
-    pub score_steps: usize,
+    /// scores made with different numbers) [default: 500 small, 1000 standard].
+    #[arg(long)]
+    pub score_n: Option<usize>,
+    /// DDIM steps of the scoring samples [default: 10 small, 20 standard].
+    #[arg(long)]
+    pub score_steps: Option<usize>,
     /// Use only the first N training images.
     #[arg(long)]
     pub max_images: Option<usize>,
@@ -270,12 +278,14 @@ pub struct SearchArgs {
 pub struct EvolutionArgs {
     #[command(flatten)]
     pub common: SearchArgs,
-    /// Population: the P most recent successful trials (older ones age out).
-    #[arg(long, default_value_t = 8)]
-    pub population: usize,
-    /// Tournament size: the best of S trials drawn from the population is mutated.
-    #[arg(long, default_value_t = 3)]
-    pub sample: usize,
+    /// Population: the P most recent successful trials (older ones age out); the first P
+    /// trials are random [default: 4 small, 8 standard].
+    #[arg(long)]
+    pub population: Option<usize>,
+    /// Tournament size: the best of S trials drawn from the population is mutated [default: 2
+    /// small, 3 standard].
+    #[arg(long)]
+    pub sample: Option<usize>,
     /// Probability of crossing the winner with a second tournament's before mutating.
     #[arg(long, default_value_t = 0.0)]
     pub crossover: f64,
@@ -301,10 +311,73 @@ pub struct SearchConfig {
     pub extractor: Option<crate::eval::ExtractorId>,
 }
 
-/// Which strategy, with its own settings.
+/// The size of search that the defaults describe (`--scale`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scale {
+    /// `small` on a CPU device, `standard` on a GPU.
+    Auto,
+    /// Tiny genomes and short trials: a search of 8 trials takes about half an hour on a
+    /// 2-core CPU.
+    Small,
+    /// The search the defaults of ALGORITHMS.md describe, for a GPU.
+    Standard,
+}
+
+/// The values `--scale` stands for; explicit flags override each one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScaleDefaults {
+    pub trials: usize,
+    pub max_params: u64,
+    pub max_macs: u64,
+    pub trial_steps: u64,
+    pub score_n: usize,
+    pub score_steps: usize,
+    pub population: usize,
+    pub sample: usize,
+}
+
+impl Scale {
+    /// The defaults for this scale on a device; `auto` looks at the device's type.
+    pub fn defaults(self, device: &crate::device::DeviceInfo) -> ScaleDefaults {
+        let small = match self {
+            Scale::Small => true,
+            Scale::Standard => false,
+            Scale::Auto => device.device_type == "Cpu",
+        };
+        if small {
+            ScaleDefaults {
+                trials: 8,
+                max_params: 1_000_000,
+                max_macs: 40_000_000,
+                trial_steps: 200,
+                score_n: 500,
+                score_steps: 10,
+                population: 4,
+                sample: 2,
+            }
+        } else {
+            ScaleDefaults {
+                trials: 24,
+                max_params: 4_000_000,
+                max_macs: 200_000_000,
+                trial_steps: 300,
+                score_n: 1000,
+                score_steps: 20,
+                population: 8,
+                sample: 3,
+            }
+        }
+    }
+}
+
+/// Which strategy, with its own settings (evolution's P and S default by `--scale`).
 pub enum StrategySpec {
     Random,
-    Evolution(EvolutionConfig),
+    Evolution {
+        population: Option<usize>,
+        sample: Option<usize>,
+        crossover: f64,
+    },
     Llm(LlmConfig, LlmSearchConfig),
 }
 
@@ -314,11 +387,11 @@ pub fn run(cmd: SearchCmd) -> anyhow::Result<i32> {
         SearchCmd::Random(a) => (a, StrategySpec::Random),
         SearchCmd::Evolution(e) => (
             e.common,
-            StrategySpec::Evolution(EvolutionConfig {
+            StrategySpec::Evolution {
                 population: e.population,
                 sample: e.sample,
                 crossover: e.crossover,
-            }),
+            },
         ),
         SearchCmd::Llm(l) => {
             let Some(base_url) = l.llm_base_url.clone() else {
@@ -359,7 +432,7 @@ pub fn run(cmd: SearchCmd) -> anyhow::Result<i32> {
     };
     let name = match spec {
         StrategySpec::Random => "random",
-        StrategySpec::Evolution(_) => "evolution",
+        StrategySpec::Evolution { .. } => "evolution",
         StrategySpec::Llm(..) => "llm",
     };
     let dir = common
@@ -390,8 +463,35 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
         .data
         .load(Split::Train)
         .map_err(|e| user_err(e.to_string()))?;
+    let d = a.scale.defaults(&selected.info);
     let mut cfg = if a.resume {
         let mut c = read_config(dir)?;
+        let fixed = [
+            ("--max-params", a.max_params, c.space.budget.max_params),
+            ("--max-macs", a.max_macs, c.space.budget.max_macs),
+            ("--trial-steps", a.trial_steps, Some(c.trial.train.steps)),
+            (
+                "--score-n",
+                a.score_n.map(|v| v as u64),
+                Some(c.trial.score.n as u64),
+            ),
+            (
+                "--score-steps",
+                a.score_steps.map(|v| v as u64),
+                Some(c.trial.score.steps as u64),
+            ),
+        ];
+        for (flag, given, stored) in fixed {
+            if given.is_some() && given != stored {
+                return Err(user_err(format!(
+                    "{flag} {} differs from the {} in {}, and a resumed search keeps its \
+                     settings (only --trials and --max-minutes may change)",
+                    given.unwrap_or_default(),
+                    stored.map_or("none".into(), |v| v.to_string()),
+                    dir.join(CONFIG_FILE).display()
+                )));
+            }
+        }
         if c.strategy != name {
             return Err(user_err(format!(
                 "{} holds a {} search, not {name}",
@@ -418,20 +518,22 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
             size: data.height,
         };
         let space = SearchSpace::for_image(image).with_budget(Budget {
-            max_params: Some(a.max_params),
-            max_macs: Some(a.max_macs),
+            max_params: Some(a.max_params.unwrap_or(d.max_params)),
+            max_macs: Some(a.max_macs.unwrap_or(d.max_macs)),
             min_params: None,
         });
-        let mut trial = TrialConfig::rapid(a.trial_steps, a.trial_batch_size);
+        let mut trial =
+            TrialConfig::rapid(a.trial_steps.unwrap_or(d.trial_steps), a.trial_batch_size);
         trial.train.lr = a.trial_lr;
         trial.train.seed = a.seed;
+        let score_n = a.score_n.unwrap_or(d.score_n);
         trial.score = GenerationConfig {
-            n: a.score_n,
-            steps: a.score_steps,
+            n: score_n,
+            steps: a.score_steps.unwrap_or(d.score_steps),
             ..GenerationConfig::rfid()
         };
         trial.kid = Some(KidConfig {
-            subset_size: a.score_n.min(1000),
+            subset_size: score_n.min(1000),
             ..KidConfig::default()
         });
         SearchConfig {
@@ -443,12 +545,20 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
             space,
             trial,
             limits: Limits {
-                max_trials: a.trials.unwrap_or(12),
+                max_trials: a.trials.unwrap_or(d.trials),
                 max_seconds: a.max_minutes.map(|m| m * 60.0),
                 max_stale: 200,
             },
             evolution: match &spec {
-                StrategySpec::Evolution(e) => Some(*e),
+                StrategySpec::Evolution {
+                    population,
+                    sample,
+                    crossover,
+                } => Some(EvolutionConfig {
+                    population: population.unwrap_or(d.population),
+                    sample: sample.unwrap_or(d.sample),
+                    crossover: *crossover,
+                }),
                 _ => None,
             },
             llm_endpoint: match &spec {
