@@ -444,6 +444,7 @@ fn scale_sets_the_defaults_and_a_resume_keeps_them() {
     assert_eq!(c["space"]["budget"]["max_macs"], 40_000_000);
     assert_eq!(c["space"]["budget"]["max_params"], 1_000_000);
     assert_eq!(c["trial"]["train"]["steps"], 200);
+    assert_eq!(c["trial"]["train"]["lr"], 0.001);
     assert_eq!(c["trial"]["score"]["n"], 500);
     assert_eq!(c["trial"]["score"]["steps"], 10);
     assert_eq!(c["evolution"]["population"], 4);

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod block;
 mod cli;
 mod data;
 mod diffusion;

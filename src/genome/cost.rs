@@ -78,6 +78,25 @@ fn attention(acc: &mut Acc, c: usize, r: usize, heads: usize) {
     acc.conv(c, c, 1, r);
 }
 
+/// Cost of one unit (a ResBlock of shape `s` and the attention that follows it when
+/// `s.attention`) inside `genome`'s network: the block-wise search's per-candidate cost.
+pub fn unit_cost(genome: &Genome, s: &ResBlockShape) -> Cost {
+    let mut acc = Acc::default();
+    let temb = genome.base_channels * genome.time_embed_mult;
+    res_block(
+        &mut acc,
+        s,
+        temb,
+        genome.scale_shift_norm,
+        genome.heads_for(s.out_channels),
+    );
+    Cost {
+        params: acc.params,
+        macs: acc.macs,
+        activation_floats: acc.acts,
+    }
+}
+
 /// Parameters, MACs and activation estimate of a genome. Errors if the genome is not
 /// structurally valid.
 pub fn cost(genome: &Genome) -> Result<Cost, GenomeErrors> {

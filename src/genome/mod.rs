@@ -7,7 +7,7 @@ mod cost;
 mod presets;
 mod space;
 
-pub use cost::{Cost, cost};
+pub use cost::{Cost, cost, unit_cost};
 pub use space::{Budget, SearchSpace};
 
 use serde::{Deserialize, Serialize};

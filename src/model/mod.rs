@@ -125,36 +125,176 @@ impl Unet {
 
     /// `x`: `[B, C, H, W]` noisy images, `t`: `[B]` timesteps. Returns predicted eps, `[B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        // [B, temb]; every block's projection starts with SiLU, shared here.
-        let emb = silu(self.time.forward(t));
+        self.run(x, t, None)
+    }
+
+    /// The forward pass that also records what every block saw and produced (the block view of
+    /// the block-wise distillation search, ALGORITHMS.md section 6).
+    pub fn trace(&self, x: Tensor<4>, t: Tensor<1>) -> Trace {
+        let mut blocks = Vec::new();
+        let emb = self.embed(t.clone());
+        let eps = self.run(x, t, Some(&mut blocks));
+        Trace { emb, blocks, eps }
+    }
+
+    /// The timestep embedding every block receives (already through SiLU), `[B, temb]`.
+    pub fn embed(&self, t: Tensor<1>) -> Tensor<2> {
+        silu(self.time.forward(t))
+    }
+
+    /// The blocks in forward order: each encoder level, the middle, each decoder level.
+    pub fn block_ids(&self) -> Vec<BlockId> {
+        let levels = self.encoder.len();
+        (0..levels)
+            .map(BlockId::Encoder)
+            .chain([BlockId::Middle])
+            .chain((0..self.decoder.len()).map(BlockId::Decoder))
+            .collect()
+    }
+
+    /// The units (ResBlock + optional attention) of one block.
+    pub fn block_units(&self, id: BlockId) -> &[UnetBlock] {
+        match id {
+            BlockId::Encoder(l) => &self.encoder[l].blocks,
+            BlockId::Middle => &self.middle,
+            BlockId::Decoder(d) => &self.decoder[d].blocks,
+        }
+    }
+
+    /// Run one block on given inputs (e.g. a teacher's), with this model's weights.
+    pub fn forward_block(
+        &self,
+        id: BlockId,
+        input: Tensor<4>,
+        skips: &[Tensor<4>],
+        emb: Tensor<2>,
+    ) -> Vec<Tensor<4>> {
+        let units = self.block_units(id);
+        block_forward(id, units.len(), input, skips, |i, h| {
+            units[i].forward(h, emb.clone())
+        })
+    }
+
+    fn run(&self, x: Tensor<4>, t: Tensor<1>, mut trace: Option<&mut Vec<BlockIo>>) -> Tensor<4> {
+        let emb = self.embed(t);
         let mut h = self.stem.forward(x);
         let mut skips = vec![h.clone()];
-        for level in &self.encoder {
-            for b in &level.blocks {
-                h = b.forward(h, emb.clone());
-                skips.push(h.clone());
-            }
-            if let Some(down) = &level.down {
-                h = down.forward(h);
-                skips.push(h.clone());
-            }
-        }
-        for b in &self.middle {
-            h = b.forward(h, emb.clone());
-        }
-        for level in &self.decoder {
-            for b in &level.blocks {
-                let skip = skips
-                    .pop()
-                    .expect("the layout gives one skip per decoder block");
-                h = b.forward(Tensor::cat(vec![h, skip], 1), emb.clone());
-            }
-            if let Some(up) = &level.up {
-                h = up.forward(upsample_nearest2(h));
+        let mut record =
+            |id: BlockId, input: Tensor<4>, used: Vec<Tensor<4>>, out: &[Tensor<4>]| {
+                if let Some(tr) = trace.as_deref_mut() {
+                    tr.push(BlockIo {
+                        id,
+                        input,
+                        skips: used,
+                        outputs: out.to_vec(),
+                    });
+                }
+            };
+        for id in self.block_ids() {
+            let input = h.clone();
+            let used = match id {
+                BlockId::Decoder(d) => {
+                    let n = self.decoder[d].blocks.len();
+                    // The level pops its skips from the end: the first block takes the last.
+                    let mut used = skips.split_off(skips.len() - n);
+                    used.reverse();
+                    used
+                }
+                _ => Vec::new(),
+            };
+            let outs = self.forward_block(id, input.clone(), &used, emb.clone());
+            record(id, input, used, &outs);
+            h = outs.last().expect("a block has at least one unit").clone();
+            match id {
+                BlockId::Encoder(l) => {
+                    skips.extend(outs);
+                    if let Some(down) = &self.encoder[l].down {
+                        h = down.forward(h);
+                        skips.push(h.clone());
+                    }
+                }
+                BlockId::Middle => {}
+                BlockId::Decoder(d) => {
+                    if let Some(up) = &self.decoder[d].up {
+                        h = up.forward(upsample_nearest2(h));
+                    }
+                }
             }
         }
         self.head_conv.forward(silu(self.head_norm.forward(h)))
     }
+}
+
+/// A block of the UNet as the block-wise search sees it (ALGORITHMS.md section 6): an encoder
+/// level's units (up to its downsample), the middle, or a decoder level's units (up to its
+/// upsample). Stem, timestep MLP, resampling convolutions and head are outside every block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockId {
+    Encoder(usize),
+    Middle,
+    Decoder(usize),
+}
+
+impl std::fmt::Display for BlockId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlockId::Encoder(l) => write!(f, "encoder[{l}]"),
+            BlockId::Middle => write!(f, "middle"),
+            BlockId::Decoder(d) => write!(f, "decoder[{d}]"),
+        }
+    }
+}
+
+/// What one block received and produced in a traced forward pass.
+#[derive(Debug, Clone)]
+pub struct BlockIo {
+    pub id: BlockId,
+    /// The activation entering the block.
+    pub input: Tensor<4>,
+    /// Decoder blocks: the skip activations their units concatenate, in unit order.
+    pub skips: Vec<Tensor<4>>,
+    /// The block's distillation targets: every unit's output for an encoder level (each one
+    /// is a skip the decoder reads), the last unit's output otherwise.
+    pub outputs: Vec<Tensor<4>>,
+}
+
+/// A traced forward pass.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// The timestep embedding after SiLU, `[B, temb]`.
+    pub emb: Tensor<2>,
+    pub blocks: Vec<BlockIo>,
+    /// The predicted noise.
+    pub eps: Tensor<4>,
+}
+
+/// The wiring of one block, shared by the UNet and the block supernets so they cannot
+/// disagree: `unit(i, h)` runs unit `i`. Encoder units chain and all their outputs are
+/// returned; decoder unit `i` reads `concat(h, skips[i])`; the middle chains its two units.
+pub fn block_forward(
+    id: BlockId,
+    units: usize,
+    input: Tensor<4>,
+    skips: &[Tensor<4>],
+    mut unit: impl FnMut(usize, Tensor<4>) -> Tensor<4>,
+) -> Vec<Tensor<4>> {
+    let mut h = input;
+    let mut outs = Vec::with_capacity(units);
+    for i in 0..units {
+        let x = match id {
+            BlockId::Decoder(_) => Tensor::cat(vec![h, skips[i].clone()], 1),
+            _ => h,
+        };
+        h = unit(i, x);
+        if matches!(id, BlockId::Encoder(_)) {
+            outs.push(h.clone());
+        }
+    }
+    if !matches!(id, BlockId::Encoder(_)) {
+        outs.push(h);
+    }
+    outs
 }
 
 /// Nearest-neighbour x2 upsampling, `[B, C, H, W] -> [B, C, 2H, 2W]`, as a broadcast (exact

@@ -7,6 +7,7 @@
 //! search resumed with `--resume` proposes the same next candidate, and the trial that was
 //! running resumes from its own checkpoints. No trial is lost or run twice.
 
+pub mod block;
 pub mod evolution;
 pub mod llm;
 pub mod random;

@@ -3,7 +3,7 @@
 //! NaN/inf guard, periodic atomic checkpoints and exact resume (ALGORITHMS.md sections 1 and 4).
 //! It knows nothing of genomes: the caller builds the module.
 
-mod checkpoint;
+pub mod checkpoint;
 mod clip;
 mod config;
 mod ema;
@@ -218,6 +218,22 @@ pub fn optimizer_for(cfg: &TrainConfig) -> ModuleOptimizer {
     optimizer(cfg)
 }
 
+/// What a training step minimises, given the noisy batch, its timesteps and the noise.
+pub trait Objective<M> {
+    /// The scalar loss of `model` at `step` (on the autodiff device).
+    fn loss(&self, model: &M, x_t: Tensor<4>, t: Tensor<1>, eps: Tensor<4>, step: u64)
+    -> Tensor<1>;
+}
+
+/// The DDPM objective: MSE between the true and the predicted noise.
+pub struct EpsObjective;
+
+impl<M: Denoiser> Objective<M> for EpsObjective {
+    fn loss(&self, model: &M, x_t: Tensor<4>, t: Tensor<1>, eps: Tensor<4>, _: u64) -> Tensor<1> {
+        eps_loss(model.predict_eps(x_t, t), eps)
+    }
+}
+
 /// One optimizer step on the clean batch `x0` (on the autodiff device): draw timesteps and noise
 /// from the (seed, step) stream, epsilon loss, backward, global-norm clip, AdamW, EMA update.
 /// Returns the new model and EMA, the loss and the pre-clip gradient norm as device tensors
@@ -231,14 +247,28 @@ pub fn train_step<M: Module + Denoiser>(
     x0: Tensor<4>,
     step: u64,
 ) -> (M, M, Tensor<1>, Option<Tensor<1>>) {
+    objective_step(model, ema, optim, cfg, schedule, x0, step, &EpsObjective)
+}
+
+/// [`train_step`] with any [`Objective`].
+#[allow(clippy::too_many_arguments)]
+pub fn objective_step<M: Module>(
+    model: M,
+    ema: M,
+    optim: &mut ModuleOptimizer,
+    cfg: &TrainConfig,
+    schedule: &NoiseSchedule,
+    x0: Tensor<4>,
+    step: u64,
+    objective: &dyn Objective<M>,
+) -> (M, M, Tensor<1>, Option<Tensor<1>>) {
     let device = x0.device();
     let shape = x0.dims();
     let (t, eps) = step_inputs(cfg, step, shape);
     let eps = Tensor::<4>::from_data(TensorData::new(eps, shape), &device);
     device.seed(device_seed(cfg.seed, step));
     let x_t = schedule.q_sample(x0, &t, eps.clone());
-    let pred = model.predict_eps(x_t, timestep_tensor(&t, &device));
-    let loss = eps_loss(pred, eps);
+    let loss = objective.loss(&model, x_t, timestep_tensor(&t, &device), eps, step);
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
     let norm = if cfg.grad_clip > 0.0 {
         clip_global_norm(&model, &mut grads, cfg.grad_clip)
@@ -262,6 +292,19 @@ pub fn train<M>(
 where
     M: Module + Denoiser,
 {
+    train_objective(model, data, cfg, device, opts, &EpsObjective, on_event)
+}
+
+/// [`train`] with any [`Objective`] (checkpoints, EMA, logs and resume unchanged).
+pub fn train_objective<M: Module>(
+    model: M,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    device: &Device,
+    opts: TrainOptions<'_>,
+    objective: &dyn Objective<M>,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainOutcome<M>, TrainError> {
     cfg.check().map_err(TrainError::Config)?;
     if data.len == 0 {
         return Err(TrainError::Data(format!("{} has no images", data.name)));
@@ -330,7 +373,8 @@ where
         let step = state.step;
         let lr = cfg.lr_at(step);
         let x0 = data.batch(&batcher.indices(step), device);
-        let (m, e, loss, norm) = train_step(model, ema, &mut optim, cfg, &schedule, x0, step);
+        let (m, e, loss, norm) =
+            objective_step(model, ema, &mut optim, cfg, &schedule, x0, step, objective);
         (model, ema) = (m, e);
         state.step = step + 1;
         on_event(&TrainEvent::Step { step: state.step });

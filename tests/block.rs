@@ -1,0 +1,371 @@
+//! Block-wise distillation search: the block view, supernets, local search, assembly, lambda.
+
+use crate::common::{Randomize, max_abs_diff, tiny16, to_vec};
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor};
+use diffnas::genome::{Genome, ResBlockGene, SearchSpace, cost};
+use diffnas::model::{BlockId, Unet};
+use diffnas::search::block::local::{Scored, choose, global_budget, pareto};
+use diffnas::search::block::retrain::LambdaSchedule;
+use diffnas::search::block::supernet::BlockSupernet;
+use diffnas::search::block::{BlockSpace, PathCost, assemble, block_spaces};
+
+const KERNELS: [usize; 3] = [1, 3, 5];
+const MULTS: [f64; 4] = [0.5, 0.75, 1.0, 1.25];
+
+/// tiny16 with varied genes (a non-default kernel pair, a narrow and a wide block) and
+/// optionally scale-shift norm, so that the teacher path is not every unit's first choice.
+fn teacher_genome(scale_shift: bool) -> Genome {
+    let mut g = tiny16();
+    g.scale_shift_norm = scale_shift;
+    g.encoder[0].res_blocks[0] = ResBlockGene {
+        kernels: [5, 1],
+        hidden_mult: 0.75,
+    };
+    g.middle.res_blocks[1].hidden_mult = 1.25;
+    let last = g.decoder.len() - 1;
+    g.decoder[last].res_blocks[0].kernels = [1, 3];
+    g
+}
+
+fn random_teacher(g: &Genome, seed: u64, device: &Device) -> Unet {
+    Unet::new(g, device)
+        .unwrap()
+        .map(&mut Randomize::new(seed, 0.1))
+}
+
+fn inputs(g: &Genome, b: usize, device: &Device) -> (Tensor<4>, Tensor<1>) {
+    let s = g.image.size;
+    let x = Tensor::random(
+        [b, g.image.channels, s, s],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let t = Tensor::from_floats([3.0, 250.0, 999.0][..b].to_vec().as_slice(), device);
+    (x, t)
+}
+
+#[test]
+fn trace_matches_forward_and_blocks_rerun_exactly() {
+    let device = Device::flex();
+    let g = teacher_genome(false);
+    let teacher = random_teacher(&g, 1, &device);
+    let (x, t) = inputs(&g, 3, &device);
+    let tr = teacher.trace(x.clone(), t.clone());
+    assert_eq!(to_vec(tr.eps.clone()), to_vec(teacher.forward(x, t)));
+    let ids = teacher.block_ids();
+    assert_eq!(ids.len(), 2 * g.encoder.len() + 1);
+    assert_eq!(tr.blocks.iter().map(|b| b.id).collect::<Vec<_>>(), ids);
+    for io in &tr.blocks {
+        let out = teacher.forward_block(io.id, io.input.clone(), &io.skips, tr.emb.clone());
+        let n = match io.id {
+            BlockId::Encoder(l) => g.encoder[l].res_blocks.len(),
+            _ => 1,
+        };
+        assert_eq!(out.len(), n, "{}", io.id);
+        assert_eq!(
+            io.skips.len(),
+            match io.id {
+                BlockId::Decoder(d) => g.decoder[d].res_blocks.len(),
+                _ => 0,
+            }
+        );
+        for (a, b) in out.into_iter().zip(&io.outputs) {
+            assert_eq!(to_vec(a), to_vec(b.clone()), "{}", io.id);
+        }
+    }
+}
+
+#[test]
+fn teacher_path_with_teacher_weights_reproduces_every_block() {
+    let device = Device::flex();
+    for scale_shift in [false, true] {
+        let g = teacher_genome(scale_shift);
+        let teacher = random_teacher(&g, 2, &device);
+        let spaces = block_spaces(&g, &KERNELS, &MULTS).unwrap();
+        let (x, t) = inputs(&g, 2, &device);
+        let tr = teacher.trace(x, t);
+        for (space, io) in spaces.iter().zip(&tr.blocks) {
+            let net = BlockSupernet::new(&g, space, &device).load_teacher(&teacher);
+            let out = net.forward(
+                &space.teacher_path(),
+                io.input.clone(),
+                &io.skips,
+                tr.emb.clone(),
+            );
+            for (a, b) in out.into_iter().zip(&io.outputs) {
+                let (a, b) = (to_vec(a), to_vec(b.clone()));
+                let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = max_abs_diff(&a, &b);
+                assert!(
+                    d <= 1e-6 * scale,
+                    "{} (scale-shift {scale_shift}): max difference {d} of {scale}",
+                    io.id
+                );
+            }
+            // Another path gives something else: the copy did not leak into every path.
+            let other: Vec<ResBlockGene> = space.units.iter().map(|u| u.gene(0)).collect();
+            assert_ne!(other, space.teacher_path());
+            let o = net.forward(&other, io.input.clone(), &io.skips, tr.emb.clone());
+            assert!(max_abs_diff(&to_vec(o[0].clone()), &to_vec(io.outputs[0].clone())) > 1e-4);
+        }
+    }
+}
+
+#[test]
+fn every_candidate_has_the_teachers_output_shape() {
+    let device = Device::flex();
+    let g = teacher_genome(true);
+    let teacher = random_teacher(&g, 3, &device);
+    let spaces = block_spaces(&g, &KERNELS, &MULTS).unwrap();
+    let (x, t) = inputs(&g, 1, &device);
+    let tr = teacher.trace(x, t);
+    for (space, io) in spaces.iter().zip(&tr.blocks) {
+        let net = BlockSupernet::new(&g, space, &device);
+        // Every choice of every unit at least once (the other units at choice 0).
+        for u in 0..space.units.len() {
+            for i in 0..space.units[u].len() {
+                let mut path: Vec<ResBlockGene> = space.units.iter().map(|u| u.gene(0)).collect();
+                path[u] = space.units[u].gene(i);
+                let out = net.forward(&path, io.input.clone(), &io.skips, tr.emb.clone());
+                assert_eq!(out.len(), io.outputs.len());
+                for (a, b) in out.iter().zip(&io.outputs) {
+                    assert_eq!(a.dims(), b.dims(), "{} path {path:?}", io.id);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn narrow_paths_leave_unused_slices_with_zero_gradient() {
+    let device = Device::flex().autodiff();
+    let g = teacher_genome(true);
+    let spaces = block_spaces(&g, &KERNELS, &MULTS).unwrap();
+    let space = &spaces[0];
+    let net = BlockSupernet::new(&g, space, &device).map(&mut Randomize::new(4, 0.1));
+    let u = &space.units[0];
+    let (w, mult) = u.widths[0];
+    let wmax = u.max_width();
+    assert!(w < wmax);
+    let path = vec![
+        ResBlockGene {
+            kernels: [3, 5],
+            hidden_mult: mult,
+        };
+        space.units.len()
+    ];
+    let s = u.teacher;
+    let x = Tensor::<4>::random(
+        [2, s.in_channels, s.resolution, s.resolution],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let temb = g.base_channels * g.time_embed_mult;
+    let emb = Tensor::<2>::random([2, temb], Distribution::Normal(0.0, 1.0), &device);
+    let out = net.forward(&path, x, &[], emb);
+    let loss = out
+        .into_iter()
+        .map(|o| o.powf_scalar(2.0).sum())
+        .reduce(|a, b| a + b)
+        .unwrap();
+    let grads = loss.backward();
+    let res = &net.units[0].res;
+    let k3 = res.kernels.iter().position(|&k| k == 3).unwrap();
+    let k5 = res.kernels.iter().position(|&k| k == 5).unwrap();
+    let g1 = res.conv1[k3].weight.grad(&grads).unwrap();
+    let g2 = res.conv2[k5].weight.grad(&grads).unwrap();
+    let ge = res.emb.weight.grad(&grads).unwrap();
+    let nonzero = |t: Tensor<4>| to_vec(t).iter().any(|v| *v != 0.0);
+    let zero = |v: Vec<f32>| v.iter().all(|v| *v == 0.0);
+    let k = 3;
+    assert!(nonzero(g1.clone().slice([
+        0..w,
+        0..s.in_channels,
+        0..k,
+        0..k
+    ])));
+    assert!(zero(to_vec(g1.slice([
+        w..wmax,
+        0..s.in_channels,
+        0..k,
+        0..k
+    ]))));
+    assert!(nonzero(g2.clone().slice([
+        0..s.out_channels,
+        0..w,
+        0..5,
+        0..5
+    ])));
+    assert!(zero(to_vec(g2.slice([
+        0..s.out_channels,
+        w..wmax,
+        0..5,
+        0..5
+    ]))));
+    // Scale-shift projection: scales [0, w) and shifts [wmax, wmax + w) are used.
+    assert!(
+        to_vec(ge.clone().slice([0..temb, 0..w]))
+            .iter()
+            .any(|v| *v != 0.0)
+    );
+    assert!(zero(to_vec(ge.clone().slice([0..temb, w..wmax]))));
+    assert!(
+        to_vec(ge.clone().slice([0..temb, wmax..wmax + w]))
+            .iter()
+            .any(|v| *v != 0.0)
+    );
+    assert!(zero(to_vec(ge.slice([0..temb, wmax + w..2 * wmax]))));
+    // Kernels and widths the path did not take get no gradient at all.
+    let k1 = res.kernels.iter().position(|&k| k == 1).unwrap();
+    assert!(res.conv1[k1].weight.grad(&grads).is_none());
+    assert!(res.norm2[1].gamma.as_ref().unwrap().grad(&grads).is_none());
+}
+
+fn entry(macs: u64, params: u64, loss: f64) -> Scored {
+    Scored {
+        path: Vec::new(),
+        loss,
+        cost: PathCost { params, macs },
+    }
+}
+
+#[test]
+fn local_search_picks_the_cheapest_feasible_candidate() {
+    let t = vec![
+        entry(100, 10, 1.00), // 0: the reference
+        entry(60, 6, 1.20),   // 1
+        entry(50, 5, 1.30),   // 2
+        entry(60, 7, 1.05),   // 3: same MACs as 1, lower loss
+        entry(80, 8, 0.90),   // 4
+        entry(60, 5, 1.05),   // 5: ties 3 on MACs and loss, fewer params
+        entry(50, 4, 1.30),   // 6: ties 2 on MACs and loss, fewer params
+    ];
+    assert_eq!(choose(&t, 1.0, 1.0), Some(4));
+    assert_eq!(choose(&t, 1.0, 0.9), Some(4)); // the boundary counts as feasible
+    assert_eq!(choose(&t, 1.0, 0.89), None);
+    assert_eq!(choose(&t, 1.0, 1.1), Some(5));
+    assert_eq!(choose(&t, 1.0, 1.25), Some(5));
+    assert_eq!(choose(&t, 1.0, 1.3), Some(6));
+    assert_eq!(choose(&t, 1.0, 100.0), Some(6));
+    // Complete ties: the earlier entry.
+    let u = vec![entry(10, 1, 0.5), entry(10, 1, 0.5)];
+    assert_eq!(choose(&u, 1.0, 1.0), Some(0));
+    // The Pareto front, cheapest first.
+    assert_eq!(pareto(&t), vec![2, 3, 4]);
+}
+
+#[test]
+fn global_budget_is_exact_against_brute_force() {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(7);
+    for case in 0..20 {
+        let tables: Vec<Vec<Scored>> = (0..3)
+            .map(|_| {
+                (0..6)
+                    .map(|_| entry(rng.random_range(1..50), 1, rng.random_range(0.0..1.0)))
+                    .collect()
+            })
+            .collect();
+        let budget = rng.random_range(20..120);
+        let mut best: Option<(f64, Vec<usize>)> = None;
+        for a in 0..6 {
+            for b in 0..6 {
+                for c in 0..6 {
+                    let pick = [a, b, c];
+                    let macs: u64 = (0..3).map(|i| tables[i][pick[i]].cost.macs).sum();
+                    let loss: f64 = (0..3).map(|i| tables[i][pick[i]].loss).sum();
+                    if macs <= budget && best.as_ref().is_none_or(|(l, _)| loss < *l) {
+                        best = Some((loss, pick.to_vec()));
+                    }
+                }
+            }
+        }
+        let got = global_budget(&tables, budget);
+        match (&best, &got) {
+            (None, None) => {}
+            (Some((l, _)), Some(p)) => {
+                let loss: f64 = (0..3).map(|i| tables[i][p[i]].loss).sum();
+                let macs: u64 = (0..3).map(|i| tables[i][p[i]].cost.macs).sum();
+                assert!((loss - l).abs() < 1e-12, "case {case}: {loss} vs {l}");
+                assert!(macs <= budget);
+            }
+            _ => panic!("case {case}: brute force {best:?}, merge {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn assembled_student_validates_and_costs_what_the_blocks_say() {
+    use rand::{RngExt, SeedableRng};
+    let g = teacher_genome(false);
+    let spaces = block_spaces(&g, &KERNELS, &MULTS).unwrap();
+    let space_rules = SearchSpace::for_image(g.image);
+    let teacher_cost = cost(&g).unwrap();
+    let teacher_blocks: Vec<PathCost> = spaces
+        .iter()
+        .map(|s| s.cost(&s.teacher_path(), &g))
+        .collect();
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(11);
+    for _ in 0..20 {
+        let choice: Vec<(BlockId, Vec<ResBlockGene>)> = spaces
+            .iter()
+            .map(|s: &BlockSpace| (s.id, s.path(rng.random_range(0..s.size()))))
+            .collect();
+        let student = assemble(&g, &choice);
+        space_rules.validate(&student).unwrap();
+        let c = cost(&student).unwrap();
+        let mut macs = teacher_cost.macs;
+        let mut params = teacher_cost.params;
+        for ((s, (_, p)), t) in spaces.iter().zip(&choice).zip(&teacher_blocks) {
+            let pc = s.cost(p, &g);
+            macs = macs - t.macs + pc.macs;
+            params = params - t.params + pc.params;
+        }
+        assert_eq!((c.macs, c.params), (macs, params));
+        let built = Unet::new(&student, &Device::flex()).unwrap();
+        assert_eq!(built.num_params() as u64, c.params);
+    }
+    // The teacher's own choice assembles to the teacher.
+    let same: Vec<_> = spaces.iter().map(|s| (s.id, s.teacher_path())).collect();
+    assert_eq!(assemble(&g, &same), g);
+}
+
+#[test]
+fn lambda_schedules_at_their_boundaries() {
+    let s = 100;
+    let l = LambdaSchedule::Linear;
+    assert_eq!(
+        (l.at(0, s), l.at(50, s), l.at(100, s), l.at(500, s)),
+        (0.0, 0.5, 1.0, 1.0)
+    );
+    let c = LambdaSchedule::Cosine;
+    assert_eq!(c.at(0, s), 0.0);
+    assert!((c.at(50, s) - 0.5).abs() < 1e-12);
+    assert!((c.at(100, s) - 1.0).abs() < 1e-12);
+    assert!(
+        c.at(25, s) < l.at(25, s),
+        "cosine starts slower than linear"
+    );
+    let st = LambdaSchedule::Step;
+    assert_eq!((st.at(0, s), st.at(99, s), st.at(100, s)), (0.0, 0.0, 1.0));
+    assert_eq!(LambdaSchedule::Static(0.3).at(0, s), 0.3);
+    assert_eq!(LambdaSchedule::Static(0.3).at(1000, s), 0.3);
+    assert_eq!(LambdaSchedule::DiffusionOnly.at(0, s), 1.0);
+    // A zero-length ramp is diffusion from the start.
+    assert_eq!(l.at(0, 0), 1.0);
+    assert_eq!(st.at(0, 0), 1.0);
+    for text in ["linear", "cosine", "step", "static:0.25", "diffusion-only"] {
+        assert_eq!(LambdaSchedule::parse(text).unwrap().to_string(), text);
+    }
+    assert!(
+        LambdaSchedule::parse("static:1.5")
+            .unwrap_err()
+            .contains("[0, 1]")
+    );
+    assert!(
+        LambdaSchedule::parse("exp")
+            .unwrap_err()
+            .contains("expected linear")
+    );
+}
