@@ -369,3 +369,57 @@ fn lambda_schedules_at_their_boundaries() {
             .contains("expected linear")
     );
 }
+
+#[test]
+fn student_from_supernets_runs_the_chosen_paths() {
+    use diffnas::search::block::retrain::student_from_supernets;
+    let device = Device::flex();
+    for scale_shift in [false, true] {
+        let g = teacher_genome(scale_shift);
+        let teacher = random_teacher(&g, 5, &device);
+        let spaces = block_spaces(&g, &KERNELS, &MULTS).unwrap();
+        // Supernets holding the teacher, then trained-looking noise everywhere else.
+        let nets: Vec<BlockSupernet> = spaces
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                BlockSupernet::new(&g, s, &device)
+                    .map(&mut Randomize::new(10 + i as u64, 0.1))
+                    .load_teacher(&teacher)
+            })
+            .collect();
+        let (x, t) = inputs(&g, 2, &device);
+        // The teacher's paths give back the teacher.
+        let same: Vec<_> = spaces.iter().map(|s| s.teacher_path()).collect();
+        let s0 = student_from_supernets(Unet::new(&g, &device).unwrap(), &teacher, &nets, &same);
+        let d = max_abs_diff(
+            &to_vec(s0.forward(x.clone(), t.clone())),
+            &to_vec(teacher.forward(x.clone(), t.clone())),
+        );
+        assert!(d < 1e-5, "teacher path round trip: {d}");
+        // Other paths: each student block computes what its supernet computes on that path.
+        let paths: Vec<_> = spaces.iter().map(|s| s.path(s.size() / 3)).collect();
+        let choice: Vec<_> = spaces
+            .iter()
+            .zip(&paths)
+            .map(|(s, p)| (s.id, p.clone()))
+            .collect();
+        let sg = assemble(&g, &choice);
+        let student =
+            student_from_supernets(Unet::new(&sg, &device).unwrap(), &teacher, &nets, &paths);
+        let tr = teacher.trace(x, t);
+        for ((net, path), io) in nets.iter().zip(&paths).zip(&tr.blocks) {
+            let a = net.forward(path, io.input.clone(), &io.skips, tr.emb.clone());
+            let b = student.forward_block(
+                io.id,
+                io.input.clone(),
+                &io.skips,
+                student.embed(Tensor::from_floats([3.0, 250.0].as_slice(), &device)),
+            );
+            for (a, b) in a.into_iter().zip(b) {
+                let d = max_abs_diff(&to_vec(a), &to_vec(b));
+                assert!(d < 1e-5, "{}: {d}", io.id);
+            }
+        }
+    }
+}

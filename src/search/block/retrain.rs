@@ -129,3 +129,33 @@ impl Objective<Unet> for JointObjective {
         }
     }
 }
+
+/// The student's initial weights: everything outside the blocks (timestep MLP, stem,
+/// resampling convolutions, head) from the teacher; each block's units from its supernet's
+/// chosen path. `student` must be built from the assembled genome.
+pub fn student_from_supernets(
+    mut student: Unet,
+    teacher: &Unet,
+    nets: &[super::supernet::BlockSupernet],
+    paths: &[super::Path],
+) -> Unet {
+    student.time = teacher.time.clone();
+    student.stem = teacher.stem.clone();
+    for (s, t) in student.encoder.iter_mut().zip(&teacher.encoder) {
+        s.down = t.down.clone();
+    }
+    for (s, t) in student.decoder.iter_mut().zip(&teacher.decoder) {
+        s.up = t.up.clone();
+    }
+    student.head_norm = teacher.head_norm.clone();
+    student.head_conv = teacher.head_conv.clone();
+    for (net, path) in nets.iter().zip(paths) {
+        let units = match net.id {
+            crate::model::BlockId::Encoder(l) => &mut student.encoder[l].blocks,
+            crate::model::BlockId::Middle => &mut student.middle,
+            crate::model::BlockId::Decoder(d) => &mut student.decoder[d].blocks,
+        };
+        net.extract_into(path, units);
+    }
+    student
+}

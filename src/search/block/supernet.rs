@@ -273,3 +273,57 @@ fn copy_res(dst: &mut SuperResBlock, src: &ResBlock, id: BlockId) {
         _ => panic!("{id}: the supernet's skip does not match the teacher's"),
     }
 }
+
+fn take<const D: usize>(dst: &mut Param<Tensor<D>>, src: Tensor<D>) {
+    let ranges: [std::ops::Range<usize>; D] = std::array::from_fn(|i| 0..dst.dims()[i]);
+    let value = src.slice(ranges);
+    *dst = dst.clone().map(|_| value);
+}
+
+fn take_conv(dst: &mut Conv2d, src: &Conv2d) {
+    take(&mut dst.weight, src.weight.val());
+    if let (Some(db), Some(sb)) = (&mut dst.bias, &src.bias) {
+        take(db, sb.val());
+    }
+}
+
+impl BlockSupernet {
+    /// Write the weights of `path` into `units`, a student's block of that shape (the
+    /// inverse of [`BlockSupernet::load_teacher`]).
+    pub fn extract_into(&self, path: &[ResBlockGene], units: &mut [crate::model::UnetBlock]) {
+        assert_eq!(path.len(), units.len(), "{}: path length", self.id);
+        for (i, (u, dst)) in self.units.iter().zip(units.iter_mut()).enumerate() {
+            let s = &u.res;
+            let d = &mut dst.res;
+            let w = self.width(i, &path[i]);
+            assert_eq!(d.conv1.weight.dims()[0], w, "{}: unit {i} width", self.id);
+            d.norm1 = s.norm1.clone();
+            take_conv(&mut d.conv1, &s.conv1[s.kernel_index(path[i].kernels[0])]);
+            take_conv(&mut d.conv2, &s.conv2[s.kernel_index(path[i].kernels[1])]);
+            d.norm2 = s.norm2[s.width_index(w)].clone();
+            let wmax = s.max_width();
+            let sw = s.emb.weight.val();
+            let temb = sw.dims()[0];
+            let parts = if s.scale_shift { 2 } else { 1 };
+            let cols = |p: usize| p * wmax..p * wmax + w;
+            let weight = Tensor::cat(
+                (0..parts)
+                    .map(|p| sw.clone().slice([0..temb, cols(p)]))
+                    .collect(),
+                1,
+            );
+            d.emb.weight = d.emb.weight.clone().map(|_| weight);
+            if let (Some(db), Some(sb)) = (&mut d.emb.bias, &s.emb.bias) {
+                let sb = sb.val();
+                let b = Tensor::cat((0..parts).map(|p| sb.clone().slice([cols(p)])).collect(), 0);
+                *db = db.clone().map(|_| b);
+            }
+            if let (Some(ds), Some(ss)) = (&mut d.skip, &s.skip) {
+                *ds = ss.clone();
+            }
+            if let (Some(da), Some(sa)) = (&mut dst.attn, &u.attn) {
+                *da = sa.clone();
+            }
+        }
+    }
+}
