@@ -423,3 +423,227 @@ fn student_from_supernets_runs_the_chosen_paths() {
         }
     }
 }
+
+fn noise_dataset(n: usize, size: usize) -> diffnas::data::Dataset {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(3);
+    diffnas::data::Dataset {
+        name: "noise".into(),
+        pixels: (0..n * size * size)
+            .map(|_| rng.random_range(0..=255u8))
+            .collect(),
+        labels: None,
+        len: n,
+        channels: 1,
+        height: size,
+        width: size,
+    }
+}
+
+#[test]
+fn supernet_training_resumes_exactly() {
+    use diffnas::search::block::distill::{DistillEvent, train_supernets};
+    use diffnas::train::TrainConfig;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let device = Device::flex().autodiff();
+    let g = teacher_genome(false);
+    let teacher = random_teacher(&g, 6, &Device::flex());
+    let spaces = block_spaces(&g, &KERNELS, &MULTS).unwrap();
+    let init: Vec<BlockSupernet> = spaces
+        .iter()
+        .map(|s| BlockSupernet::new(&g, s, &device))
+        .collect();
+    let data = noise_dataset(32, 16);
+    let cfg = TrainConfig::new()
+        .with_steps(8)
+        .with_batch_size(4)
+        .with_lr(1e-3)
+        .with_warmup_steps(1)
+        .with_checkpoint_every(4)
+        .with_log_every(1);
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    let full = train_supernets(
+        &teacher,
+        &spaces,
+        init.clone(),
+        &data,
+        &cfg,
+        &device,
+        Some(&a),
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(full.finished);
+    assert_eq!(full.log.len(), 8);
+    assert_eq!(full.log[0].losses.len(), spaces.len());
+    // Stopped after step 3 (a checkpoint is written at the stop), then resumed.
+    let stop = AtomicBool::new(false);
+    let part = train_supernets(
+        &teacher,
+        &spaces,
+        init.clone(),
+        &data,
+        &cfg,
+        &device,
+        Some(&b),
+        Some(&stop),
+        &mut |e| {
+            if *e == (DistillEvent::Step { step: 3 }) {
+                stop.store(true, Ordering::SeqCst);
+            }
+        },
+    )
+    .unwrap();
+    assert!(!part.finished);
+    assert_eq!(part.state.step, 3);
+    let rest = train_supernets(
+        &teacher,
+        &spaces,
+        init,
+        &data,
+        &cfg,
+        &device,
+        Some(&b),
+        None,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(rest.finished);
+    assert_eq!(rest.state.step, 8);
+    for (x, y) in full.nets.iter().zip(&rest.nets) {
+        assert!(
+            crate::common::param_values(x) == crate::common::param_values(y),
+            "{}: resumed weights differ",
+            x.id
+        );
+    }
+    assert_eq!(
+        full.log
+            .iter()
+            .map(|r| r.losses.clone())
+            .collect::<Vec<_>>(),
+        rest.log
+            .iter()
+            .map(|r| r.losses.clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The whole command on the real data (the committed fmnist-tiny teacher, a slice of
+/// Fashion-MNIST), with tiny budgets: every phase's files, a valid cheaper-or-equal student,
+/// the ablation, and a report.
+#[test]
+fn block_search_end_to_end_on_real_data() {
+    let work = tempfile::tempdir().unwrap();
+    let Some(data) = crate::search::small_fashion_mnist(work.path(), 64, 16) else {
+        eprintln!("Fashion-MNIST not installed: skipped");
+        return;
+    };
+    let teacher =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fmnist-tiny");
+    let dir = work.path().join("block");
+    let args = [
+        "search",
+        "block",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--data",
+        &data,
+        "--device",
+        "flex",
+        "--supernet-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-batches",
+        "1",
+        "--max-exhaustive",
+        "40",
+        "--samples",
+        "4",
+        "--rounds",
+        "1",
+        "--children",
+        "1",
+        "--retrain-steps",
+        "2",
+        "--ablation",
+        "--score-n",
+        "0",
+        "--score-steps",
+        "2",
+        "--latency-batch",
+        "2",
+        "--gamma",
+        "3",
+    ];
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for f in [
+        "block.json",
+        "supernet/supernets.bpk",
+        "search/tables.json",
+        "search/choice.json",
+        "search/frontier.json",
+        "student/genome.json",
+        "student/ema.bpk",
+        "student-diffusion-only/ema.bpk",
+        "report.md",
+        "report.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing\n{err}");
+    }
+    let g = Genome::from_json(&std::fs::read_to_string(dir.join("student/genome.json")).unwrap())
+        .unwrap();
+    SearchSpace::for_image(g.image).validate(&g).unwrap();
+    let tg =
+        Genome::from_json(&std::fs::read_to_string(teacher.join("genome.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let models = r["models"].as_array().unwrap();
+    assert_eq!(models.len(), 3);
+    assert_eq!(models[0]["macs"], cost(&tg).unwrap().macs);
+    assert_eq!(models[1]["macs"], cost(&g).unwrap().macs);
+    assert!(models[1]["macs"].as_u64() <= models[0]["macs"].as_u64());
+    assert!(
+        models
+            .iter()
+            .all(|m| m["latency_s"].as_f64().unwrap() > 0.0)
+    );
+    // The frontier is monotone: a looser gamma never costs more.
+    let f = r["frontier"].as_array().unwrap();
+    for w in f.windows(2) {
+        assert!(w[1]["macs"].as_u64() <= w[0]["macs"].as_u64(), "{f:?}");
+    }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        md.contains("| teacher |") && md.contains("| student-diffusion-only |"),
+        "{md}"
+    );
+    // Run again with --resume: nothing is retrained, the report is rewritten.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
+        .args([
+            "search",
+            "block",
+            "--resume",
+            "--teacher",
+            teacher.to_str().unwrap(),
+            "--run-dir",
+            dir.to_str().unwrap(),
+            "--device",
+            "flex",
+            "--score-n",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

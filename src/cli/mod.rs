@@ -2,6 +2,7 @@
 //! here and in `main.rs`.
 
 mod bench;
+pub mod block_cmd;
 pub mod eval_cmd;
 mod genome_cmd;
 mod progress;

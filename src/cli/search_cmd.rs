@@ -39,6 +39,10 @@ pub enum SearchCmd {
     /// Does the proxy rank correctly? Re-train N of a search's architectures (spread over its
     /// ranking) with a longer schedule and report Spearman's rho between the two scores.
     ProxyCheck(ProxyCheckArgs),
+    /// Block-wise distillation search: from a trained teacher, block supernets, a per-block
+    /// local search for the cheapest path within gamma of the teacher's, and retraining with
+    /// the dynamic joint loss.
+    Block(super::block_cmd::BlockArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -388,6 +392,7 @@ pub enum StrategySpec {
 pub fn run(cmd: SearchCmd) -> anyhow::Result<i32> {
     let (common, spec) = match cmd {
         SearchCmd::ProxyCheck(a) => return proxy_check(a),
+        SearchCmd::Block(a) => return super::block_cmd::run(a),
         SearchCmd::Random(a) => (a, StrategySpec::Random),
         SearchCmd::Evolution(e) => (
             e.common,
