@@ -432,7 +432,7 @@ pub fn run(a: BlockArgs) -> anyhow::Result<i32> {
         let schedule = NoiseSchedule::new(cfg.supernet.beta_schedule, cfg.supernet.timesteps)
             .map_err(|e| user_err(e.to_string()))?;
         // A fixed evaluation set: its own stream, never a training step's.
-        let eval_cfg = cfg.supernet.clone().with_seed(cfg.seed ^ 0xe7a1_5e7);
+        let eval_cfg = cfg.supernet.clone().with_seed(cfg.seed ^ 0x0e7a_15e7);
         let mut batcher = crate::data::Batcher::new(eval_cfg.seed, eval_cfg.batch_size, data.len);
         let mut per_block: Vec<Vec<crate::model::BlockIo>> = vec![Vec::new(); spaces.len()];
         let mut embs: Vec<Tensor<2>> = Vec::new();

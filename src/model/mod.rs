@@ -282,8 +282,9 @@ pub fn block_forward(
     let mut h = input;
     let mut outs = Vec::with_capacity(units);
     for i in 0..units {
-        let x = match id {
-            BlockId::Decoder(_) => Tensor::cat(vec![h, skips[i].clone()], 1),
+        let x = match (id, skips.get(i)) {
+            (BlockId::Decoder(_), Some(s)) => Tensor::cat(vec![h, s.clone()], 1),
+            (BlockId::Decoder(_), None) => panic!("{id}: unit {i} has no skip"),
             _ => h,
         };
         h = unit(i, x);
