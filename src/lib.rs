@@ -7,11 +7,14 @@
 //! - `genome` -> nothing of ours (plain serde data, no Burn, no I/O).
 //! - `diffusion` -> burn only; it owns the [`diffusion::Denoiser`] trait.
 //! - `model` -> genome, diffusion. The only place a genome meets Burn.
-//! - `data` -> burn, image. `train` -> diffusion, data (generic over a `Denoiser` module).
+//! - `data` -> burn, image. `train` -> diffusion, data (generic over any module and
+//!   `Objective`; the default objective is the DDPM epsilon loss of a `Denoiser`).
 //! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
 //!   f64 linear algebra (faer).
 //! - `trial` -> genome, model, train, diffusion, eval, data: genome -> trained, scored trial.
 //! - `search` -> genome, trial (the `Evaluator` trait), the trial log.
+//! - `search::block` -> genome, model, diffusion, train (the one-shot exception: it trains
+//!   shared supernet weights and retrains the student through `train`'s `Objective`), data.
 //! - `cli` -> everything. `device` -> burn, wgpu.
 //!
 //! `genome`, `model` and `diffusion` build for wasm; everything that touches files, the
