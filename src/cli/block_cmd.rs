@@ -318,15 +318,14 @@ pub fn run(a: BlockArgs) -> anyhow::Result<i32> {
         cost_t.macs as f64 / 1e9,
         tweights.display()
     );
-    let mut data = cfg
+    let data = cfg
         .data
-        .load(Split::Train)
-        .map_err(|e| user_err(e.to_string()))?;
-    if let Some(n) = cfg.max_images {
-        data.truncate(n);
-    }
-    let data = data
-        .to_spec(tg.image.channels, tg.image.size)
+        .load_for(
+            Split::Train,
+            cfg.max_images,
+            tg.image.channels,
+            tg.image.size,
+        )
         .map_err(|e| user_err(e.to_string()))?;
     let spaces =
         block_spaces(&tg, &cfg.kernels, &cfg.hidden_mults).map_err(|e| user_err(e.to_string()))?;

@@ -149,15 +149,14 @@ pub fn run(a: TrainArgs) -> anyhow::Result<i32> {
         (genome, files)
     };
     eprintln!("device: {}", selected.info);
-    let mut data = files
+    let data = files
         .data
-        .load(Split::Train)
-        .map_err(|e| user_err(e.to_string()))?;
-    if let Some(n) = files.max_images {
-        data.truncate(n);
-    }
-    let data = data
-        .to_spec(genome.image.channels, genome.image.size)
+        .load_for(
+            Split::Train,
+            files.max_images,
+            genome.image.channels,
+            genome.image.size,
+        )
         .map_err(|e| user_err(e.to_string()))?;
     eprintln!(
         "data: {} ({} images, {}x{}x{})",

@@ -194,6 +194,22 @@ impl DataSource {
             DataSource::Folder(p) => read_image_folder(p),
         }
     }
+
+    /// A split cut to its first `max_images` (None: all) and converted to `channels` x
+    /// `size` x `size` (see [`Dataset::to_spec`]): what training on a genome needs.
+    pub fn load_for(
+        &self,
+        split: Split,
+        max_images: Option<usize>,
+        channels: usize,
+        size: usize,
+    ) -> Result<Dataset, DataError> {
+        let mut d = self.load(split)?;
+        if let Some(n) = max_images {
+            d.truncate(n);
+        }
+        d.to_spec(channels, size)
+    }
 }
 
 impl Dataset {

@@ -21,6 +21,19 @@ pub struct TrainState {
     pub last_loss: Option<f64>,
 }
 
+impl TrainState {
+    /// The state before the first step of a run seeded with `seed`.
+    pub fn start(seed: u64) -> Self {
+        TrainState {
+            step: 0,
+            seed,
+            rng: "chacha8: step s draws from stream s of the seed".into(),
+            elapsed_s: 0.0,
+            last_loss: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{path}: {message}")]

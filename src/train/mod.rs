@@ -314,13 +314,7 @@ pub fn train_objective<M: Module>(
     let mut model = model;
     let mut ema = model.valid();
     let mut optim = optimizer(cfg);
-    let mut state = TrainState {
-        step: 0,
-        seed: cfg.seed,
-        rng: "chacha8: step s draws from stream s of the seed".into(),
-        elapsed_s: 0.0,
-        last_loss: None,
-    };
+    let mut state = TrainState::start(cfg.seed);
     let mut log = Vec::new();
     let mut resumed = false;
     if let (Some(dir), true) = (opts.run_dir, opts.resume)

@@ -158,13 +158,7 @@ pub fn train_supernets(
         .map_err(|e| DistillError::Config(e.to_string()))?;
     let plain = device.clone().without_autodiff();
     let mut optims: Vec<ModuleOptimizer> = nets.iter().map(|_| optimizer_for(cfg)).collect();
-    let mut state = TrainState {
-        step: 0,
-        seed: cfg.seed,
-        rng: "chacha8: step s draws from stream s of the seed".into(),
-        elapsed_s: 0.0,
-        last_loss: None,
-    };
+    let mut state = TrainState::start(cfg.seed);
     let mut log: Vec<DistillLog> = Vec::new();
     let log_path = dir.map(|d| d.join("distill-log.jsonl"));
     if let Some(ck) = dir.and_then(checkpoint::latest) {
