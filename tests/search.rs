@@ -485,3 +485,35 @@ fn scale_sets_the_defaults_and_a_resume_keeps_them() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(TrialLog::open(&small).unwrap().records.len(), 3);
 }
+
+/// Rejection sampling must still find genomes when the budget admits only a small corner of
+/// the space (the `--scale small` budget at 28x28).
+#[test]
+fn random_search_finds_genomes_in_a_tight_budget() {
+    use diffnas::genome::Budget;
+    use rand::SeedableRng;
+    let space = SearchSpace::for_image(ImageSpec {
+        channels: 1,
+        size: 28,
+    })
+    .with_budget(Budget {
+        max_params: Some(1_000_000),
+        max_macs: Some(40_000_000),
+        min_params: None,
+    });
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(1);
+    let draws = 20_000;
+    let accepted = (0..draws)
+        .filter(|_| space.random(&mut rng, 1).is_some())
+        .count();
+    eprintln!("acceptance: {accepted} of {draws}");
+    assert!(
+        accepted > 0 && accepted < draws / 20,
+        "{accepted} of {draws}"
+    );
+    for seed in 0..30 {
+        let p = RandomSearch::new(seed).propose(&[], &space).unwrap();
+        assert_eq!(p.len(), 1);
+        space.validate(&p[0].genome).unwrap();
+    }
+}
