@@ -646,4 +646,47 @@ fn block_search_end_to_end_on_real_data() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Another gamma from the same supernets and tables: nothing of phases 1-2 reruns.
+    let other = work.path().join("block-loose");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
+        .args([
+            "search",
+            "block",
+            "--teacher",
+            teacher.to_str().unwrap(),
+            "--run-dir",
+            other.to_str().unwrap(),
+            "--reuse",
+            dir.to_str().unwrap(),
+            "--device",
+            "flex",
+            "--gamma",
+            "100",
+            "--retrain-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--score-n",
+            "0",
+            "--score-steps",
+            "2",
+            "--latency-batch",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        !err.contains("supernets trained") && !err.contains("scored ("),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(other.join("search/tables.json")).unwrap(),
+        std::fs::read(dir.join("search/tables.json")).unwrap()
+    );
+    let loose =
+        Genome::from_json(&std::fs::read_to_string(other.join("student/genome.json")).unwrap())
+            .unwrap();
+    assert!(cost(&loose).unwrap().macs <= cost(&g).unwrap().macs);
 }

@@ -73,6 +73,11 @@ pub struct BlockArgs {
     /// Continue a stopped search with the settings in its block.json.
     #[arg(long)]
     pub resume: bool,
+    /// Start from another block search's trained supernets and scored candidates (same
+    /// teacher; its supernet, evaluation-set and candidate settings are taken over), e.g. to
+    /// retrain at another --gamma or --budget-macs without training the supernets again.
+    #[arg(long, value_name = "BLOCK_RUN_DIR")]
+    pub reuse: Option<PathBuf>,
     /// Training data [default: the teacher's].
     #[arg(long)]
     pub data: Option<DataSource>,
@@ -307,6 +312,10 @@ pub fn run(a: BlockArgs) -> anyhow::Result<i32> {
         };
         c.supernet.check().map_err(user_err)?;
         c.retrain.check().map_err(user_err)?;
+        let c = match &a.reuse {
+            Some(from) => reuse(from, &dir, c)?,
+            None => c,
+        };
         write_json(&cfg_path, &c)?;
         c
     };
@@ -361,8 +370,12 @@ pub fn run(a: BlockArgs) -> anyhow::Result<i32> {
         let nets = fresh_nets(&plain)
             .try_load_file(&final_nets)
             .map_err(|e| anyhow::anyhow!("{}: {e}", final_nets.display()))?;
-        let st = crate::train::checkpoint::latest(&sdir)
-            .and_then(|ck| crate::train::checkpoint::read_state(&ck).ok());
+        let st = crate::train::checkpoint::read_state(&sdir)
+            .ok()
+            .or_else(|| {
+                crate::train::checkpoint::latest(&sdir)
+                    .and_then(|ck| crate::train::checkpoint::read_state(&ck).ok())
+            });
         (nets, st.map_or(0.0, |s| s.elapsed_s))
     } else {
         let total = cfg.supernet.steps;
@@ -418,6 +431,7 @@ pub fn run(a: BlockArgs) -> anyhow::Result<i32> {
         nets.clone()
             .save_file(&final_nets)
             .map_err(|e| anyhow::anyhow!("{}: {e}", final_nets.display()))?;
+        write_json(&sdir.join(crate::train::STATE_FILE), &out.state)?;
         eprintln!("supernets trained in {:.0} s", out.state.elapsed_s);
         (nets, out.state.elapsed_s)
     };
@@ -744,6 +758,61 @@ pub fn run(a: BlockArgs) -> anyhow::Result<i32> {
     .with_context(|| format!("writing {}", dir.join("report.md").display()))?;
     eprintln!("report: {}", dir.join("report.md").display());
     Ok(0)
+}
+
+/// Take over `from`'s supernet and candidate settings and copy its trained supernets and
+/// scored tables into `dir`; everything after the local search is `c`'s own.
+fn reuse(from: &Path, dir: &Path, c: BlockConfig) -> anyhow::Result<BlockConfig> {
+    let old: BlockConfig = read_json(&from.join("block.json"))?;
+    if old.teacher_weights != c.teacher_weights {
+        return Err(user_err(format!(
+            "--reuse {}: its teacher is {}, not {}",
+            from.display(),
+            old.teacher_weights.display(),
+            c.teacher_weights.display()
+        )));
+    }
+    let files = [
+        format!("supernet/{SUPERNETS_FILE}"),
+        format!("supernet/{}", crate::train::STATE_FILE),
+        "supernet/distill-log.jsonl".to_string(),
+        "search/tables.json".to_string(),
+    ];
+    for f in &files[..1] {
+        if !from.join(f).is_file() {
+            return Err(user_err(format!(
+                "--reuse {}: {f} is missing (its supernets have not finished training)",
+                from.display()
+            )));
+        }
+    }
+    for f in &files {
+        let (mut src, dst) = (from.join(f), dir.join(f));
+        if !src.is_file()
+            && f.ends_with(crate::train::STATE_FILE)
+            && let Some(ck) = crate::train::checkpoint::latest(&from.join("supernet"))
+        {
+            // Runs written before the final state was kept: the newest checkpoint's.
+            src = ck.join(crate::train::STATE_FILE);
+        }
+        if src.is_file() {
+            std::fs::create_dir_all(dst.parent().expect("has a parent"))?;
+            std::fs::copy(&src, &dst)
+                .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    Ok(BlockConfig {
+        data: old.data,
+        max_images: old.max_images,
+        seed: old.seed,
+        supernet: old.supernet,
+        supernet_init: old.supernet_init,
+        eval_batches: old.eval_batches,
+        kernels: old.kernels,
+        hidden_mults: old.hidden_mults,
+        local: old.local,
+        ..c
+    })
 }
 
 /// Wall time of one DDIM sampling run of `latency_batch` images (after a one-step warm-up
