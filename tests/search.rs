@@ -448,6 +448,8 @@ fn scale_sets_the_defaults_and_a_resume_keeps_them() {
     assert_eq!(c["trial"]["score"]["n"], 500);
     assert_eq!(c["trial"]["score"]["steps"], 10);
     assert_eq!(c["evolution"]["population"], 4);
+    // Trials override dropout, so the search does not vary it.
+    assert_eq!(c["space"]["dropouts"], serde_json::json!([0.0]));
     assert_eq!(c["evolution"]["sample"], 2);
     // `standard`, with one value given on its own.
     let standard = dir.path().join("standard");

@@ -536,7 +536,7 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
             channels: data.channels,
             size: data.height,
         };
-        let space = SearchSpace::for_image(image).with_budget(Budget {
+        let mut space = SearchSpace::for_image(image).with_budget(Budget {
             max_params: Some(a.max_params.unwrap_or(d.max_params)),
             max_macs: Some(a.max_macs.unwrap_or(d.max_macs)),
             min_params: None,
@@ -545,6 +545,12 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
             TrialConfig::rapid(a.trial_steps.unwrap_or(d.trial_steps), a.trial_batch_size);
         trial.train.lr = a.trial_lr.unwrap_or(d.trial_lr);
         trial.train.seed = a.seed;
+        if let Some(p) = trial.proxy_dropout {
+            // Trials train with the proxy dropout whatever the genome says, so genomes that
+            // differ only in dropout would score the same: dropout is not searched (set it
+            // for the full training of the winner).
+            space.dropouts = vec![p];
+        }
         let score_n = a.score_n.unwrap_or(d.score_n);
         trial.score = GenerationConfig {
             n: score_n,
