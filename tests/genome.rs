@@ -173,3 +173,30 @@ fn tiny16_is_small() {
     let c = cost(&tiny16()).unwrap();
     assert!(c.params < 1_000_000 && c.macs > 0);
 }
+
+/// A mutation always changes the network: never heads alone where there is no attention, never
+/// dropout when the space fixes it (as a proxy search does).
+#[test]
+fn mutations_are_never_no_ops() {
+    let mut space = SearchSpace::for_image(ImageSpec {
+        channels: 1,
+        size: 28,
+    });
+    space.dropouts = vec![0.0];
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut parent = space.random(&mut rng, 100_000).unwrap();
+    parent.attention.resolutions.clear();
+    parent.dropout = 0.0;
+    space.validate(&parent).unwrap();
+    for _ in 0..500 {
+        let mut child = space.mutate(&parent, &mut rng, 200).unwrap();
+        assert_eq!(child.dropout, 0.0);
+        child.attention.heads = parent.attention.heads;
+        child.attention.head_channels = parent.attention.head_channels;
+        assert_ne!(
+            child.canonical_json(),
+            parent.canonical_json(),
+            "a heads-only change"
+        );
+    }
+}

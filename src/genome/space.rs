@@ -368,7 +368,12 @@ impl SearchSpace {
 
     fn mutate_once<R: rand::Rng + ?Sized>(&self, g: &mut Genome, rng: &mut R) {
         let levels = g.encoder.len();
-        match rng.random_range(0..10) {
+        let mut knob = rng.random_range(0..10);
+        if knob == 6 && g.attention.resolutions.is_empty() {
+            // Heads matter only where attention exists: without any, toggle attention instead.
+            knob = 5;
+        }
+        match knob {
             0 => g.base_channels = *self.base_channels.choose(rng).expect("non-empty"),
             1 => {
                 let l = rng.random_range(0..levels);
