@@ -498,6 +498,7 @@ fn supernet_training_resumes_exactly() {
     .unwrap();
     assert!(!part.finished);
     assert_eq!(part.state.step, 3);
+    let mut started = None;
     let rest = train_supernets(
         &teacher,
         &spaces,
@@ -507,9 +508,30 @@ fn supernet_training_resumes_exactly() {
         &device,
         Some(&b),
         None,
-        &mut |_| {},
+        &mut |e| {
+            if let DistillEvent::Started { step, .. } = e {
+                started = Some(*step);
+            }
+        },
     )
     .unwrap();
+    assert_eq!(
+        started,
+        Some(3),
+        "the second call resumes from the step-3 checkpoint"
+    );
+    // Old checkpoints are pruned to the configured number.
+    let kept = std::fs::read_dir(b.join("checkpoints"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("step-")
+        })
+        .count();
+    assert_eq!(kept, cfg.keep_checkpoints);
     assert!(rest.finished);
     assert_eq!(rest.state.step, 8);
     for (x, y) in full.nets.iter().zip(&rest.nets) {

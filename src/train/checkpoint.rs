@@ -106,10 +106,12 @@ pub fn publish(
     Ok(dir)
 }
 
+/// A step folder is complete once it holds its state file: every writer fills a `.tmp`
+/// folder, writes the state last and only then renames the folder into place. (Checking for
+/// the training loop's own weight files would make other writers' checkpoints, e.g. the
+/// block supernets', look incomplete: never resumed, never pruned.)
 fn is_complete(dir: &Path) -> bool {
-    [MODEL_FILE, EMA_FILE, OPTIM_FILE, STATE_FILE]
-        .iter()
-        .all(|f| dir.join(f).is_file())
+    dir.join(STATE_FILE).is_file()
 }
 
 /// `(step, dir)` of every complete checkpoint.
