@@ -101,8 +101,10 @@ fn serve(script: Vec<Reply>) -> (String, Arc<Mutex<Vec<Seen>>>) {
     (base, seen)
 }
 
+/// The space `diffnas search llm` searches by default (trials override dropout, so it is
+/// fixed at the proxy's 0).
 fn space() -> SearchSpace {
-    SearchSpace::for_image(ImageSpec {
+    let mut s = SearchSpace::for_image(ImageSpec {
         channels: 1,
         size: 28,
     })
@@ -110,7 +112,9 @@ fn space() -> SearchSpace {
         max_params: Some(4_000_000),
         max_macs: Some(200_000_000),
         min_params: None,
-    })
+    });
+    s.dropouts = vec![0.0];
+    s
 }
 
 /// Distinct valid genomes for the scripted replies.
@@ -265,6 +269,9 @@ fn llm_search_end_to_end_with_scripted_server() {
             "0.3".into(),
             "--device".into(),
             "flex".into(),
+            // The budget of `space()`; flex alone would mean the small scale.
+            "--scale".into(),
+            "standard".into(),
         ];
         if resume {
             a.push("--resume".into());
@@ -284,7 +291,11 @@ fn llm_search_end_to_end_with_scripted_server() {
     assert!(err1.contains("gave up after 3 attempts"), "{err1}");
     let log = TrialLog::open(&dir).unwrap().records;
     let hashes: Vec<&str> = log.iter().map(|r| r.hash.as_str()).collect();
-    assert_eq!(hashes, vec![g[0].hash(), g[1].hash(), g[2].hash()]);
+    assert_eq!(
+        hashes,
+        vec![g[0].hash(), g[1].hash(), g[2].hash()],
+        "{err1}"
+    );
     assert_eq!(log[2].origin, "llm round 1");
 
     let second = run(true);

@@ -57,12 +57,8 @@ pub enum StudentInit {
     Supernet,
 }
 
-/// Block-wise distillation search.
-///
-/// Example (a teacher trained with `diffnas train --run-dir runs/fmnist-tiny`):
-///   diffnas search block --teacher runs/fmnist-tiny --ablation
+/// Arguments of `diffnas search block`.
 #[derive(Args, Debug, Clone)]
-#[command(verbatim_doc_comment)]
 pub struct BlockArgs {
     /// The teacher: a run directory made by `diffnas train` (its EMA weights, frozen).
     #[arg(long)]

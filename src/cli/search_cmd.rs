@@ -42,6 +42,12 @@ pub enum SearchCmd {
     /// Block-wise distillation search: from a trained teacher, block supernets, a per-block
     /// local search for the cheapest path within gamma of the teacher's, and retraining with
     /// the dynamic joint loss.
+    ///
+    /// Example (a teacher trained with `diffnas train --run-dir runs/fmnist-tiny`):
+    ///   diffnas search block --teacher runs/fmnist-tiny --ablation
+    ///   diffnas search block --teacher runs/fmnist-tiny --reuse runs/block-fmnist-tiny \
+    ///     --run-dir runs/block-g1.5 --gamma 1.5
+    #[command(verbatim_doc_comment)]
     Block(super::block_cmd::BlockArgs),
 }
 
