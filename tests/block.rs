@@ -558,6 +558,12 @@ fn supernet_training_resumes_exactly() {
 /// the ablation, and a report.
 #[test]
 fn block_search_end_to_end_on_real_data() {
+    let diffnas = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let work = tempfile::tempdir().unwrap();
     let Some(data) = crate::search::small_fashion_mnist(work.path(), 64, 16) else {
         eprintln!("Fashion-MNIST not installed: skipped");
@@ -603,10 +609,7 @@ fn block_search_end_to_end_on_real_data() {
         "--gamma",
         "3",
     ];
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
-        .args(args)
-        .output()
-        .unwrap();
+    let o = diffnas(&args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     for f in [
@@ -651,52 +654,46 @@ fn block_search_end_to_end_on_real_data() {
         "{md}"
     );
     // Run again with --resume: nothing is retrained, the report is rewritten.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
-        .args([
-            "search",
-            "block",
-            "--resume",
-            "--teacher",
-            teacher.to_str().unwrap(),
-            "--run-dir",
-            dir.to_str().unwrap(),
-            "--device",
-            "flex",
-            "--score-n",
-            "0",
-        ])
-        .output()
-        .unwrap();
+    let o = diffnas(&[
+        "search",
+        "block",
+        "--resume",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--score-n",
+        "0",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Another gamma from the same supernets and tables: nothing of phases 1-2 reruns.
     let other = work.path().join("block-loose");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
-        .args([
-            "search",
-            "block",
-            "--teacher",
-            teacher.to_str().unwrap(),
-            "--run-dir",
-            other.to_str().unwrap(),
-            "--reuse",
-            dir.to_str().unwrap(),
-            "--device",
-            "flex",
-            "--gamma",
-            "100",
-            "--retrain-steps",
-            "1",
-            "--batch-size",
-            "4",
-            "--score-n",
-            "0",
-            "--score-steps",
-            "2",
-            "--latency-batch",
-            "2",
-        ])
-        .output()
-        .unwrap();
+    let o = diffnas(&[
+        "search",
+        "block",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--run-dir",
+        other.to_str().unwrap(),
+        "--reuse",
+        dir.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--gamma",
+        "100",
+        "--retrain-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--score-n",
+        "0",
+        "--score-steps",
+        "2",
+        "--latency-batch",
+        "2",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(

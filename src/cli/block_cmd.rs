@@ -35,8 +35,6 @@ use burn::tensor::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -334,16 +332,7 @@ pub fn run(a: BlockArgs) -> anyhow::Result<i32> {
         .map_err(|e| user_err(e.to_string()))?;
     let spaces =
         block_spaces(&tg, &cfg.kernels, &cfg.hidden_mults).map_err(|e| user_err(e.to_string()))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupt: writing a checkpoint, press Ctrl-C again to abort now");
-        });
-    }
+    let stop = super::progress::stop_on_ctrlc("writing a checkpoint");
     let ad = plain.clone().autodiff();
 
     // 1. Supernets.

@@ -21,3 +21,18 @@ pub fn bar(total: u64, what: &str) -> ProgressBar {
     );
     pb
 }
+
+/// A flag that the first Ctrl-C sets (printing `what` will happen); a second Ctrl-C exits at
+/// once with status 130. Long jobs poll the flag and stop at their next checkpoint.
+pub fn stop_on_ctrlc(what: &'static str) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: {what} (Ctrl-C again aborts now)");
+    });
+    stop
+}

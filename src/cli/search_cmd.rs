@@ -20,8 +20,7 @@ use crate::trial::{Evaluator, ProxyEvaluator, StubEvaluator, TrialConfig, TrialP
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 #[derive(Subcommand, Debug)]
 pub enum SearchCmd {
@@ -647,18 +646,7 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
         }
         _ => Box::new(RandomSearch::new(cfg.seed)),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\ninterrupt: stopping the current trial at a checkpoint (Ctrl-C again aborts)"
-            );
-        });
-    }
+    let stop = super::progress::stop_on_ctrlc("stopping the current trial at a checkpoint");
     let metric = cfg.metric.clone();
     let max = cfg.limits.max_trials;
     let mut on_event = |e: SearchEvent| match e {

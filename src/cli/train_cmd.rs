@@ -15,8 +15,6 @@ use crate::train::{
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Train a UNet on a dataset. Checkpoints go to RUN_DIR/checkpoints every --checkpoint-every
 /// steps; Ctrl-C writes one and exits 130; `--resume` continues exactly where it stopped.
@@ -175,16 +173,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<i32> {
     device.seed(files.config.seed);
     let model = Unet::new(&genome, &device).map_err(|e| user_err(e.to_string()))?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupt: writing a checkpoint, press Ctrl-C again to abort now");
-        });
-    }
+    let stop = super::progress::stop_on_ctrlc("writing a checkpoint");
     let pb = bar(files.config.steps, "train");
     let mut on_event = |e: &TrainEvent| match e {
         TrainEvent::Started { step, resumed, .. } => {
