@@ -10,7 +10,7 @@ use crate::device::{DeviceChoice, DeviceInfo, SelectedDevice};
 use crate::diffusion::{NoiseSchedule, SamplerKind, SamplingRun, make_sampler};
 use crate::genome::{Genome, cost};
 use crate::model::Unet;
-use crate::train::{TrainConfig, optimizer_for, train_step};
+use crate::train::{EpsObjective, TrainConfig, optimizer_for, train_step};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
@@ -136,6 +136,7 @@ fn bench_train(g: &Genome, a: &BenchArgs, device: &Device, macs: u64) -> TrainBe
                 &schedule,
                 x0.clone(),
                 offset + i,
+                &EpsObjective,
             );
             (model, ema) = (m, e);
             last = Some(loss);

@@ -125,7 +125,7 @@ fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
 }
 
 /// One step's host-side randomness: timesteps and noise, from the (seed, step) stream.
-fn step_inputs(cfg: &TrainConfig, step: u64, shape: [usize; 4]) -> (Vec<usize>, Vec<f32>) {
+pub fn step_inputs(cfg: &TrainConfig, step: u64, shape: [usize; 4]) -> (Vec<usize>, Vec<f32>) {
     let mut rng = training_rng(cfg.seed, step);
     let t: Vec<usize> = (0..shape[0])
         .map(|_| rng.random_range(0..cfg.timesteps))
@@ -235,24 +235,12 @@ impl<M: Denoiser> Objective<M> for EpsObjective {
 }
 
 /// One optimizer step on the clean batch `x0` (on the autodiff device): draw timesteps and noise
-/// from the (seed, step) stream, epsilon loss, backward, global-norm clip, AdamW, EMA update.
-/// Returns the new model and EMA, the loss and the pre-clip gradient norm as device tensors
-/// (reading them is the caller's choice, since each read is a sync).
-pub fn train_step<M: Module + Denoiser>(
-    model: M,
-    ema: M,
-    optim: &mut ModuleOptimizer,
-    cfg: &TrainConfig,
-    schedule: &NoiseSchedule,
-    x0: Tensor<4>,
-    step: u64,
-) -> (M, M, Tensor<1>, Option<Tensor<1>>) {
-    objective_step(model, ema, optim, cfg, schedule, x0, step, &EpsObjective)
-}
-
-/// [`train_step`] with any [`Objective`].
+/// from the (seed, step) stream, the objective's loss ([`EpsObjective`] for DDPM), backward,
+/// global-norm clip, AdamW, EMA update. Returns the new model and EMA, the loss and the
+/// pre-clip gradient norm as device tensors (reading them is the caller's choice, since each
+/// read is a sync).
 #[allow(clippy::too_many_arguments)]
-pub fn objective_step<M: Module>(
+pub fn train_step<M: Module>(
     model: M,
     ema: M,
     optim: &mut ModuleOptimizer,
@@ -368,7 +356,7 @@ pub fn train_objective<M: Module>(
         let lr = cfg.lr_at(step);
         let x0 = data.batch(&batcher.indices(step), device);
         let (m, e, loss, norm) =
-            objective_step(model, ema, &mut optim, cfg, &schedule, x0, step, objective);
+            train_step(model, ema, &mut optim, cfg, &schedule, x0, step, objective);
         (model, ema) = (m, e);
         state.step = step + 1;
         on_event(&TrainEvent::Step { step: state.step });

@@ -8,10 +8,10 @@
 use super::supernet::BlockSupernet;
 use super::{BlockSpace, Path};
 use crate::data::{Batcher, Dataset};
-use crate::diffusion::{NoiseSchedule, normals, timestep_tensor, training_rng};
+use crate::diffusion::{NoiseSchedule, timestep_tensor};
 use crate::model::{BlockIo, Unet};
 use crate::train::checkpoint::{self, CheckpointError, TrainState};
-use crate::train::{TrainConfig, optimizer_for};
+use crate::train::{TrainConfig, optimizer_for, step_inputs};
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -56,7 +56,7 @@ pub enum DistillEvent {
     Log(DistillLog),
 }
 
-/// Teacher noise inputs for one step (the same stream as training).
+/// Teacher noise inputs for one step: the same (seed, step) stream as training.
 pub fn step_batch(
     cfg: &TrainConfig,
     schedule: &NoiseSchedule,
@@ -65,11 +65,7 @@ pub fn step_batch(
 ) -> (Tensor<4>, Tensor<1>) {
     let device = x0.device();
     let shape = x0.dims();
-    let mut rng = training_rng(cfg.seed, step);
-    let t: Vec<usize> = (0..shape[0])
-        .map(|_| rng.random_range(0..cfg.timesteps))
-        .collect();
-    let eps = normals(&mut rng, shape.iter().product());
+    let (t, eps) = step_inputs(cfg, step, shape);
     let eps = Tensor::<4>::from_data(TensorData::new(eps, shape), &device);
     (schedule.q_sample(x0, &t, eps), timestep_tensor(&t, &device))
 }
