@@ -114,7 +114,7 @@ fn one_ddim_step_with_the_true_noise_recovers_x0() {
     // And a full 20-step deterministic DDIM run with the oracle lands on x0.
     let mut ddim = Ddim::new(schedule.clone(), 0.0);
     ddim.set_timesteps(20);
-    let run = SamplingRun::new(&ddim, 0, 0, 3, [1, 8, 8], &device);
+    let run = SamplingRun::new(&ddim as &dyn Sampler, 0, 0, 3, [1, 8, 8], &device);
     let x = run.run(&oracle, &mut |_, _| {});
     let d = max_abs_diff(&to_vec(x), &to_vec(x0.clone()));
     assert!(d < 1e-3, "20-step DDIM: {d}");

@@ -4,6 +4,7 @@
 mod bench;
 pub mod block_cmd;
 pub mod eval_cmd;
+pub mod export_cmd;
 mod genome_cmd;
 mod progress;
 pub mod report_cmd;
@@ -50,6 +51,9 @@ pub enum Command {
     Search(search_cmd::SearchCmd),
     /// Write report.md and PNG charts of a search (optionally overlaying other searches).
     Report(report_cmd::ReportArgs),
+    /// Write a run's weights as a model bundle for the browser demo (web/): genome, weights
+    /// (f32 or f16), schedule and a manifest with sizes and SHA-256.
+    Export(export_cmd::ExportArgs),
     /// Download the Inception weights for FID, or show where weights are looked for.
     #[command(subcommand)]
     Weights(eval_cmd::WeightsCmd),
@@ -99,6 +103,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Search(c) => search_cmd::run(c),
         Command::Report(a) => report_cmd::run(a),
         Command::Weights(c) => eval_cmd::run_weights(c),
+        Command::Export(a) => export_cmd::run(a),
     }
 }
 

@@ -9,7 +9,8 @@ mod schedule;
 
 pub use noise::{NoiseSource, normals, training_rng};
 pub use sampler::{
-    Ddim, Ddpm, Sampler, SamplerKind, SamplingRun, VarianceKind, make_sampler, respaced_timesteps,
+    Ddim, Ddpm, Sampler, SamplerHandle, SamplerKind, SamplingRun, VarianceKind, make_sampler,
+    respaced_timesteps,
 };
 pub use schedule::{BetaSchedule, NoiseSchedule, ScheduleError};
 

@@ -211,19 +211,38 @@ pub fn make_sampler(
     s
 }
 
+/// A sampler a [`SamplingRun`] borrows (`&dyn Sampler`) or owns (`Box<dyn Sampler>`).
+pub trait SamplerHandle {
+    fn get(&self) -> &dyn Sampler;
+}
+
+impl<'a> SamplerHandle for &'a (dyn Sampler + 'a) {
+    fn get(&self) -> &dyn Sampler {
+        *self
+    }
+}
+
+impl SamplerHandle for Box<dyn Sampler> {
+    fn get(&self) -> &dyn Sampler {
+        self.as_ref()
+    }
+}
+
 /// A sampling run driven one step at a time (the CLI loops over it; the browser yields to the
-/// page between steps). Images `first .. first + count` of the seed's sequence.
-pub struct SamplingRun<'a> {
-    sampler: &'a dyn Sampler,
+/// page between steps). Images `first .. first + count` of the seed's sequence. The sampler is
+/// borrowed (`&dyn Sampler`) or owned (`Box<dyn Sampler>`, which the browser keeps across
+/// calls).
+pub struct SamplingRun<S: SamplerHandle> {
+    sampler: S,
     noise: NoiseSource,
     x: Tensor<4>,
     i: usize,
     device: Device,
 }
 
-impl<'a> SamplingRun<'a> {
+impl<S: SamplerHandle> SamplingRun<S> {
     pub fn new(
-        sampler: &'a dyn Sampler,
+        sampler: S,
         seed: u64,
         first: u64,
         count: usize,
@@ -242,7 +261,7 @@ impl<'a> SamplingRun<'a> {
     }
 
     pub fn total_steps(&self) -> usize {
-        self.sampler.timesteps().len()
+        self.sampler.get().timesteps().len()
     }
 
     pub fn steps_done(&self) -> usize {
@@ -258,15 +277,15 @@ impl<'a> SamplingRun<'a> {
         if self.is_done() {
             return false;
         }
-        let t = self.sampler.timesteps()[self.i];
+        let t = self.sampler.get().timesteps()[self.i];
         let b = self.x.dims()[0];
         let tt = timestep_tensor(&vec![t; b], &self.device);
         let eps = model.predict_eps(self.x.clone(), tt);
-        let noise = self
-            .sampler
+        let sampler = self.sampler.get();
+        let noise = sampler
             .needs_noise(self.i)
             .then(|| self.noise.next(&self.device));
-        self.x = self.sampler.step(eps, self.i, self.x.clone(), noise);
+        self.x = sampler.step(eps, self.i, self.x.clone(), noise);
         self.i += 1;
         true
     }

@@ -3,6 +3,7 @@
 //! uses, so the built parameter count equals the cost model's by construction (and by test).
 
 mod blocks;
+pub mod bundle;
 
 pub use blocks::{AttentionBlock, ResBlock, TimeEmbedding, UnetBlock};
 
