@@ -6,7 +6,9 @@
 //! Module dependency rules (an arrow reads "may use"):
 //! - `genome` -> nothing of ours (plain serde data, no Burn, no I/O).
 //! - `diffusion` -> burn only; it owns the [`diffusion::Denoiser`] trait.
-//! - `model` -> genome, diffusion. The only place a genome meets Burn.
+//! - `model` -> genome, diffusion. The only place a genome meets Burn. `model::bundle` is the
+//!   model-bundle format (manifest, hashes, f16 storage; bytes in, no I/O) that `diffnas export`
+//!   writes and the browser crate reads.
 //! - `data` -> burn, image. `train` -> diffusion, data (generic over any module and
 //!   `Objective`; the default objective is the DDPM epsilon loss of a `Denoiser`).
 //! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
@@ -16,6 +18,8 @@
 //! - `search::block` -> genome, model, diffusion, train (the one-shot exception: it trains
 //!   shared supernet weights and retrains the student through `train`'s `Objective`), data.
 //! - `cli` -> everything. `device` -> burn, wgpu.
+//!
+//! - `web` (the `diffnas-web` crate) -> genome, model, diffusion.
 //!
 //! `genome`, `model` and `diffusion` build for wasm; everything that touches files, the
 //! terminal or the network sits behind the default `cli` feature.

@@ -78,10 +78,11 @@ fn diffnas(args: &[&str]) {
 }
 
 /// Open the page with `query`, wait for it to finish, and return what it reported.
-fn drive(port: u16, query: &str, name: &str, out: &Path) -> serde_json::Value {
+fn drive(port: u16, query: &str, name: &str, out: &Path, webgpu: bool) -> serde_json::Value {
     let json = out.join(format!("{name}.json"));
     let o = Command::new("node")
         .arg("web/tests/drive.mjs")
+        .args(["--webgpu", if webgpu { "on" } else { "off" }])
         .args([
             "--url",
             &format!("http://127.0.0.1:{port}/index.html?{query}"),
@@ -218,22 +219,39 @@ fn browser_samples_equal_native_samples() {
         format!("model={model}&n={N}&steps={STEPS}&seed={SEED}&backend={backend}&run=1")
     };
 
-    let gpu = drive(port, &query("webgpu", "tiny"), "webgpu", &out);
+    let gpu = drive(port, &query("webgpu", "tiny"), "webgpu", &out, true);
     assert_eq!(gpu["state"], "done", "WebGPU run: {gpu:#}");
     let backend = gpu["backend"].as_str().unwrap();
     assert!(backend.starts_with("WebGPU"), "{backend}");
     assert_eq!(gpu["steps"], STEPS);
     compare("WebGPU", &page_pixels(&gpu), &native);
 
-    let cpu = drive(port, &query("cpu", "tiny"), "cpu", &out);
+    // "auto" in a browser without WebGPU falls back to the CPU and says why.
+    let cpu = drive(port, &query("auto", "tiny"), "cpu-fallback", &out, false);
     assert_eq!(cpu["state"], "done", "CPU run: {cpu:#}");
     assert!(
         cpu["backend"].as_str().unwrap().starts_with("CPU"),
         "{cpu:#}"
     );
+    let reason = cpu["fallbackReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("no WebGPU adapter"), "{cpu:#}");
+    assert!(
+        cpu["status"].as_str().unwrap().contains("ms per image"),
+        "{cpu:#}"
+    );
     compare("CPU fallback", &page_pixels(&cpu), &native);
 
-    let bad = drive(port, &query("cpu", "corrupt"), "corrupt", &out);
+    // An explicit CPU choice in a browser that has WebGPU.
+    let cpu = drive(port, &query("cpu", "tiny"), "cpu", &out, true);
+    assert_eq!(cpu["state"], "done", "CPU run: {cpu:#}");
+    assert!(
+        cpu["backend"].as_str().unwrap().starts_with("CPU"),
+        "{cpu:#}"
+    );
+    assert!(cpu["fallbackReason"].is_null(), "{cpu:#}");
+    compare("CPU", &page_pixels(&cpu), &native);
+
+    let bad = drive(port, &query("cpu", "corrupt"), "corrupt", &out, false);
     assert_eq!(bad["state"], "error", "{bad:#}");
     let text = bad["errorText"].as_str().unwrap();
     assert!(text.contains("weights.bpk: SHA-256"), "{text}");
@@ -242,7 +260,7 @@ fn browser_samples_equal_native_samples() {
         "the error names the model: {text}"
     );
 
-    let bad = drive(port, &query("cpu", "mismatch"), "mismatch", &out);
+    let bad = drive(port, &query("cpu", "mismatch"), "mismatch", &out, false);
     assert_eq!(bad["state"], "error", "{bad:#}");
     let text = bad["errorText"].as_str().unwrap();
     assert!(
@@ -250,7 +268,7 @@ fn browser_samples_equal_native_samples() {
         "{text}"
     );
 
-    let bad = drive(port, &query("cpu", "absent"), "absent", &out);
+    let bad = drive(port, &query("cpu", "absent"), "absent", &out, false);
     assert_eq!(bad["state"], "error", "{bad:#}");
     assert!(
         bad["errorText"]

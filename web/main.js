@@ -219,6 +219,7 @@ async function init() {
   if (params.has("model")) {
     if (!index.models.some((m) => m.name === params.get("model"))) {
       showError(`No model named ${JSON.stringify(params.get("model"))} in ${url}; it lists ${index.models.map((m) => m.name).join(", ")}.`);
+      status("");
       return;
     }
     $("model").value = params.get("model");

@@ -11,6 +11,18 @@ let ready = null;
 let engine = null;
 let model = null;
 let modelKey = null;
+let description = null;
+
+/// What the browser says about its WebGPU adapter (wgpu's adapter info is empty in browsers).
+async function adapterName() {
+  try {
+    const info = (await navigator.gpu.requestAdapter())?.info;
+    const parts = [info?.vendor, info?.architecture, info?.device, info?.description].filter((p) => p);
+    return parts.length ? parts.join(" ") : "adapter without a name";
+  } catch {
+    return "adapter without a name";
+  }
+}
 
 async function fetchOk(url, what) {
   let r;
@@ -68,8 +80,12 @@ function rgbaToChw(rgba, count, size, channels) {
 async function sample(m) {
   ready ??= init();
   await ready;
-  if (!engine) engine = await Engine.create(m.backend);
-  postMessage({ type: "backend", requested: m.backend, kind: engine.kind, description: engine.description, fallbackReason: engine.fallbackReason ?? null });
+  if (!engine) {
+    engine = await Engine.create(m.backend);
+    description = engine.description;
+    if (engine.kind === "webgpu") description = `WebGPU (${await adapterName()})`;
+  }
+  postMessage({ type: "backend", requested: m.backend, kind: engine.kind, description, fallbackReason: engine.fallbackReason ?? null });
 
   const { manifest, seconds } = await loadModel(m.manifestUrl);
   const { size, channels } = manifest.image;

@@ -242,6 +242,43 @@ pub fn load_bundle(
         .cast_to_module_dtype();
     let unet = unet
         .try_load_record(record)
-        .map_err(|e| BundleError::Weights(e.to_string()))?;
+        .map_err(|e| BundleError::Weights(summarize(&e.to_string())))?;
     Ok((unet, genome))
+}
+
+/// Burn lists every mismatched tensor; a page or terminal needs the first few and a count.
+fn summarize(message: &str) -> String {
+    const SHOWN: usize = 3;
+    let Some(start) = message.find('[') else {
+        return message.to_string();
+    };
+    let items: Vec<&str> = message[start + 1..]
+        .trim_end_matches(']')
+        .split("\", \"")
+        .map(|s| s.trim_matches('"'))
+        .collect();
+    if items.len() <= SHOWN {
+        return message.to_string();
+    }
+    let head = message[..start].trim_end();
+    format!(
+        "{head} {}; and {} more",
+        items[..SHOWN].join("; "),
+        items.len() - SHOWN
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_record_errors_are_summarized() {
+        let long = r#"Record validation error: Apply errors: ["a: shape mismatch", "b: x", "c: y", "d: z", "e: w"]"#;
+        assert_eq!(
+            super::summarize(long),
+            "Record validation error: Apply errors: a: shape mismatch; b: x; c: y; and 2 more"
+        );
+        let short = r#"Apply errors: ["a: x"]"#;
+        assert_eq!(super::summarize(short), short);
+        assert_eq!(super::summarize("no list"), "no list");
+    }
 }

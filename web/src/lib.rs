@@ -55,11 +55,14 @@ async fn webgpu() -> Result<(Device, String), String> {
     let outcome = match Device::wgpu_options().init_with_setup_async().await {
         Ok((device, setup)) => {
             let info = setup.adapter.get_info();
-            let mut name = info.name.trim().to_string();
-            if name.is_empty() {
-                name = "unnamed adapter".into();
-            }
-            Ok((device, format!("WebGPU ({name})")))
+            // Browsers hide adapter names from wgpu; the page asks navigator.gpu instead.
+            let name = info.name.trim();
+            let description = if name.is_empty() {
+                "WebGPU".to_string()
+            } else {
+                format!("WebGPU ({name})")
+            };
+            Ok((device, description))
         }
         Err(e) => Err(e.to_string()),
     };

@@ -4,7 +4,9 @@
 // reports (state, backend, error, timings, the images' CHW bytes) as JSON, plus a screenshot.
 //
 //   node web/tests/drive.mjs --url URL --out result.json [--screenshot shot.png]
-//        [--repeat K] [--timeout SECONDS]
+//        [--repeat K] [--timeout SECONDS] [--webgpu off]
+//
+// --webgpu off starts Chromium without WebGPU, to exercise the page's CPU fallback.
 //
 // Used by the Rust test tests/web.rs and by web/bench.sh.
 
@@ -25,7 +27,8 @@ const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   headless: true,
   args: [
-    "--headless=new", "--no-sandbox", "--enable-unsafe-webgpu",
+    "--headless=new", "--no-sandbox",
+    ...(args.webgpu === "off" ? ["--disable-features=WebGPU"] : ["--enable-unsafe-webgpu"]),
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
   ],
 });
