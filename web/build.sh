@@ -34,7 +34,11 @@ out=web/pkg/diffnas_web_bg.wasm
 before=$(stat -c %s "$out")
 opt=web/node_modules/.bin/wasm-opt
 if [ -x "$opt" ]; then
-  "$opt" -Oz --all-features "$out" -o "$out.opt" && mv "$out.opt" "$out"
+  # Exactly the features rustc emits for this target (its defaults plus simd128): `--all-features`
+  # would let wasm-opt use proposals that browsers do not ship yet (compact imports, for one).
+  "$opt" -Oz --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int \
+    --enable-bulk-memory --enable-bulk-memory-opt --enable-multivalue --enable-reference-types \
+    --enable-call-indirect-overlong --enable-simd "$out" -o "$out.opt" && mv "$out.opt" "$out"
   echo "wasm-opt -Oz: $before -> $(stat -c %s "$out") bytes"
 fi
 raw=$(stat -c %s "$out")
