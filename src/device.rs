@@ -14,6 +14,9 @@ pub enum DeviceChoice {
     Wgpu,
     /// Burn's flex CPU backend.
     Flex,
+    /// An NVIDIA GPU through Burn's CUDA backend (builds with the `cuda` feature only; a
+    /// benchmark option next to wgpu, not a replacement for it).
+    Cuda,
 }
 
 impl std::str::FromStr for DeviceChoice {
@@ -23,7 +26,10 @@ impl std::str::FromStr for DeviceChoice {
             "auto" => Ok(DeviceChoice::Auto),
             "wgpu" => Ok(DeviceChoice::Wgpu),
             "flex" | "cpu" => Ok(DeviceChoice::Flex),
-            o => Err(format!("unknown device {o:?}: expected auto, wgpu or flex")),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            o => Err(format!(
+                "unknown device {o:?}: expected auto, wgpu, flex or cuda"
+            )),
         }
     }
 }
@@ -63,6 +69,10 @@ pub enum DeviceError {
     NoWgpu,
     #[error("no wgpu adapter could be initialised: {0}")]
     WgpuInit(String),
+    #[error(
+        "this build has no CUDA backend (build with `--features cuda`); use --device wgpu or flex"
+    )]
+    NoCuda,
 }
 
 /// A ready device (plain, without autodiff) and what it is.
@@ -148,6 +158,19 @@ fn init_wgpu_once() -> Result<SelectedDevice, DeviceError> {
 pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
     match choice {
         DeviceChoice::Flex => Ok(flex()),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda => Ok(SelectedDevice {
+            device: Device::cuda(0),
+            info: DeviceInfo {
+                backend: "cuda".into(),
+                name: "CUDA device 0".into(),
+                api: Some("Cuda".into()),
+                device_type: "DiscreteGpu".into(),
+                driver: None,
+            },
+        }),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda => Err(DeviceError::NoCuda),
         #[cfg(feature = "wgpu")]
         DeviceChoice::Wgpu => init_wgpu(),
         #[cfg(not(feature = "wgpu"))]

@@ -10,7 +10,7 @@ use crate::device::{DeviceChoice, DeviceInfo, SelectedDevice};
 use crate::diffusion::{NoiseSchedule, SamplerKind, SamplingRun, make_sampler};
 use crate::genome::{Genome, cost};
 use crate::model::Unet;
-use crate::train::{EpsObjective, TrainConfig, optimizer_for, train_step};
+use crate::train::{EpsObjective, StepPhase, TrainConfig, optimizer_for, train_step_marked};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
@@ -43,6 +43,20 @@ pub struct BenchArgs {
     /// Untimed warm-up steps before each measurement.
     #[arg(long, default_value_t = 2)]
     pub warmup: u64,
+    /// Also break a training step into phases (inputs, forward, backward, clip, optimizer, EMA)
+    /// and sampling into the denoiser and the sampler update, timing each phase between device
+    /// syncs over --train-steps steps. The syncs stop kernel fusion across phase boundaries, so
+    /// the phases add up to a little more than an unprofiled step.
+    #[arg(long)]
+    pub profile: bool,
+    /// Also train this many steps (after the timed ones) recording the device allocator's and
+    /// the process's memory every 5% of them: the peak and whether memory keeps growing.
+    #[arg(long, default_value_t = 0)]
+    pub memory_steps: u64,
+    /// Also measure the device's peak f32 FLOP rate (fused multiply-add probe) and report each
+    /// rate as a fraction of it. GPU backends only; takes a few seconds.
+    #[arg(long)]
+    pub peak: bool,
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -86,6 +100,59 @@ pub struct ExtractBench {
     pub warmup_seconds: f64,
 }
 
+/// Seconds spent in each phase of the profiled steps (between device syncs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhaseTime {
+    pub phase: String,
+    pub seconds: f64,
+    /// Share of the profiled total.
+    pub fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileReport {
+    /// Training steps profiled.
+    pub train_steps: u64,
+    pub train: Vec<PhaseTime>,
+    /// Sampling: the denoiser's forward passes and the sampler's update, over the same number
+    /// of evaluations as the throughput measurement.
+    pub sample: Vec<PhaseTime>,
+}
+
+/// One memory reading during a long training run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemorySample {
+    pub step: u64,
+    /// Bytes the device allocator has handed out / holds (None where the backend has no pool).
+    pub device_bytes_in_use: Option<u64>,
+    pub device_bytes_reserved: Option<u64>,
+    /// Resident set size of the process (Linux), which is where a CPU backend's tensors live.
+    pub process_rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryReport {
+    pub steps: u64,
+    pub samples: Vec<MemorySample>,
+    pub peak_device_bytes_reserved: Option<u64>,
+    /// Peak resident set size of the process over its whole life (Linux `VmHWM`).
+    pub peak_process_rss_bytes: Option<u64>,
+    /// Reserved device bytes at the last reading minus at the second (after the first 5% of
+    /// steps, when every buffer size has been seen once).
+    pub device_growth_bytes: Option<i64>,
+    pub rss_growth_bytes: Option<i64>,
+}
+
+/// The device's measured peak.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeakReport {
+    /// f32 fused multiply-add throughput, 2 FLOPs per FMA.
+    pub f32_gflops: f64,
+    /// Achieved training / sampling rate as a fraction of it.
+    pub train_fraction: Option<f64>,
+    pub sample_fraction: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     pub tool: String,
@@ -101,53 +168,94 @@ pub struct BenchReport {
     pub extract: Option<ExtractBench>,
     /// Bytes the device allocator held at the end (None where the backend does not report it).
     pub device_bytes_reserved: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak: Option<PeakReport>,
 }
 
 fn sync(t: Tensor<1>) -> f32 {
     t.into_scalar::<f32>()
 }
 
-fn bench_train(g: &Genome, a: &BenchArgs, device: &Device, macs: u64) -> TrainBench {
-    let ad = device.clone().autodiff();
-    ad.seed(0);
-    let mut model = Unet::new(g, &ad).expect("genome checked by load_genome");
-    let mut ema = model.valid();
-    let cfg = TrainConfig::new()
-        .with_batch_size(a.batch_size)
-        .with_warmup_steps(1)
-        .with_steps(a.warmup + a.train_steps);
-    let mut optim = optimizer_for(&cfg);
-    let schedule = NoiseSchedule::new(cfg.beta_schedule, cfg.timesteps).expect("default schedule");
-    let [c, s] = [g.image.channels, g.image.size];
-    let x0: Tensor<4> = Tensor::random(
-        [a.batch_size, c, s, s],
-        Distribution::Uniform(-1.0, 1.0),
-        &ad,
-    );
-    let mut run = |n: u64, offset: u64| {
+/// A model, its EMA and optimizer on the autodiff device, stepping on one fixed batch.
+struct Trainer {
+    model: Unet,
+    ema: Unet,
+    optim: burn::optim::ModuleOptimizer,
+    cfg: TrainConfig,
+    schedule: NoiseSchedule,
+    x0: Tensor<4>,
+    step: u64,
+}
+
+impl Trainer {
+    fn new(g: &Genome, a: &BenchArgs, device: &Device) -> Trainer {
+        let ad = device.clone().autodiff();
+        ad.seed(0);
+        let model = Unet::new(g, &ad).expect("genome checked by load_genome");
+        let ema = model.valid();
+        let cfg = TrainConfig::new()
+            .with_batch_size(a.batch_size)
+            .with_warmup_steps(1)
+            .with_steps(u64::MAX);
+        let optim = optimizer_for(&cfg);
+        let schedule =
+            NoiseSchedule::new(cfg.beta_schedule, cfg.timesteps).expect("default schedule");
+        let [c, s] = [g.image.channels, g.image.size];
+        let x0 = Tensor::random(
+            [a.batch_size, c, s, s],
+            Distribution::Uniform(-1.0, 1.0),
+            &ad,
+        );
+        Trainer {
+            model,
+            ema,
+            optim,
+            cfg,
+            schedule,
+            x0,
+            step: 0,
+        }
+    }
+
+    /// Issue one step; `mark` is called after each phase.
+    fn step(&mut self, mark: &mut dyn FnMut(StepPhase)) -> Tensor<1> {
+        let (m, e, loss, _) = train_step_marked(
+            self.model.clone(),
+            self.ema.clone(),
+            &mut self.optim,
+            &self.cfg,
+            &self.schedule,
+            self.x0.clone(),
+            self.step,
+            &EpsObjective,
+            mark,
+        );
+        (self.model, self.ema) = (m, e);
+        self.step += 1;
+        loss
+    }
+
+    /// Wall seconds of `n` steps, ending with one read of the last loss.
+    fn timed(&mut self, n: u64) -> f64 {
         let t0 = Instant::now();
         let mut last = None;
-        for i in 0..n {
-            let (m, e, loss, _) = train_step(
-                model.clone(),
-                ema.clone(),
-                &mut optim,
-                &cfg,
-                &schedule,
-                x0.clone(),
-                offset + i,
-                &EpsObjective,
-            );
-            (model, ema) = (m, e);
-            last = Some(loss);
+        for _ in 0..n {
+            last = Some(self.step(&mut |_| {}));
         }
         if let Some(l) = last {
             sync(l);
         }
         t0.elapsed().as_secs_f64()
-    };
-    let warmup_seconds = run(a.warmup, 0);
-    let seconds = run(a.train_steps, a.warmup);
+    }
+}
+
+fn bench_train(t: &mut Trainer, a: &BenchArgs, macs: u64) -> TrainBench {
+    let warmup_seconds = t.timed(a.warmup);
+    let seconds = t.timed(a.train_steps);
     let sps = a.train_steps as f64 / seconds;
     TrainBench {
         steps: a.train_steps,
@@ -159,7 +267,120 @@ fn bench_train(g: &Genome, a: &BenchArgs, device: &Device, macs: u64) -> TrainBe
     }
 }
 
-fn bench_sample(g: &Genome, a: &BenchArgs, device: &Device, macs: u64) -> SampleBench {
+fn phase_times(names: &[&str], seconds: &[f64]) -> Vec<PhaseTime> {
+    let total: f64 = seconds.iter().sum::<f64>().max(1e-12);
+    names
+        .iter()
+        .zip(seconds)
+        .map(|(n, s)| PhaseTime {
+            phase: n.to_string(),
+            seconds: *s,
+            fraction: s / total,
+        })
+        .collect()
+}
+
+/// Phase times of `steps` training steps, each phase ended by a device sync.
+fn profile_train(t: &mut Trainer, device: &Device, steps: u64) -> Vec<PhaseTime> {
+    let mut acc = [0.0f64; StepPhase::ALL.len()];
+    device.sync().expect("device sync");
+    for _ in 0..steps {
+        let mut last = Instant::now();
+        t.step(&mut |p| {
+            device.sync().expect("device sync");
+            let i = StepPhase::ALL
+                .iter()
+                .position(|q| *q == p)
+                .expect("a phase");
+            acc[i] += last.elapsed().as_secs_f64();
+            last = Instant::now();
+        });
+    }
+    let names: Vec<String> = StepPhase::ALL
+        .iter()
+        .map(|p| {
+            serde_json::to_value(p)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        })
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    phase_times(&names, &acc)
+}
+
+fn rss() -> (Option<u64>, Option<u64>) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn memory_trace(t: &mut Trainer, device: &Device, steps: u64) -> MemoryReport {
+    let every = (steps / 20).max(1);
+    let mut samples = Vec::new();
+    let mut read = |step: u64| {
+        device.sync().expect("device sync");
+        let usage = device.memory_pool_usage();
+        samples.push(MemorySample {
+            step,
+            device_bytes_in_use: usage.as_ref().map(|u| u.bytes_in_use),
+            device_bytes_reserved: usage.as_ref().map(|u| u.bytes_reserved),
+            process_rss_bytes: rss().0,
+        });
+    };
+    read(0);
+    for i in 1..=steps {
+        t.step(&mut |_| {});
+        if i % every == 0 || i == steps {
+            read(i);
+        }
+    }
+    let growth = |f: &dyn Fn(&MemorySample) -> Option<u64>| {
+        let first = samples.get(1).and_then(f)?;
+        let last = samples.last().and_then(f)?;
+        Some(last as i64 - first as i64)
+    };
+    MemoryReport {
+        steps,
+        peak_device_bytes_reserved: samples.iter().filter_map(|s| s.device_bytes_reserved).max(),
+        peak_process_rss_bytes: rss().1,
+        device_growth_bytes: growth(&|s| s.device_bytes_reserved),
+        rss_growth_bytes: growth(&|s| s.process_rss_bytes),
+        samples,
+    }
+}
+
+/// The device's f32 FMA peak in GFLOP/s (None on backends without the probe, such as flex).
+fn measure_peak(device: &Device) -> Option<f64> {
+    use burn::tensor::{ThroughputKey, ThroughputMode};
+    // The launch probe's element type is f32 (cubecl's default for non-compute modes), which
+    // spares this crate a direct dependency on cubecl's IR types.
+    let f32 = ThroughputKey {
+        mode: ThroughputMode::Launch,
+    }
+    .dtype();
+    let key = ThroughputKey {
+        mode: ThroughputMode::ComputeDirect { dtype: f32 },
+    };
+    let stat = device.performance_stats(&[key]).into_iter().next()?;
+    stat.value.ok().map(|v| v.ops_per_s() / 1e9)
+}
+
+fn bench_sample(
+    g: &Genome,
+    a: &BenchArgs,
+    device: &Device,
+    macs: u64,
+) -> (SampleBench, Vec<PhaseTime>) {
     device.seed(0);
     let model = Unet::new(g, device).expect("genome checked by load_genome");
     let schedule =
@@ -180,14 +401,39 @@ fn bench_sample(g: &Genome, a: &BenchArgs, device: &Device, macs: u64) -> Sample
     };
     let seconds = timed(a.sample_evals);
     let rate = (a.sample_evals * a.batch_size) as f64 / seconds;
-    SampleBench {
+    let phases = if a.profile {
+        // The same evaluations with the denoiser alone; the rest of a sampling run is the
+        // sampler's update (and the initial noise).
+        let x = Tensor::<4>::random(
+            [a.batch_size, shape[0], shape[1], shape[2]],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        );
+        let t = Tensor::<1>::full([a.batch_size], 500.0, device);
+        sync(x.clone().sum());
+        let t0 = Instant::now();
+        let mut acc = x.clone().sum();
+        for _ in 0..a.sample_evals {
+            acc = acc + model.forward(x.clone(), t.clone()).sum();
+        }
+        sync(acc);
+        let denoiser = t0.elapsed().as_secs_f64();
+        phase_times(
+            &["denoiser", "sampler"],
+            &[denoiser, (seconds - denoiser).max(0.0)],
+        )
+    } else {
+        Vec::new()
+    };
+    let bench = SampleBench {
         evals: a.sample_evals,
         seconds,
         image_steps_per_s: rate,
         images_per_s_50_steps: rate / 50.0,
         warmup_seconds,
         achieved_gflops: rate * macs as f64 * 2.0 / 1e9,
-    }
+    };
+    (bench, phases)
 }
 
 fn bench_extract(g: &Genome, a: &BenchArgs, device: &Device) -> ExtractBench {
@@ -241,9 +487,43 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
     let g = load_genome(&a.genome)?;
     let c = cost(&g).map_err(|e| user_err(e.to_string()))?;
     let device = &selected.device;
-    let train = (a.train_steps > 0).then(|| bench_train(&g, a, device, c.macs));
-    let sample = (a.sample_evals > 0).then(|| bench_sample(&g, a, device, c.macs));
+    let needs_trainer = a.train_steps > 0 || a.memory_steps > 0;
+    let mut trainer = needs_trainer.then(|| Trainer::new(&g, a, device));
+    let train = match (&mut trainer, a.train_steps > 0) {
+        (Some(t), true) => Some(bench_train(t, a, c.macs)),
+        _ => None,
+    };
+    let train_phases = match (&mut trainer, a.profile && a.train_steps > 0) {
+        (Some(t), true) => profile_train(t, device, a.train_steps),
+        _ => Vec::new(),
+    };
+    let memory = match (&mut trainer, a.memory_steps > 0) {
+        (Some(t), true) => Some(memory_trace(t, device, a.memory_steps)),
+        _ => None,
+    };
+    drop(trainer);
+    let (sample, sample_phases) = if a.sample_evals > 0 {
+        let (s, p) = bench_sample(&g, a, device, c.macs);
+        (Some(s), p)
+    } else {
+        (None, Vec::new())
+    };
     let extract = (a.extract_images > 0).then(|| bench_extract(&g, a, device));
+    let peak = if a.peak {
+        let p = measure_peak(device).ok_or_else(|| {
+            user_err(format!(
+                "--peak: the {} backend has no peak-throughput probe",
+                selected.info.backend
+            ))
+        })?;
+        Some(PeakReport {
+            f32_gflops: p,
+            train_fraction: train.as_ref().map(|t| t.achieved_gflops / p),
+            sample_fraction: sample.as_ref().map(|s| s.achieved_gflops / p),
+        })
+    } else {
+        None
+    };
     Ok(BenchReport {
         tool: "diffnas".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -257,6 +537,17 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
         sample,
         extract,
         device_bytes_reserved: device.memory_pool_usage().map(|u| u.bytes_reserved),
+        profile: a.profile.then_some(ProfileReport {
+            train_steps: if train_phases.is_empty() {
+                0
+            } else {
+                a.train_steps
+            },
+            train: train_phases,
+            sample: sample_phases,
+        }),
+        memory,
+        peak,
     })
 }
 

@@ -18,7 +18,13 @@ pub enum GenomeCmd {
         structural: bool,
     },
     /// Parameters, MACs per image and activation estimate of a preset or a JSON file.
-    Cost { genome: String },
+    Cost {
+        genome: String,
+        /// Print one JSON object (hash, params, macs, activation_floats, genome) instead of text,
+        /// for scripts such as the PyTorch reference benchmark.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the preset names.
     List,
 }
@@ -71,9 +77,21 @@ pub fn run(cmd: GenomeCmd) -> anyhow::Result<i32> {
             })?;
             println!("{}", g.to_json_pretty());
         }
-        GenomeCmd::Cost { genome } => {
+        GenomeCmd::Cost { genome, json } => {
             let g = load_genome(&genome)?;
-            print_cost(&g)?;
+            if json {
+                let c = cost(&g).map_err(|e| user_err(e.to_string()))?;
+                let out = serde_json::json!({
+                    "hash": g.hash(),
+                    "params": c.params,
+                    "macs": c.macs,
+                    "activation_floats": c.activation_floats,
+                    "genome": g,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print_cost(&g)?;
+            }
         }
         GenomeCmd::Validate { file, structural } => {
             let text =

@@ -250,21 +250,83 @@ pub fn train_step<M: Module>(
     step: u64,
     objective: &dyn Objective<M>,
 ) -> (M, M, Tensor<1>, Option<Tensor<1>>) {
+    train_step_marked(
+        model,
+        ema,
+        optim,
+        cfg,
+        schedule,
+        x0,
+        step,
+        objective,
+        &mut |_| {},
+    )
+}
+
+/// The parts of a training step, in order, as [`train_step_marked`] reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPhase {
+    /// Host-side draw of t and eps, their upload, q_sample.
+    Inputs,
+    /// The denoiser's forward pass and the loss.
+    Forward,
+    /// Backpropagation to parameter gradients.
+    Backward,
+    /// Global gradient norm and clipping.
+    Clip,
+    /// The AdamW update.
+    Optimizer,
+    /// The EMA update.
+    Ema,
+}
+
+impl StepPhase {
+    pub const ALL: [StepPhase; 6] = [
+        StepPhase::Inputs,
+        StepPhase::Forward,
+        StepPhase::Backward,
+        StepPhase::Clip,
+        StepPhase::Optimizer,
+        StepPhase::Ema,
+    ];
+}
+
+/// [`train_step`] calling `mark(phase)` after each phase has been issued (the benchmark's
+/// profiler syncs the device there; `train_step` passes a no-op, so nothing waits).
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_marked<M: Module>(
+    model: M,
+    ema: M,
+    optim: &mut ModuleOptimizer,
+    cfg: &TrainConfig,
+    schedule: &NoiseSchedule,
+    x0: Tensor<4>,
+    step: u64,
+    objective: &dyn Objective<M>,
+    mark: &mut dyn FnMut(StepPhase),
+) -> (M, M, Tensor<1>, Option<Tensor<1>>) {
     let device = x0.device();
     let shape = x0.dims();
     let (t, eps) = step_inputs(cfg, step, shape);
     let eps = Tensor::<4>::from_data(TensorData::new(eps, shape), &device);
     device.seed(device_seed(cfg.seed, step));
     let x_t = schedule.q_sample(x0, &t, eps.clone());
+    mark(StepPhase::Inputs);
     let loss = objective.loss(&model, x_t, timestep_tensor(&t, &device), eps, step);
+    mark(StepPhase::Forward);
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    mark(StepPhase::Backward);
     let norm = if cfg.grad_clip > 0.0 {
         clip_global_norm(&model, &mut grads, cfg.grad_clip)
     } else {
         grad_norm(&model, &grads)
     };
+    mark(StepPhase::Clip);
     let model = optim.step(cfg.lr_at(step), model, grads);
+    mark(StepPhase::Optimizer);
     let ema = ema_update(ema, &model, cfg.ema_decay_at(step));
+    mark(StepPhase::Ema);
     (model, ema, loss.inner(), norm)
 }
 

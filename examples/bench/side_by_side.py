@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""diffnas against PyTorch on the same machine: runs `diffnas bench` and the PyTorch reference
+(torch_reference.py) for each genome and batch size, and writes a table with the ratios
+diffnas / PyTorch and the achieved fraction of the device's f32 peak (from the cost model's MACs).
+
+    python3 examples/bench/side_by_side.py --preset cpu      # a CPU-only machine
+    python3 examples/bench/side_by_side.py --preset gpu      # an NVIDIA GPU (torch CUDA)
+
+Every measurement is one fresh process with a time limit; a failure (out of memory, a compile
+error, a timeout) becomes a row that says so instead of stopping the table. Results go to
+--out (default bench-results/<preset>): one JSON file per measurement, results.json, table.md.
+Build first: `cargo build --release` (and `--features cuda` / `--features vulkan` for those
+rows; --diffnas-cuda / --diffnas-vulkan name such binaries).
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+# f32 (non-tensor-core) peak TFLOP/s of GPUs, by a substring of the adapter name; the table is
+# rated against the plain f32 rate since that is what diffnas's WGSL kernels can reach.
+F32_PEAK_TFLOPS = [
+    ("H200", 66.9),
+    ("H100 PCIe", 51.2),
+    ("H100", 66.9),
+    ("A100", 19.5),
+    ("L40S", 91.6),
+    ("L4", 30.3),
+    ("RTX 4090", 82.6),
+    ("RTX 3090", 35.6),
+    ("A10", 31.2),
+    ("T4", 8.1),
+]
+
+PRESETS = {
+    # name: genomes, batch sizes, diffnas devices, torch device, torch configs, steps, evals
+    "cpu": dict(
+        genomes=["tiny", "examples/bench/genomes/fmnist-evolution-best.json", "ddpm-cifar10"],
+        batch_sizes={"tiny": [8, 32], "ddpm-cifar10": [2], "*": [8, 32]},
+        diffnas=["flex", "wgpu"],
+        torch_device="cpu",
+        torch=[("eager", "f32"), ("compile", "f32")],
+        train_steps=10,
+        sample_evals=10,
+        small_steps={"ddpm-cifar10": (2, 2)},
+    ),
+    "gpu": dict(
+        genomes=["tiny", "examples/bench/genomes/fmnist-evolution-best.json", "ddpm-cifar10"],
+        batch_sizes={"ddpm-cifar10": [128], "*": [128]},
+        diffnas=["wgpu", "vulkan", "cuda"],
+        torch_device="cuda",
+        torch=[("eager", "f32"), ("compile", "f32"), ("eager", "tf32"), ("compile", "tf32"), ("compile", "bf16")],
+        train_steps=20,
+        sample_evals=20,
+        small_steps={},
+    ),
+}
+
+
+def sh(cmd, timeout, log):
+    t0 = time.time()
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        try:
+            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    return rc, time.time() - t0
+
+
+def tail(path, n=3):
+    try:
+        with open(path) as f:
+            lines = [l.strip() for l in f if l.strip()]
+        return " / ".join(lines[-n:])[-300:]
+    except OSError:
+        return ""
+
+
+def cost_of(diffnas, genome):
+    out = subprocess.run([diffnas, "genome", "cost", genome, "--json"], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        sys.exit(f"diffnas genome cost {genome}: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def short(genome):
+    return os.path.splitext(os.path.basename(genome))[0]
+
+
+def peak_tflops(device_name, override):
+    if override:
+        return override
+    for key, tf in F32_PEAK_TFLOPS:
+        if key.lower() in device_name.lower():
+            return tf
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--genomes", help="comma-separated presets or genome JSON files (overrides the preset's)")
+    ap.add_argument("--batch-sizes", help="comma-separated batch sizes for every genome (overrides)")
+    ap.add_argument("--diffnas-devices", help="comma-separated: flex, wgpu, vulkan, cuda (overrides)")
+    ap.add_argument("--torch-configs", help="comma-separated mode:precision, e.g. eager:f32,compile:tf32")
+    ap.add_argument("--train-steps", type=int)
+    ap.add_argument("--sample-evals", type=int)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (0: its default)")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    ap.add_argument("--peak-tflops", type=float, help="f32 peak of the device (default: known GPUs)")
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.expanduser("~"), ".cache/diffnas/target"))
+    ap.add_argument("--diffnas", default=os.path.join(target, "release/diffnas"))
+    ap.add_argument("--diffnas-vulkan", default=os.path.join(target, "vulkan/release/diffnas"))
+    ap.add_argument("--diffnas-cuda", default=os.path.join(target, "cuda/release/diffnas"))
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+
+    p = PRESETS[a.preset]
+    genomes = a.genomes.split(",") if a.genomes else p["genomes"]
+    devices = a.diffnas_devices.split(",") if a.diffnas_devices else p["diffnas"]
+    tconfigs = [tuple(c.split(":")) for c in a.torch_configs.split(",")] if a.torch_configs else p["torch"]
+    out = a.out or os.path.join(ROOT, "bench-results", a.preset)
+    os.makedirs(out, exist_ok=True)
+    if not os.access(a.diffnas, os.X_OK):
+        sys.exit(f"--diffnas {a.diffnas}: not an executable; build it with `cargo build --release`")
+    binaries = {"flex": a.diffnas, "wgpu": a.diffnas, "vulkan": a.diffnas_vulkan, "cuda": a.diffnas_cuda}
+    for d in devices:
+        if d not in binaries:
+            sys.exit(f"--diffnas-devices: unknown device {d!r} (flex, wgpu, vulkan, cuda)")
+
+    rows = []
+    for genome in genomes:
+        cost = cost_of(a.diffnas, genome)
+        gfile = os.path.join(out, f"{short(genome)}.genome.json")
+        with open(gfile, "w") as f:
+            json.dump(cost["genome"], f, indent=2)
+        if a.batch_sizes:
+            batches = [int(b) for b in a.batch_sizes.split(",")]
+        else:
+            batches = p["batch_sizes"].get(short(genome), p["batch_sizes"]["*"])
+        steps, evals = p["small_steps"].get(short(genome), (p["train_steps"], p["sample_evals"]))
+        steps = a.train_steps if a.train_steps is not None else steps
+        evals = a.sample_evals if a.sample_evals is not None else evals
+        for b in batches:
+            runs = []
+            for d in devices:
+                binary = binaries[d]
+                name = f"{short(genome)}-b{b}-diffnas-{d}"
+                if not os.access(binary, os.X_OK):
+                    runs.append(dict(name=name, impl=f"diffnas {d}", error=f"no binary at {binary}"))
+                    continue
+                dev = {"vulkan": "wgpu"}.get(d, d)
+                cmd = [binary, "bench", "--genome", gfile, "--batch-size", str(b), "--device", dev,
+                       "--train-steps", str(steps), "--sample-evals", str(evals), "--warmup", str(a.warmup),
+                       "--json", os.path.join(out, name + ".json")]
+                runs.append(dict(name=name, impl=f"diffnas {d}", cmd=cmd))
+            for mode, prec in tconfigs:
+                name = f"{short(genome)}-b{b}-torch-{mode}-{prec}"
+                cmd = [a.python, os.path.join(HERE, "torch_reference.py"), "--genome", gfile, "--batch-size", str(b),
+                       "--device", p["torch_device"], "--mode", mode, "--precision", prec,
+                       "--train-steps", str(steps), "--sample-evals", str(evals), "--warmup", str(a.warmup),
+                       "--threads", str(a.threads), "--expect-params", str(cost["params"]),
+                       "--macs", str(cost["macs"]), "--genome-hash", cost["hash"],
+                       "--json", os.path.join(out, name + ".json")]
+                runs.append(dict(name=name, impl=f"torch {mode} {prec}", cmd=cmd))
+            for r in runs:
+                row = dict(genome=short(genome), params=cost["params"], macs=cost["macs"], batch=b, impl=r["impl"])
+                if "cmd" in r:
+                    jf = os.path.join(out, r["name"] + ".json")
+                    if os.path.exists(jf):
+                        os.remove(jf)
+                    print(f"[{time.strftime('%H:%M:%S')}] {r['name']}", file=sys.stderr, flush=True)
+                    rc, wall = sh(r["cmd"], a.timeout, os.path.join(out, r["name"] + ".log"))
+                    if rc == 0 and os.path.exists(jf):
+                        with open(jf) as f:
+                            row["report"] = json.load(f)
+                    else:
+                        row["error"] = f"exit {rc}: {tail(os.path.join(out, r['name'] + '.log'))}"
+                else:
+                    row["error"] = r["error"]
+                rows.append(row)
+
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    table = render(rows, a.peak_tflops)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table)
+    print(table)
+
+
+def metric(row, part, key):
+    r = row.get("report") or {}
+    return (r.get(part) or {}).get(key)
+
+
+def render(rows, peak_override):
+    lines = []
+    head = rows[0]["report"]["device"]["name"] if rows and rows[0].get("report") else "?"
+    lines.append(f"Machine: {head}\n")
+    lines.append(
+        "| genome | batch | implementation | device | train img/s | vs torch eager | vs torch compile | train % f32 peak "
+        "| sample img-steps/s | vs torch eager | vs torch compile | sample % f32 peak | peak mem |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def fmt(v, spec="{:.1f}"):
+        return "—" if v is None else spec.format(v)
+
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["genome"], r["batch"]), []).append(r)
+    for (genome, batch), rs in groups.items():
+        base = {}
+        for r in rs:
+            m = re.match(r"torch (eager|compile) f32", r["impl"])
+            if m and r.get("report"):
+                base[m.group(1)] = r
+        for r in rs:
+            if "error" in r:
+                lines.append(f"| {genome} | {batch} | {r['impl']} | — | failed: {r['error']} |" + " |" * 8)
+                continue
+            rep = r["report"]
+            dev = rep["device"]
+            peak = peak_tflops(dev["name"], peak_override)
+            cells = [genome, str(batch), r["impl"], dev["name"]]
+            for part, key in [("train", "images_per_s"), ("sample", "image_steps_per_s")]:
+                v = metric(r, part, key)
+                cells.append(fmt(v))
+                for b in ["eager", "compile"]:
+                    ref = metric(base[b], part, key) if b in base else None
+                    cells.append(fmt(v / ref if v and ref else None, "{:.2f}x"))
+                gf = metric(r, part, "achieved_gflops")
+                cells.append(fmt(100 * gf / (peak * 1e3) if gf and peak else None, "{:.1f}%"))
+            mem = rep.get("peak_bytes_allocated_train") or rep.get("device_bytes_reserved")
+            cells.append(fmt(mem / 2**20 if mem else None, "{:.0f} MiB"))
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append(
+        "\nRatios are diffnas (or PyTorch config) / PyTorch f32 of the same mode, same genome and batch; "
+        "above 1.00x is faster than PyTorch. FLOPs = 2 x MACs (x3 for a training step), MACs from the "
+        "cost model (equal to the reference's own count, checked)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
