@@ -159,16 +159,22 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
     match choice {
         DeviceChoice::Flex => Ok(flex()),
         #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda => Ok(SelectedDevice {
-            device: Device::cuda(0),
-            info: DeviceInfo {
-                backend: "cuda".into(),
-                name: "CUDA device 0".into(),
-                api: Some("Cuda".into()),
-                device_type: "DiscreteGpu".into(),
-                driver: None,
-            },
-        }),
+        DeviceChoice::Cuda => {
+            let device = Device::cuda(0);
+            let name = device
+                .identity()
+                .map_or_else(|| "CUDA device 0".to_string(), |i| i.name);
+            Ok(SelectedDevice {
+                device,
+                info: DeviceInfo {
+                    backend: "cuda".into(),
+                    name,
+                    api: Some("Cuda".into()),
+                    device_type: "DiscreteGpu".into(),
+                    driver: None,
+                },
+            })
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceChoice::Cuda => Err(DeviceError::NoCuda),
         #[cfg(feature = "wgpu")]

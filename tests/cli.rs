@@ -221,3 +221,125 @@ fn killed_training_resumes_to_the_same_weights() {
         "batch size must not change images"
     );
 }
+
+/// `diffnas bench` with the phase profile and the memory trace on flex, `genome cost --json`,
+/// and the flags a build or a backend cannot honour.
+#[test]
+fn bench_profiles_phases_traces_memory_and_refuses_what_it_cannot_measure() {
+    let dir = tempfile::tempdir().unwrap();
+    let genome = dir.path().join("g.json");
+    std::fs::write(&genome, tiny16().to_json_pretty()).unwrap();
+    let g = genome.to_str().unwrap();
+
+    let o = run(&["genome", "cost", "ddpm-cifar10", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ddpm = diffnas::genome::Genome::preset("ddpm-cifar10").unwrap();
+    assert_eq!(c["params"], 35_746_307);
+    assert_eq!(c["macs"], diffnas::genome::cost(&ddpm).unwrap().macs);
+    assert_eq!(c["hash"], ddpm.hash());
+    assert_eq!(
+        diffnas::genome::Genome::from_json(&c["genome"].to_string()).unwrap(),
+        ddpm
+    );
+
+    let out = dir.path().join("bench.json");
+    let o = run(&[
+        "bench",
+        "--genome",
+        g,
+        "--batch-size",
+        "2",
+        "--device",
+        "flex",
+        "--train-steps",
+        "2",
+        "--sample-evals",
+        "2",
+        "--warmup",
+        "1",
+        "--profile",
+        "--memory-steps",
+        "20",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(
+        r["params"],
+        diffnas::genome::cost(&tiny16()).unwrap().params
+    );
+    assert!(r["train"]["images_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["sample"]["image_steps_per_s"].as_f64().unwrap() > 0.0);
+
+    let phases = r["profile"]["train"].as_array().unwrap();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["inputs", "forward", "backward", "clip", "optimizer", "ema"]
+    );
+    let share: f64 = phases.iter().map(|p| p["fraction"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-9, "phase shares sum to {share}");
+    for p in phases {
+        assert!(p["seconds"].as_f64().unwrap() >= 0.0, "{p}");
+    }
+    // The network's passes are real work on every backend.
+    assert!(phases[1]["seconds"].as_f64().unwrap() > 0.0);
+    assert!(phases[2]["seconds"].as_f64().unwrap() > 0.0);
+    let sample = r["profile"]["sample"].as_array().unwrap();
+    assert_eq!(sample[0]["phase"], "denoiser");
+    assert!(sample[0]["seconds"].as_f64().unwrap() > 0.0);
+
+    let mem = &r["memory"];
+    assert_eq!(mem["steps"], 20);
+    let samples = mem["samples"].as_array().unwrap();
+    // A reading before the first step and one every 5% of the steps.
+    let steps: Vec<u64> = samples
+        .iter()
+        .map(|s| s["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (0..=20).collect::<Vec<u64>>());
+    if cfg!(target_os = "linux") {
+        let rss: Vec<u64> = samples
+            .iter()
+            .map(|s| s["process_rss_bytes"].as_u64().unwrap())
+            .collect();
+        assert!(rss.iter().all(|&b| b > 0));
+        let peak = mem["peak_process_rss_bytes"].as_u64().unwrap();
+        assert!(peak >= *rss.iter().max().unwrap());
+        assert_eq!(
+            mem["rss_growth_bytes"].as_i64().unwrap(),
+            rss[20] as i64 - rss[1] as i64
+        );
+    }
+    // flex has no device allocator to read.
+    assert!(samples[0]["device_bytes_reserved"].is_null());
+
+    let o = run(&[
+        "bench",
+        "--genome",
+        g,
+        "--device",
+        "flex",
+        "--train-steps",
+        "0",
+        "--sample-evals",
+        "1",
+        "--peak",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--peak: the flex backend has no peak-throughput probe"));
+
+    if !cfg!(feature = "cuda") {
+        let o = run(&["bench", "--genome", g, "--device", "cuda"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+    }
+    let o = run(&["bench", "--genome", g, "--device", "tpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("expected auto, wgpu, flex or cuda"));
+}

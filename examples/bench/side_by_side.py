@@ -50,6 +50,9 @@ PRESETS = {
         train_steps=10,
         sample_evals=10,
         small_steps={"ddpm-cifar10": (2, 2)},
+        # A software rasteriser (lavapipe) runs the WGSL path at a few image-steps per second:
+        # the smallest cases only, with fewer steps.
+        limits={"wgpu": dict(batches=[8], steps=(3, 5), genomes=["tiny", "fmnist-evolution-best"])},
     ),
     "gpu": dict(
         genomes=["tiny", "examples/bench/genomes/fmnist-evolution-best.json", "ddpm-cifar10"],
@@ -60,6 +63,7 @@ PRESETS = {
         train_steps=20,
         sample_evals=20,
         small_steps={},
+        limits={},
     ),
 }
 
@@ -158,13 +162,19 @@ def main():
             for d in devices:
                 binary = binaries[d]
                 name = f"{short(genome)}-b{b}-diffnas-{d}"
+                lim = p["limits"].get(d, {})
+                if b not in lim.get("batches", [b]) or short(genome) not in lim.get("genomes", [short(genome)]):
+                    continue
+                d_steps, d_evals = lim.get("steps", (steps, evals))
                 if not os.access(binary, os.X_OK):
                     runs.append(dict(name=name, impl=f"diffnas {d}", error=f"no binary at {binary}"))
                     continue
                 dev = {"vulkan": "wgpu"}.get(d, d)
                 cmd = [binary, "bench", "--genome", gfile, "--batch-size", str(b), "--device", dev,
-                       "--train-steps", str(steps), "--sample-evals", str(evals), "--warmup", str(a.warmup),
+                       "--train-steps", str(d_steps), "--sample-evals", str(d_evals), "--warmup", str(a.warmup),
                        "--json", os.path.join(out, name + ".json")]
+                if d != "flex":
+                    cmd.append("--peak")
                 runs.append(dict(name=name, impl=f"diffnas {d}", cmd=cmd))
             for mode, prec in tconfigs:
                 name = f"{short(genome)}-b{b}-torch-{mode}-{prec}"
@@ -207,8 +217,26 @@ def metric(row, part, key):
 
 def render(rows, peak_override):
     lines = []
-    head = rows[0]["report"]["device"]["name"] if rows and rows[0].get("report") else "?"
-    lines.append(f"Machine: {head}\n")
+    # One f32 peak for the machine: --peak-tflops, else a known GPU's datasheet rate, else what
+    # `diffnas bench --peak` measured with its FMA probe on a GPU backend of this machine.
+    measured = [
+        r["report"]["peak"]["f32_gflops"] for r in rows if r.get("report") and r["report"].get("peak")
+    ]
+    names = [r["report"]["device"]["name"] for r in rows if r.get("report")]
+    peak_source = "none"
+    if peak_override:
+        peak_source = f"{peak_override} TFLOP/s (--peak-tflops)"
+    else:
+        for n in names:
+            tf = peak_tflops(n, None)
+            if tf:
+                peak_override, peak_source = tf, f"{tf} TFLOP/s ({n} datasheet, non-tensor-core f32)"
+                break
+        else:
+            if measured:
+                peak_override = max(measured) / 1e3
+                peak_source = f"{max(measured):.1f} GFLOP/s (measured by `diffnas bench --peak`, FMA probe)"
+    lines.append(f"Devices: {', '.join(sorted(set(names)))}. f32 peak: {peak_source}.\n")
     lines.append(
         "| genome | batch | implementation | device | train img/s | vs torch eager | vs torch compile | train % f32 peak "
         "| sample img-steps/s | vs torch eager | vs torch compile | sample % f32 peak | peak mem |"

@@ -135,7 +135,8 @@ pub struct MemoryReport {
     pub steps: u64,
     pub samples: Vec<MemorySample>,
     pub peak_device_bytes_reserved: Option<u64>,
-    /// Peak resident set size of the process over its whole life (Linux `VmHWM`).
+    /// Peak resident set size of the process over its whole life (Linux `VmHWM`, or the
+    /// largest reading if that is higher).
     pub peak_process_rss_bytes: Option<u64>,
     /// Reserved device bytes at the last reading minus at the second (after the first 5% of
     /// steps, when every buffer size has been seen once).
@@ -352,7 +353,10 @@ fn memory_trace(t: &mut Trainer, device: &Device, steps: u64) -> MemoryReport {
     MemoryReport {
         steps,
         peak_device_bytes_reserved: samples.iter().filter_map(|s| s.device_bytes_reserved).max(),
-        peak_process_rss_bytes: rss().1,
+        // The kernel updates VmHWM lazily, so it can trail a VmRSS reading taken just before.
+        peak_process_rss_bytes: rss()
+            .1
+            .max(samples.iter().filter_map(|s| s.process_rss_bytes).max()),
         device_growth_bytes: growth(&|s| s.device_bytes_reserved),
         rss_growth_bytes: growth(&|s| s.process_rss_bytes),
         samples,
@@ -487,6 +491,17 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
     let g = load_genome(&a.genome)?;
     let c = cost(&g).map_err(|e| user_err(e.to_string()))?;
     let device = &selected.device;
+    // First, so that a backend without the probe fails before minutes of benchmarking.
+    let peak_gflops = if a.peak {
+        Some(measure_peak(device).ok_or_else(|| {
+            user_err(format!(
+                "--peak: the {} backend has no peak-throughput probe",
+                selected.info.backend
+            ))
+        })?)
+    } else {
+        None
+    };
     let needs_trainer = a.train_steps > 0 || a.memory_steps > 0;
     let mut trainer = needs_trainer.then(|| Trainer::new(&g, a, device));
     let train = match (&mut trainer, a.train_steps > 0) {
@@ -509,21 +524,11 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
         (None, Vec::new())
     };
     let extract = (a.extract_images > 0).then(|| bench_extract(&g, a, device));
-    let peak = if a.peak {
-        let p = measure_peak(device).ok_or_else(|| {
-            user_err(format!(
-                "--peak: the {} backend has no peak-throughput probe",
-                selected.info.backend
-            ))
-        })?;
-        Some(PeakReport {
-            f32_gflops: p,
-            train_fraction: train.as_ref().map(|t| t.achieved_gflops / p),
-            sample_fraction: sample.as_ref().map(|s| s.achieved_gflops / p),
-        })
-    } else {
-        None
-    };
+    let peak = peak_gflops.map(|p| PeakReport {
+        f32_gflops: p,
+        train_fraction: train.as_ref().map(|t| t.achieved_gflops / p),
+        sample_fraction: sample.as_ref().map(|s| s.achieved_gflops / p),
+    });
     Ok(BenchReport {
         tool: "diffnas".into(),
         version: env!("CARGO_PKG_VERSION").into(),

@@ -126,7 +126,12 @@ fn devices() -> anyhow::Result<()> {
 pub(crate) fn select_device(
     choice: crate::device::DeviceChoice,
 ) -> anyhow::Result<crate::device::SelectedDevice> {
-    let d = crate::device::select(choice)?;
+    use crate::device::DeviceError;
+    let d = crate::device::select(choice).map_err(|e| match e {
+        // A device this build cannot have is a bad flag (exit 2), not a failure.
+        DeviceError::NoWgpu | DeviceError::NoCuda => user_err(e.to_string()),
+        other => other.into(),
+    })?;
     if d.info.backend == "flex" && std::env::var_os("BURN_DEVICE").is_none() {
         // SAFETY: called on the main thread before this process starts any thread of its own.
         unsafe { std::env::set_var("BURN_DEVICE", "flex") };
