@@ -198,3 +198,20 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
         }
     }
 }
+
+/// Where CubeCL keeps autotune results and device probes between processes (feature
+/// `kernel-cache`). CubeCL's own default is `target/environment` under the outermost
+/// `Cargo.toml` above the working directory, which scatters the cache over whatever project a
+/// user runs from and loses it in a fresh clone; a `cubecl.toml` that names a path still wins.
+/// Call before the first device is created. Returns false when CubeCL's configuration was
+/// already fixed (then nothing changes).
+#[cfg(feature = "kernel-cache")]
+pub fn set_kernel_cache_dir(dir: &std::path::Path) -> bool {
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let mut cfg = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if matches!(cfg.environment.path, CacheConfig::Target) {
+        cfg.environment.path = CacheConfig::Directory(dir.to_path_buf());
+    }
+    CubeClRuntimeConfig::try_set(cfg)
+}

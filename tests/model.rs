@@ -75,3 +75,90 @@ fn save_and_load_round_trip() {
     assert!(err.is_some());
     drop(other);
 }
+
+/// The im2col + matmul convolution (the GPU default) against Burn's own `conv2d` on flex:
+/// outputs and the gradients of input, weights and bias, over kernel sizes, strides and
+/// paddings the UNets use (and a valid, unpadded one).
+#[test]
+fn gemm_convolution_matches_burn_conv2d_forward_and_gradients() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use diffnas::model::conv::conv2d_gemm;
+    let device = Device::flex().autodiff();
+    // (cin, cout, k, stride, padding, h, w)
+    let cases = [
+        (3, 5, 3, 1, 1, 7, 6),
+        (4, 6, 1, 1, 0, 5, 5),
+        (4, 6, 5, 1, 2, 6, 6),
+        (3, 4, 3, 2, 1, 7, 8),
+        (2, 3, 1, 2, 0, 6, 6),
+        (5, 2, 3, 1, 0, 6, 5),
+    ];
+    for (n, &(cin, cout, k, s, p, h, w)) in cases.iter().enumerate() {
+        let x = Tensor::<4>::random([2, cin, h, w], Distribution::Normal(0.0, 1.0), &device)
+            .require_grad();
+        let wt = Tensor::<4>::random([cout, cin, k, k], Distribution::Normal(0.0, 0.5), &device)
+            .require_grad();
+        let b = Tensor::<1>::random([cout], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        // A fixed random cotangent, so every output element's gradient path is exercised.
+        let ct_dims = {
+            let o = |d: usize| (d + 2 * p - k) / s + 1;
+            [2, cout, o(h), o(w)]
+        };
+        let ct = Tensor::<4>::random(ct_dims, Distribution::Normal(0.0, 1.0), &device);
+        let reference = conv2d(
+            x.clone(),
+            wt.clone(),
+            Some(b.clone()),
+            ConvOptions::new([s, s], [p, p], [1, 1], 1),
+        );
+        let ours = conv2d_gemm(
+            x.clone(),
+            wt.clone(),
+            Some(b.clone()),
+            [s, s],
+            [(p, p), (p, p)],
+        );
+        assert_eq!(ours.dims(), reference.dims(), "case {n}: shape");
+        let close = |a: Vec<f32>, r: Vec<f32>, what: &str| {
+            let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let d = crate::common::max_abs_diff(&a, &r);
+            assert!(
+                d <= 1e-5 * scale,
+                "case {n} {what}: max diff {d} of scale {scale}"
+            );
+        };
+        close(
+            to_vec(ours.clone().inner()),
+            to_vec(reference.clone().inner()),
+            "output",
+        );
+        let g_ref = (reference * ct.clone()).sum().backward();
+        let g_ours = (ours * ct).sum().backward();
+        close(
+            to_vec(x.grad(&g_ours).unwrap()),
+            to_vec(x.grad(&g_ref).unwrap()),
+            "input grad",
+        );
+        close(
+            to_vec(wt.grad(&g_ours).unwrap()),
+            to_vec(wt.grad(&g_ref).unwrap()),
+            "weight grad",
+        );
+        close(
+            to_vec(b.grad(&g_ours).unwrap()),
+            to_vec(b.grad(&g_ref).unwrap()),
+            "bias grad",
+        );
+    }
+}
+
+#[test]
+fn conv_algorithm_names_parse_and_unknown_ones_are_named_in_the_error() {
+    use diffnas::model::conv::ConvAlgorithm;
+    for name in ConvAlgorithm::NAMES {
+        assert_eq!(name.parse::<ConvAlgorithm>().unwrap().name(), name);
+    }
+    let e = "winograd".parse::<ConvAlgorithm>().unwrap_err();
+    assert!(e.contains("\"winograd\"") && e.contains("gemm"), "{e}");
+}

@@ -1,6 +1,8 @@
 //! wgpu (WGSL) vs flex (CPU) parity: same weights, same input, the UNet's forward output and its
 //! gradients agree. On a machine without a GPU this runs on Mesa's lavapipe (software Vulkan),
-//! which `.ci/run` installs. Set DIFFNAS_SKIP_WGPU=1 to skip where no adapter exists.
+//! which `.ci/run` installs. Set DIFFNAS_SKIP_WGPU=1 to skip where no adapter exists. Training
+//! runs Burn's convolution on both backends; inference on wgpu runs the im2col + matmul one
+//! (`model::conv`), so the inference check is also a parity test of that path on a GPU backend.
 //!
 //! Tolerance: max |wgpu - flex| <= 1e-4 * max |flex| + 1e-9 for every compared tensor (f32 with
 //! different summation orders in convolutions, matmuls and reductions). Measured on lavapipe:
@@ -18,6 +20,11 @@ use rand::rngs::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 fn wgpu_device() -> Option<Device> {
+    // Autotune results outlive the run next to the build (CI keeps its target directory), so
+    // a later run does not re-tune every kernel on the software rasteriser.
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        diffnas::device::set_kernel_cache_dir(&std::path::PathBuf::from(dir).join("kernel-cache"));
+    }
     match select(DeviceChoice::Wgpu) {
         Ok(d) => {
             eprintln!("wgpu parity on {}", d.info);
@@ -93,6 +100,19 @@ fn unet_forward_and_gradients_match_flex() {
     check("grad stem.weight", &g1f, &g1w);
     check("grad middle attention qkv", &g2f, &g2w);
     check("grad decoder[2] conv1", &g3f, &g3w);
+
+    // Inference (no graph): wgpu takes the im2col + matmul convolution (`ConvAlgorithm::Auto`),
+    // flex Burn's own; the outputs must still agree.
+    let infer = |m: &Unet, device: &Device| {
+        let m = m.valid();
+        let x = tensor([4, 1, 16, 16], 1, device);
+        to_vec(m.forward(x, Tensor::<1>::from_floats(t, device)))
+    };
+    check(
+        "inference output (gemm convolution on wgpu)",
+        &infer(&mf, &flex),
+        &infer(&mw, &wgpu),
+    );
 }
 
 /// The FID Inception on wgpu against pytorch-fid's features (same fixture as the flex test).

@@ -10,6 +10,7 @@ use crate::device::{DeviceChoice, DeviceInfo, SelectedDevice};
 use crate::diffusion::{NoiseSchedule, SamplerKind, SamplingRun, make_sampler};
 use crate::genome::{Genome, cost};
 use crate::model::Unet;
+use crate::model::conv::{ConvAlgorithm, set_conv_algorithm};
 use crate::train::{EpsObjective, StepPhase, TrainConfig, optimizer_for, train_step_marked};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -57,6 +58,10 @@ pub struct BenchArgs {
     /// rate as a fraction of it. GPU backends only; takes a few seconds.
     #[arg(long)]
     pub peak: bool,
+    /// How convolutions run: `gemm` (im2col + matmul), `direct` (Burn's conv2d kernel) or
+    /// `auto` (gemm for sampling on GPU devices; direct for training and on the CPU).
+    #[arg(long, default_value = "auto", value_parser = ConvAlgorithm::NAMES)]
+    pub conv: String,
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -164,6 +169,9 @@ pub struct BenchReport {
     pub macs_per_image: u64,
     pub batch_size: usize,
     pub device: DeviceInfo,
+    /// The convolution algorithm asked for (`--conv`).
+    #[serde(default)]
+    pub conv: String,
     pub train: Option<TrainBench>,
     pub sample: Option<SampleBench>,
     pub extract: Option<ExtractBench>,
@@ -490,6 +498,8 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
     }
     let g = load_genome(&a.genome)?;
     let c = cost(&g).map_err(|e| user_err(e.to_string()))?;
+    let conv: ConvAlgorithm = a.conv.parse().map_err(user_err)?;
+    set_conv_algorithm(conv);
     let device = &selected.device;
     // First, so that a backend without the probe fails before minutes of benchmarking.
     let peak_gflops = if a.peak {
@@ -538,6 +548,7 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
         macs_per_image: c.macs,
         batch_size: a.batch_size,
         device: selected.info.clone(),
+        conv: conv.name().into(),
         train,
         sample,
         extract,

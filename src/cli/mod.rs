@@ -70,6 +70,14 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    #[cfg(feature = "kernel-cache")]
+    {
+        let dir = std::env::var_os("DIFFNAS_KERNEL_CACHE").map_or_else(
+            || eval_cmd::home().join("kernel-cache"),
+            std::path::PathBuf::from,
+        );
+        crate::device::set_kernel_cache_dir(&dir);
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -104,7 +104,7 @@ impl ResBlock {
 
     /// `x`: `[B, Cin, H, W]`, `emb`: `[B, temb]` (already through SiLU) -> `[B, Cout, H, W]`.
     pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = conv::forward(&self.conv1, silu(self.norm1.forward(x.clone())));
         let [b, c, _, _] = h.dims();
         let e = self.emb.forward(emb);
         let h = if self.scale_shift {
@@ -115,9 +115,9 @@ impl ResBlock {
         } else {
             silu(self.norm2.forward(h + e.reshape([b, c, 1, 1])))
         };
-        let h = self.conv2.forward(self.dropout.forward(h));
+        let h = conv::forward(&self.conv2, self.dropout.forward(h));
         let x = match &self.skip {
-            Some(skip) => skip.forward(x),
+            Some(skip) => conv::forward(skip, x),
             None => x,
         };
         x + h
@@ -151,10 +151,7 @@ impl AttentionBlock {
         let (nh, l) = (self.heads, h * w);
         let dh = c / nh;
         // [B, 3C, H, W] -> [B, 3, heads, dh, L] -> three [B, heads, L, dh]
-        let qkv = self
-            .qkv
-            .forward(self.norm.forward(x.clone()))
-            .reshape([b, 3, nh, dh, l]);
+        let qkv = conv::forward(&self.qkv, self.norm.forward(x.clone())).reshape([b, 3, nh, dh, l]);
         let part = |i: usize| {
             qkv.clone()
                 .narrow(1, i, 1)
@@ -170,7 +167,7 @@ impl AttentionBlock {
             AttentionModuleOptions::default(),
         ); // [B, heads, L, dh]
         let out = out.swap_dims(2, 3).reshape([b, c, h, w]);
-        x + self.proj.forward(out)
+        x + conv::forward(&self.proj, out)
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod blocks;
 pub mod bundle;
+pub mod conv;
 
 pub use blocks::{AttentionBlock, ResBlock, TimeEmbedding, UnetBlock};
 
@@ -178,7 +179,7 @@ impl Unet {
 
     fn run(&self, x: Tensor<4>, t: Tensor<1>, mut trace: Option<&mut Vec<BlockIo>>) -> Tensor<4> {
         let emb = self.embed(t);
-        let mut h = self.stem.forward(x);
+        let mut h = conv::forward(&self.stem, x);
         let mut skips = vec![h.clone()];
         let mut record =
             |id: BlockId, input: Tensor<4>, used: Vec<Tensor<4>>, out: &[Tensor<4>]| {
@@ -210,19 +211,19 @@ impl Unet {
                 BlockId::Encoder(l) => {
                     skips.extend(outs);
                     if let Some(down) = &self.encoder[l].down {
-                        h = down.forward(h);
+                        h = conv::forward(down, h);
                         skips.push(h.clone());
                     }
                 }
                 BlockId::Middle => {}
                 BlockId::Decoder(d) => {
                     if let Some(up) = &self.decoder[d].up {
-                        h = up.forward(upsample_nearest2(h));
+                        h = conv::forward(up, upsample_nearest2(h));
                     }
                 }
             }
         }
-        self.head_conv.forward(silu(self.head_norm.forward(h)))
+        conv::forward(&self.head_conv, silu(self.head_norm.forward(h)))
     }
 }
 

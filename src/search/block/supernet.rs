@@ -5,12 +5,12 @@
 
 use super::{BlockSpace, Path};
 use crate::genome::{Genome, ResBlockGene};
+use crate::model::conv::{self, conv2d};
 use crate::model::{AttentionBlock, BlockId, ResBlock, Unet, block_forward};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::silu;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
@@ -87,7 +87,7 @@ impl SuperResBlock {
             conv_opts(k[1]),
         );
         let x = match &self.skip {
-            Some(s) => s.forward(x),
+            Some(s) => conv::forward(s, x),
             None => x,
         };
         x + h
