@@ -199,19 +199,31 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
     }
 }
 
-/// Where CubeCL keeps autotune results and device probes between processes (feature
-/// `kernel-cache`). CubeCL's own default is `target/environment` under the outermost
-/// `Cargo.toml` above the working directory, which scatters the cache over whatever project a
-/// user runs from and loses it in a fresh clone; a `cubecl.toml` that names a path still wins.
-/// Call before the first device is created. Returns false when CubeCL's configuration was
-/// already fixed (then nothing changes).
+/// Where CubeCL keeps autotune results, compiled kernels and device probes between processes
+/// (feature `kernel-cache`): `<dir>/default.db`. CubeCL's own default is `target/environment`
+/// under the outermost `Cargo.toml` above the working directory, else the user cache
+/// directory, which scatters the cache over whatever project a user runs from and loses it in a
+/// fresh clone. A `cubecl.toml` that names a directory still wins. Best called before the first
+/// device is created; later, it moves every store from then on.
 #[cfg(feature = "kernel-cache")]
-pub fn set_kernel_cache_dir(dir: &std::path::Path) -> bool {
+pub fn set_kernel_cache_dir(dir: &std::path::Path) {
     use cubecl_runtime::config::cache::CacheConfig;
     use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
     let mut cfg = CubeClRuntimeConfig::from_current_dir().override_from_env();
-    if matches!(cfg.environment.path, CacheConfig::Target) {
-        cfg.environment.path = CacheConfig::Directory(dir.to_path_buf());
+    // The built-in defaults (Target, Global) are ours to move; a directory a user named is not.
+    let is_default = |c: &CacheConfig| matches!(c, CacheConfig::Target | CacheConfig::Global);
+    if !is_default(&cfg.environment.path) {
+        return;
     }
-    CubeClRuntimeConfig::try_set(cfg)
+    cfg.environment.path = CacheConfig::Directory(dir.to_path_buf());
+    // Installing the configuration points the environment root at `dir` (CubeCL does that when a
+    // configuration is loaded); if one was loaded already, move the root directly.
+    if !CubeClRuntimeConfig::try_set(cfg)
+        && matches!(
+            CubeClRuntimeConfig::get().environment.path,
+            CacheConfig::Target
+        )
+    {
+        cubecl_environment::environment::set_root(dir);
+    }
 }

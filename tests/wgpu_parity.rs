@@ -22,6 +22,7 @@ use rand_distr::{Distribution, StandardNormal};
 fn wgpu_device() -> Option<Device> {
     // Autotune results outlive the run next to the build (CI keeps its target directory), so
     // a later run does not re-tune every kernel on the software rasteriser.
+    #[cfg(feature = "kernel-cache")]
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         diffnas::device::set_kernel_cache_dir(&std::path::PathBuf::from(dir).join("kernel-cache"));
     }
