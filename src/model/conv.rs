@@ -22,62 +22,52 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which implementation computes a convolution's forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum ConvAlgorithm {
     /// `Gemm` on GPU devices outside a recorded autodiff graph (sampling, teachers, metric
     /// features); `Direct` for training and on the CPU.
-    Auto,
+    Auto = 0,
     /// Burn's `conv2d` (and whatever kernel its backend picks).
-    Direct,
+    Direct = 1,
     /// im2col by strided slices + one batched matmul.
-    Gemm,
+    Gemm = 2,
 }
 
 impl ConvAlgorithm {
+    /// Every algorithm, indexed by its discriminant.
+    pub const ALL: [ConvAlgorithm; 3] = [Self::Auto, Self::Direct, Self::Gemm];
     pub const NAMES: [&'static str; 3] = ["auto", "direct", "gemm"];
 
     pub fn name(self) -> &'static str {
-        match self {
-            ConvAlgorithm::Auto => "auto",
-            ConvAlgorithm::Direct => "direct",
-            ConvAlgorithm::Gemm => "gemm",
-        }
+        Self::NAMES[self as usize]
     }
 }
 
 impl std::str::FromStr for ConvAlgorithm {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(ConvAlgorithm::Auto),
-            "direct" => Ok(ConvAlgorithm::Direct),
-            "gemm" => Ok(ConvAlgorithm::Gemm),
-            other => Err(format!(
-                "unknown convolution algorithm {other:?} (expected one of {})",
-                ConvAlgorithm::NAMES.join(", ")
-            )),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown convolution algorithm {s:?} (expected one of {})",
+                    Self::NAMES.join(", ")
+                )
+            })
     }
 }
 
-static ALGORITHM: AtomicU8 = AtomicU8::new(0);
+static ALGORITHM: AtomicU8 = AtomicU8::new(ConvAlgorithm::Auto as u8);
 
 /// Sets the convolution algorithm of every model in this process (default `Auto`).
 pub fn set_conv_algorithm(a: ConvAlgorithm) {
-    let v = match a {
-        ConvAlgorithm::Auto => 0,
-        ConvAlgorithm::Direct => 1,
-        ConvAlgorithm::Gemm => 2,
-    };
-    ALGORITHM.store(v, Ordering::Relaxed);
+    ALGORITHM.store(a as u8, Ordering::Relaxed);
 }
 
 /// The algorithm set by [`set_conv_algorithm`].
 pub fn conv_algorithm() -> ConvAlgorithm {
-    match ALGORITHM.load(Ordering::Relaxed) {
-        1 => ConvAlgorithm::Direct,
-        2 => ConvAlgorithm::Gemm,
-        _ => ConvAlgorithm::Auto,
-    }
+    ConvAlgorithm::ALL[ALGORITHM.load(Ordering::Relaxed) as usize]
 }
 
 /// `conv.forward(x)` by the process's algorithm.
@@ -119,7 +109,8 @@ pub fn conv2d(
         // matmul, while the backward of the explicit im2col (nine strided-slice scatters and
         // the columns kept for the weight gradient) measured slower than the direct forward
         // it saves (ddpm-cifar10, batch 128, H100: 65 vs 112 training images/s).
-        ConvAlgorithm::Auto => on_gpu(&x) && !x.is_tracked() && !weight.is_tracked(),
+        // The cheap graph checks first: asking the device who it is takes a lock.
+        ConvAlgorithm::Auto => !x.is_tracked() && !weight.is_tracked() && on_gpu(&x),
     };
     if gemm && options.groups == 1 && options.dilation == [1, 1] {
         conv2d_gemm(x, weight, bias, options.stride, options.padding)
