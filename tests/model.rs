@@ -76,15 +76,25 @@ fn save_and_load_round_trip() {
     drop(other);
 }
 
-/// The im2col + matmul convolution (the GPU default) against Burn's own `conv2d` on flex:
-/// outputs and the gradients of input, weights and bias, over kernel sizes, strides and
-/// paddings the UNets use (and a valid, unpadded one).
+/// The convolution's lowerings against Burn's own `conv2d` on flex: outputs and the gradients of
+/// input, weights and bias, over kernel sizes, strides and paddings the UNets use (and a valid,
+/// unpadded one). `gemm` is the tensor-op im2col; `im2col` is the backend-extension op whose
+/// autodiff node (one node, Burn's gradients) is what GPU training runs; on flex its forward is
+/// Burn's, so this checks the node's wiring: every gradient reaches its own input.
 #[test]
-fn gemm_convolution_matches_burn_conv2d_forward_and_gradients() {
+fn convolution_lowerings_match_burn_conv2d_forward_and_gradients() {
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
     use diffnas::model::conv::conv2d_gemm;
     let device = Device::flex().autodiff();
+    type Conv = fn(Tensor<4>, Tensor<4>, Tensor<1>, usize, usize) -> Tensor<4>;
+    let mut lowerings: Vec<(&str, Conv)> = vec![("gemm", |x, w, b, s, p| {
+        conv2d_gemm(x, w, Some(b), [s, s], [(p, p), (p, p)])
+    })];
+    #[cfg(feature = "gpu-kernels")]
+    lowerings.push(("im2col", |x, w, b, s, p| {
+        diffnas::model::im2col::conv2d(x, w, Some(b), ConvOptions::new([s, s], [p, p], [1, 1], 1))
+    }));
     // (cin, cout, k, stride, padding, h, w)
     let cases = [
         (3, 5, 3, 1, 1, 7, 6),
@@ -95,61 +105,49 @@ fn gemm_convolution_matches_burn_conv2d_forward_and_gradients() {
         (5, 2, 3, 1, 0, 6, 5),
     ];
     for (n, &(cin, cout, k, s, p, h, w)) in cases.iter().enumerate() {
-        let x = Tensor::<4>::random([2, cin, h, w], Distribution::Normal(0.0, 1.0), &device)
-            .require_grad();
-        let wt = Tensor::<4>::random([cout, cin, k, k], Distribution::Normal(0.0, 0.5), &device)
-            .require_grad();
-        let b = Tensor::<1>::random([cout], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let x = Tensor::<4>::random([2, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let wt = Tensor::<4>::random([cout, cin, k, k], Distribution::Normal(0.0, 0.5), &device);
+        let b = Tensor::<1>::random([cout], Distribution::Normal(0.0, 1.0), &device);
         // A fixed random cotangent, so every output element's gradient path is exercised.
-        let ct_dims = {
-            let o = |d: usize| (d + 2 * p - k) / s + 1;
-            [2, cout, o(h), o(w)]
-        };
-        let ct = Tensor::<4>::random(ct_dims, Distribution::Normal(0.0, 1.0), &device);
-        let reference = conv2d(
-            x.clone(),
-            wt.clone(),
-            Some(b.clone()),
-            ConvOptions::new([s, s], [p, p], [1, 1], 1),
+        let o = |d: usize| (d + 2 * p - k) / s + 1;
+        let ct = Tensor::<4>::random(
+            [2, cout, o(h), o(w)],
+            Distribution::Normal(0.0, 1.0),
+            &device,
         );
-        let ours = conv2d_gemm(
-            x.clone(),
-            wt.clone(),
-            Some(b.clone()),
-            [s, s],
-            [(p, p), (p, p)],
-        );
-        assert_eq!(ours.dims(), reference.dims(), "case {n}: shape");
-        let close = |a: Vec<f32>, r: Vec<f32>, what: &str| {
-            let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-            let d = crate::common::max_abs_diff(&a, &r);
-            assert!(
-                d <= 1e-5 * scale,
-                "case {n} {what}: max diff {d} of scale {scale}"
+        // Output and the three gradients of `conv`.
+        let run = |conv: Conv| {
+            let (x, wt, b) = (
+                x.clone().require_grad(),
+                wt.clone().require_grad(),
+                b.clone().require_grad(),
             );
+            let y = conv(x.clone(), wt.clone(), b.clone(), s, p);
+            let g = (y.clone() * ct.clone()).sum().backward();
+            [
+                to_vec(y.inner()),
+                to_vec(x.grad(&g).unwrap()),
+                to_vec(wt.grad(&g).unwrap()),
+                to_vec(b.grad(&g).unwrap()),
+            ]
         };
-        close(
-            to_vec(ours.clone().inner()),
-            to_vec(reference.clone().inner()),
-            "output",
-        );
-        let g_ref = (reference * ct.clone()).sum().backward();
-        let g_ours = (ours * ct).sum().backward();
-        close(
-            to_vec(x.grad(&g_ours).unwrap()),
-            to_vec(x.grad(&g_ref).unwrap()),
-            "input grad",
-        );
-        close(
-            to_vec(wt.grad(&g_ours).unwrap()),
-            to_vec(wt.grad(&g_ref).unwrap()),
-            "weight grad",
-        );
-        close(
-            to_vec(b.grad(&g_ours).unwrap()),
-            to_vec(b.grad(&g_ref).unwrap()),
-            "bias grad",
-        );
+        let reference =
+            run(|x, w, b, s, p| conv2d(x, w, Some(b), ConvOptions::new([s, s], [p, p], [1, 1], 1)));
+        for &(name, conv) in &lowerings {
+            let ours = run(conv);
+            for (what, (a, r)) in ["output", "input grad", "weight grad", "bias grad"]
+                .iter()
+                .zip(ours.iter().zip(&reference))
+            {
+                assert_eq!(a.len(), r.len(), "case {n} {name} {what}: size");
+                let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let d = crate::common::max_abs_diff(a, r);
+                assert!(
+                    d <= 1e-5 * scale,
+                    "case {n} {name} {what}: max diff {d} of scale {scale}"
+                );
+            }
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! wgpu (WGSL) vs flex (CPU) parity: same weights, same input, the UNet's forward output and its
 //! gradients agree. On a machine without a GPU this runs on Mesa's lavapipe (software Vulkan),
-//! which `.ci/run` installs. Set DIFFNAS_SKIP_WGPU=1 to skip where no adapter exists. Training
-//! runs Burn's convolution on both backends; inference on wgpu runs the im2col + matmul one
-//! (`model::conv`), so the inference check is also a parity test of that path on a GPU backend.
+//! which `.ci/run` installs. Set DIFFNAS_SKIP_WGPU=1 to skip where no adapter exists. On wgpu the
+//! UNet's convolutions run our im2col kernel (`model::im2col`), on flex Burn's `conv2d`, so these
+//! are also the parity tests of that kernel, forward and through its autodiff node.
 //!
 //! Tolerance: max |wgpu - flex| <= 1e-4 * max |flex| + 1e-9 for every compared tensor (f32 with
 //! different summation orders in convolutions, matmuls and reductions). Measured on lavapipe:
@@ -102,18 +102,91 @@ fn unet_forward_and_gradients_match_flex() {
     check("grad middle attention qkv", &g2f, &g2w);
     check("grad decoder[2] conv1", &g3f, &g3w);
 
-    // Inference (no graph): wgpu takes the im2col + matmul convolution (`ConvAlgorithm::Auto`),
-    // flex Burn's own; the outputs must still agree.
+    // Inference (no graph, so no autodiff node around the kernel): still the same output.
     let infer = |m: &Unet, device: &Device| {
         let m = m.valid();
         let x = tensor([4, 1, 16, 16], 1, device);
         to_vec(m.forward(x, Tensor::<1>::from_floats(t, device)))
     };
-    check(
-        "inference output (gemm convolution on wgpu)",
-        &infer(&mf, &flex),
-        &infer(&mw, &wgpu),
+    check("inference output", &infer(&mf, &flex), &infer(&mw, &wgpu));
+}
+
+/// The im2col kernel alone, on the shapes a UNet does not reach: a 5x5, dilation, asymmetric
+/// padding, a strided (permuted) input, several batch chunks (a column budget of one image),
+/// and a grouped convolution (which the kernel hands to Burn). Output and all three gradients
+/// against flex's `conv2d`.
+#[cfg(feature = "gpu-kernels")]
+#[test]
+fn im2col_convolution_matches_flex_conv2d() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use diffnas::model::im2col;
+    let Some(wgpu) = wgpu_device() else { return };
+    let flex = Device::flex();
+    // (cin, cout, k, stride, padding [(t, b), (l, r)], dilation, groups, permuted input)
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        [(usize, usize); 2],
+        usize,
+        usize,
+        bool,
     );
+    let cases: [Case; 5] = [
+        (3, 8, 3, 1, [(1, 1), (1, 1)], 1, 1, false),
+        (4, 5, 5, 2, [(2, 1), (0, 2)], 1, 1, false),
+        (6, 4, 3, 1, [(2, 2), (2, 2)], 2, 1, true),
+        (4, 6, 1, 1, [(0, 0), (0, 0)], 1, 1, true),
+        (4, 6, 3, 1, [(1, 1), (1, 1)], 1, 2, false),
+    ];
+    for (n, &(cin, cout, k, s, padding, d, groups, permuted)) in cases.iter().enumerate() {
+        let run = |device: &Device, ours: bool| {
+            let ad = device.clone().autodiff();
+            let x = tensor([3, cin, 9, 7], 10 + n as u64, &ad);
+            // The same values, stored [B, H, W, C] and viewed as [B, C, H, W].
+            let x = if permuted {
+                let x = Tensor::<4>::from_data(x.permute([0, 2, 3, 1]).into_data(), &ad);
+                x.permute([0, 3, 1, 2])
+            } else {
+                x
+            }
+            .require_grad();
+            let w = tensor([cout, cin / groups, k, k], 20 + n as u64, &ad).require_grad();
+            let b = tensor([1, 1, 1, cout], 30 + n as u64, &ad)
+                .reshape([cout])
+                .require_grad();
+            let options = ConvOptions::new_with_padding([s, s], padding, [d, d], groups);
+            let y = if ours {
+                im2col::conv2d(x.clone(), w.clone(), Some(b.clone()), options)
+            } else {
+                conv2d(x.clone(), w.clone(), Some(b.clone()), options)
+            };
+            let ct = tensor(y.dims(), 40 + n as u64, &ad);
+            let g = (y.clone() * ct).sum().backward();
+            [
+                to_vec(y.inner()),
+                to_vec(x.grad(&g).unwrap()),
+                to_vec(w.grad(&g).unwrap()),
+                to_vec(b.grad(&g).unwrap()),
+            ]
+        };
+        // One image's columns per chunk: three chunks for the batch of three.
+        im2col::set_column_budget(if n == 1 {
+            1
+        } else {
+            im2col::DEFAULT_COLUMN_BYTES
+        });
+        let (f, w) = (run(&flex, false), run(&wgpu, true));
+        for (what, (f, w)) in ["output", "input grad", "weight grad", "bias grad"]
+            .iter()
+            .zip(f.iter().zip(&w))
+        {
+            check(&format!("im2col case {n} {what}"), f, w);
+        }
+    }
+    im2col::set_column_budget(im2col::DEFAULT_COLUMN_BYTES);
 }
 
 /// The FID Inception on wgpu against pytorch-fid's features (same fixture as the flex test).

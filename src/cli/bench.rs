@@ -58,8 +58,9 @@ pub struct BenchArgs {
     /// rate as a fraction of it. GPU backends only; takes a few seconds.
     #[arg(long)]
     pub peak: bool,
-    /// How convolutions run: `gemm` (im2col + matmul), `direct` (Burn's conv2d kernel) or
-    /// `auto` (gemm for sampling on GPU devices; direct for training and on the CPU).
+    /// How convolutions run: `im2col` (our im2col kernel + matmul forward, Burn's gradients
+    /// backward), `gemm` (the same lowering as plain tensor ops), `direct` (Burn's conv2d) or
+    /// `auto` (im2col on GPU devices, direct on the CPU).
     #[arg(long, default_value = "auto", value_parser = ConvAlgorithm::NAMES)]
     pub conv: String,
     /// Also write the JSON report to this file.

@@ -2,17 +2,23 @@
 //! between a direct kernel and tensor-core implicit GEMMs; with f32 on wgpu no tensor-core path
 //! exists, so every dense `k x k` forward convolution lands on the direct kernel, which a kernel
 //! profile of `ddpm-cifar10` at batch 128 on an H100 put at 73% of all device time (the backward
-//! passes already use im2col + matmul). [`ConvAlgorithm::Gemm`] computes the same convolution as
-//! an explicit im2col (one strided slice per filter tap, concatenated along channels) and one
-//! batched matmul, so the tuned matmul kernels do the arithmetic forward and backward; autodiff
-//! differentiates through the slices, the concatenation and the matmul.
+//! passes already use im2col + matmul).
 //!
-//! Measured on that H100 (wgpu on Vulkan): sampling went from 183 to 807 image-steps/s, but
-//! training fell from 112 to 65 images/s, since the backward of the explicit im2col costs more
-//! than the direct forward it replaces. The choice is process-wide ([`set_conv_algorithm`]);
-//! [`ConvAlgorithm::Auto`], the default, takes `Gemm` on GPU devices when no gradient is being
-//! recorded, and Burn's kernel for training and on the CPU (`flex`, whose own convolution is
-//! already a GEMM). Weights, their layout and the parameter count are the same either way.
+//! Three implementations, chosen process-wide ([`set_conv_algorithm`]):
+//! - [`ConvAlgorithm::Im2col`]: [`super::im2col`], our im2col kernel + Burn's matmul forward and
+//!   Burn's gradients backward, one autodiff node. Needs a GPU backend feature; elsewhere (and
+//!   on `flex`) it is Burn's `conv2d`.
+//! - [`ConvAlgorithm::Gemm`]: the same lowering as plain tensor ops ([`conv2d_gemm`]: one strided
+//!   slice per filter tap, a concatenation, one batched matmul) that autodiff differentiates op
+//!   by op. Runs on every backend; it is the reference the kernel is tested against. Measured on
+//!   an H100 (wgpu on Vulkan, ddpm-cifar10, batch 128): sampling 183 -> 807 image-steps/s, but
+//!   training 112 -> 65 images/s, because the backward of the slices costs more than the direct
+//!   forward it replaces.
+//! - [`ConvAlgorithm::Direct`]: Burn's `conv2d`.
+//!
+//! [`ConvAlgorithm::Auto`], the default, takes `Im2col` on GPU devices and `Direct` on the CPU
+//! (`flex`, whose own convolution is already a GEMM). Weights, their layout and the parameter
+//! count are the same either way.
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -24,19 +30,20 @@ use std::sync::atomic::{AtomicU8, Ordering};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ConvAlgorithm {
-    /// `Gemm` on GPU devices outside a recorded autodiff graph (sampling, teachers, metric
-    /// features); `Direct` for training and on the CPU.
+    /// `Im2col` on GPU devices, `Direct` on the CPU.
     Auto = 0,
     /// Burn's `conv2d` (and whatever kernel its backend picks).
     Direct = 1,
-    /// im2col by strided slices + one batched matmul.
+    /// im2col by strided slices + one batched matmul, as tensor ops.
     Gemm = 2,
+    /// Our im2col kernel + matmul forward, Burn's gradients backward.
+    Im2col = 3,
 }
 
 impl ConvAlgorithm {
     /// Every algorithm, indexed by its discriminant.
-    pub const ALL: [ConvAlgorithm; 3] = [Self::Auto, Self::Direct, Self::Gemm];
-    pub const NAMES: [&'static str; 3] = ["auto", "direct", "gemm"];
+    pub const ALL: [ConvAlgorithm; 4] = [Self::Auto, Self::Direct, Self::Gemm, Self::Im2col];
+    pub const NAMES: [&'static str; 4] = ["auto", "direct", "gemm", "im2col"];
 
     pub fn name(self) -> &'static str {
         Self::NAMES[self as usize]
@@ -102,32 +109,30 @@ pub fn conv2d(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    let gemm = match conv_algorithm() {
-        ConvAlgorithm::Direct => false,
-        ConvAlgorithm::Gemm => true,
-        // Training (a recorded graph) keeps Burn's kernel: its backward is already im2col +
-        // matmul, while the backward of the explicit im2col (nine strided-slice scatters and
-        // the columns kept for the weight gradient) measured slower than the direct forward
-        // it saves (ddpm-cifar10, batch 128, H100: 65 vs 112 training images/s).
-        // The cheap graph checks first: asking the device who it is takes a lock.
-        ConvAlgorithm::Auto => !x.is_tracked() && !weight.is_tracked() && on_gpu(&x),
+    let algorithm = match conv_algorithm() {
+        ConvAlgorithm::Auto if on_gpu(&x) => ConvAlgorithm::Im2col,
+        ConvAlgorithm::Auto => ConvAlgorithm::Direct,
+        a => a,
     };
-    if gemm && options.groups == 1 && options.dilation == [1, 1] {
-        conv2d_gemm(x, weight, bias, options.stride, options.padding)
-    } else {
-        burn::tensor::module::conv2d(x, weight, bias, options)
+    match algorithm {
+        ConvAlgorithm::Gemm if options.groups == 1 && options.dilation == [1, 1] => {
+            conv2d_gemm(x, weight, bias, options.stride, options.padding)
+        }
+        #[cfg(feature = "gpu-kernels")]
+        ConvAlgorithm::Im2col => super::im2col::conv2d(x, weight, bias, options),
+        _ => burn::tensor::module::conv2d(x, weight, bias, options),
     }
 }
 
 /// A device that reports an identity is a CubeCL device (wgpu, Vulkan, CUDA, ...); `flex`
 /// reports none.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[cfg(feature = "gpu-kernels")]
 fn on_gpu(x: &Tensor<4>) -> bool {
     x.device().identity().is_some()
 }
 
 /// Built without a GPU backend of its own (the browser crate decides for itself).
-#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+#[cfg(not(feature = "gpu-kernels"))]
 fn on_gpu(_: &Tensor<4>) -> bool {
     false
 }

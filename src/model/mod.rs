@@ -5,6 +5,8 @@
 mod blocks;
 pub mod bundle;
 pub mod conv;
+#[cfg(feature = "gpu-kernels")]
+pub mod im2col;
 
 pub use blocks::{AttentionBlock, ResBlock, TimeEmbedding, UnetBlock};
 
