@@ -53,6 +53,7 @@ PRESETS = {
         # A software rasteriser (lavapipe) runs the WGSL path at a few image-steps per second:
         # the smallest cases only, with fewer steps.
         limits={"wgpu": dict(batches=[8], steps=(3, 5), genomes=["tiny", "fmnist-evolution-best"])},
+        convs=["auto"],
     ),
     "gpu": dict(
         genomes=["tiny", "examples/bench/genomes/fmnist-evolution-best.json", "ddpm-cifar10"],
@@ -64,6 +65,8 @@ PRESETS = {
         sample_evals=20,
         small_steps={},
         limits={},
+        # Burn's convolution against ours, so one run shows the before and the after.
+        convs=["direct", "im2col"],
     ),
 }
 
@@ -116,6 +119,8 @@ def main():
     ap.add_argument("--genomes", help="comma-separated presets or genome JSON files (overrides the preset's)")
     ap.add_argument("--batch-sizes", help="comma-separated batch sizes for every genome (overrides)")
     ap.add_argument("--diffnas-devices", help="comma-separated: flex, wgpu, vulkan, cuda (overrides)")
+    ap.add_argument("--convs", help="comma-separated `diffnas bench --conv` algorithms for the GPU devices "
+                    "(auto, direct, gemm, im2col), one row each; flex always runs auto")
     ap.add_argument("--torch-configs", help="comma-separated mode:precision, e.g. eager:f32,compile:tf32")
     ap.add_argument("--train-steps", type=int)
     ap.add_argument("--sample-evals", type=int)
@@ -135,6 +140,10 @@ def main():
     genomes = a.genomes.split(",") if a.genomes else p["genomes"]
     devices = a.diffnas_devices.split(",") if a.diffnas_devices else p["diffnas"]
     tconfigs = [tuple(c.split(":")) for c in a.torch_configs.split(",")] if a.torch_configs else p["torch"]
+    convs = a.convs.split(",") if a.convs else p["convs"]
+    for c in convs:
+        if c not in ("auto", "direct", "gemm", "im2col"):
+            sys.exit(f"--convs: unknown convolution algorithm {c!r} (auto, direct, gemm, im2col)")
     out = a.out or os.path.join(ROOT, "bench-results", a.preset)
     os.makedirs(out, exist_ok=True)
     if not os.access(a.diffnas, os.X_OK):
@@ -161,21 +170,24 @@ def main():
             runs = []
             for d in devices:
                 binary = binaries[d]
-                name = f"{short(genome)}-b{b}-diffnas-{d}"
                 lim = p["limits"].get(d, {})
                 if b not in lim.get("batches", [b]) or short(genome) not in lim.get("genomes", [short(genome)]):
                     continue
                 d_steps, d_evals = lim.get("steps", (steps, evals))
-                if not os.access(binary, os.X_OK):
-                    runs.append(dict(name=name, impl=f"diffnas {d}", error=f"no binary at {binary}"))
-                    continue
-                dev = {"vulkan": "wgpu"}.get(d, d)
-                cmd = [binary, "bench", "--genome", gfile, "--batch-size", str(b), "--device", dev,
-                       "--train-steps", str(d_steps), "--sample-evals", str(d_evals), "--warmup", str(a.warmup),
-                       "--json", os.path.join(out, name + ".json")]
-                if d != "flex":
-                    cmd.append("--peak")
-                runs.append(dict(name=name, impl=f"diffnas {d}", cmd=cmd))
+                for conv in (["auto"] if d == "flex" else convs):
+                    suffix = "" if conv == "auto" else f"-{conv}"
+                    name = f"{short(genome)}-b{b}-diffnas-{d}{suffix}"
+                    impl = f"diffnas {d}" + ("" if conv == "auto" else f" conv={conv}")
+                    if not os.access(binary, os.X_OK):
+                        runs.append(dict(name=name, impl=impl, error=f"no binary at {binary}"))
+                        continue
+                    dev = {"vulkan": "wgpu"}.get(d, d)
+                    cmd = [binary, "bench", "--genome", gfile, "--batch-size", str(b), "--device", dev,
+                           "--train-steps", str(d_steps), "--sample-evals", str(d_evals), "--warmup", str(a.warmup),
+                           "--conv", conv, "--json", os.path.join(out, name + ".json")]
+                    if d != "flex":
+                        cmd.append("--peak")
+                    runs.append(dict(name=name, impl=impl, cmd=cmd))
             for mode, prec in tconfigs:
                 name = f"{short(genome)}-b{b}-torch-{mode}-{prec}"
                 cmd = [a.python, os.path.join(HERE, "torch_reference.py"), "--genome", gfile, "--batch-size", str(b),

@@ -50,7 +50,8 @@ pub const DEFAULT_COLUMN_BYTES: usize = 256 << 20;
 static COLUMN_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_COLUMN_BYTES);
 
 /// Sets the column budget of every convolution in this process (at least one image's columns
-/// are always built at once). Lower it on a GPU with little memory.
+/// are always built at once, and never more than the device's largest buffer). Lower it on a
+/// GPU with little memory.
 pub fn set_column_budget(bytes: usize) {
     COLUMN_BYTES.store(bytes, Ordering::Relaxed);
 }
@@ -181,7 +182,9 @@ impl<B: Im2colConv, C: CheckpointStrategy> Im2colConv for Autodiff<B, C> {
 
 impl Im2colConv for CubeBackend {
     fn conv2d_im2col(x: CubeTensor, weight: CubeTensor, options: ConvOptions<2>) -> CubeTensor {
-        if options.groups != 1 {
+        // Grouped (incl. depthwise) convolutions have their own kernels in Burn; an empty batch
+        // has nothing to lower.
+        if options.groups != 1 || x.shape()[0] == 0 {
             return Self::conv2d(x, weight, None, options);
         }
         let dtype = x.dtype;
@@ -197,7 +200,12 @@ impl Im2colConv for CubeBackend {
         // [Cout, Cin, KH, KW] -> [Cout, Cin*KH*KW]: the column index is (ci*KH + ky)*KW + kx.
         let weight = Self::float_reshape(weight, Shape::new([cout, k]));
         let per_image = (k * p * dtype.size()).max(1);
-        let chunk = (COLUMN_BYTES.load(Ordering::Relaxed) / per_image).clamp(1, b.max(1));
+        // Never more than one buffer may hold: WebGPU caps a storage binding at 128 MiB unless
+        // the page asks for more.
+        let max_buffer =
+            usize::try_from(x.client.properties().memory.max_page_size).unwrap_or(usize::MAX);
+        let budget = COLUMN_BYTES.load(Ordering::Relaxed).min(max_buffer);
+        let chunk = (budget / per_image).clamp(1, b);
 
         let mut outs = Vec::with_capacity(b.div_ceil(chunk));
         let mut start = 0;
