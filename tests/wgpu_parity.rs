@@ -202,3 +202,31 @@ fn inception_features_match_pytorch_fid_on_wgpu() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// The committed Fashion-MNIST model (28x28, attention at 7x7, trained weights) at one denoising
+/// input: wgpu inference against flex.
+///
+/// Fails on lavapipe: max |wgpu - flex| is 2% of max |flex| (one forward; `diffnas sample` on
+/// wgpu then differs from flex by up to 136 of 255 levels). Bisected with random weights: the
+/// same genome matches to 1e-6 at 16x16, but differs by about 3e-2 at 24x24, 28x28 and 32x32,
+/// with and without attention, with Burn's or our convolution, at any autotune level and batch
+/// size. The browser's WebGPU build (no fusion) agrees with flex on this model. Run with
+/// `cargo test --release -- --ignored trained_fmnist` while fixing it.
+#[test]
+#[ignore = "wgpu differs from flex by 2% above 16x16 (see the doc comment); open bug"]
+fn trained_fmnist_model_matches_flex() {
+    use diffnas::genome::Genome;
+    let Some(wgpu) = wgpu_device() else { return };
+    let flex = Device::flex();
+    let dir = std::path::Path::new("tests/fixtures/fmnist-tiny");
+    let g = Genome::from_json(&std::fs::read_to_string(dir.join("genome.json")).unwrap()).unwrap();
+    let run = |device: &Device| {
+        let m = Unet::new(&g, device)
+            .unwrap()
+            .try_load_file(&dir.join("ema.bpk"))
+            .unwrap();
+        let x = tensor([2, 1, 28, 28], 7, device);
+        to_vec(m.forward(x, Tensor::<1>::from_floats([999.0, 400.0], device)))
+    };
+    check("fmnist-tiny inference", &run(&flex), &run(&wgpu));
+}

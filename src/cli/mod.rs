@@ -78,6 +78,19 @@ pub fn main() -> i32 {
         );
         crate::device::set_kernel_cache_dir(&dir);
     }
+    // How every convolution in this process runs (`bench --conv` overrides it).
+    if let Some(v) = std::env::var_os("DIFFNAS_CONV") {
+        match v
+            .to_string_lossy()
+            .parse::<crate::model::conv::ConvAlgorithm>()
+        {
+            Ok(a) => crate::model::conv::set_conv_algorithm(a),
+            Err(e) => {
+                eprintln!("error: DIFFNAS_CONV: {e}");
+                return 2;
+            }
+        }
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
