@@ -227,44 +227,69 @@ fn trained_fmnist_model_matches_flex() {
     check("fmnist-tiny inference", &run(&flex), &run(&wgpu));
 }
 
-/// Attention on wgpu over strided q/k/v views, the way the UNet slices them out of one qkv
-/// convolution, at 16, 49 and 64 tokens: the matmul + softmax form the model uses against
-/// flex. Burn's fused `attention` is included to show why it is not used: at 49 and 64 tokens
-/// it is wrong on wgpu for these strided inputs (exact for contiguous ones). If a Burn upgrade
-/// fixes it, the `fused_ok` assertion fails, and it is time to switch back.
+/// The UNet's attention (`model::multi_head_attention`, strided q/k/v views of one qkv tensor)
+/// on wgpu against flex at 16, 49 and 64 tokens, and against a reference on flex built from
+/// contiguous per-head copies. Burn's fused `attention` is checked on the same strided views to
+/// show why it is not used: at 49 and 64 tokens it is wrong on wgpu (exact for contiguous
+/// inputs). If a Burn upgrade fixes it, the `fused_ok` assertion fails: time to switch back.
 #[test]
 fn strided_attention_matches_flex() {
     use burn::tensor::activation::softmax;
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
+    use diffnas::model::multi_head_attention;
     let Some(wgpu) = wgpu_device() else { return };
     let flex = Device::flex();
     let (b, nh, dh) = (2, 4, 24);
     let mut fused_ok = true;
     for l in [16, 49, 64] {
-        let run = |device: &Device, fused: bool| {
-            let qkv = tensor([b, 3 * nh * dh, l, 1], 1, device).reshape([b, 3, nh, dh, l]);
-            let part = |i: usize| {
-                qkv.clone()
-                    .narrow(1, i, 1)
-                    .reshape([b, nh, dh, l])
-                    .swap_dims(2, 3)
-            };
-            let (q, k, v) = (part(0), part(1), part(2));
-            to_vec(if fused {
-                attention(q, k, v, None, None, AttentionModuleOptions::default())
-            } else {
-                let w = softmax(q.matmul(k.swap_dims(2, 3)) * (dh as f64).powf(-0.5), 3);
-                w.matmul(v)
-            })
+        let qkv = |device: &Device| tensor([b, 3 * nh * dh, l, 1], 1, device);
+        let ours = |device: &Device| to_vec(multi_head_attention(qkv(device), nh));
+        // q, k, v as contiguous [B, heads, L, dh] tensors built from host data.
+        let heads = |i: usize| {
+            let v = to_vec(qkv(&flex));
+            let mut out = Vec::with_capacity(b * nh * l * dh);
+            for bi in 0..b {
+                for hi in 0..nh {
+                    for t in 0..l {
+                        for d in 0..dh {
+                            out.push(v[((bi * 3 + i) * nh * dh + hi * dh + d) * l + t]);
+                        }
+                    }
+                }
+            }
+            Tensor::<4>::from_data(TensorData::new(out, [b, nh, l, dh]), &flex)
         };
-        let reference = run(&flex, false);
+        let (q, k, v) = (heads(0), heads(1), heads(2));
+        let w = softmax(q.matmul(k.swap_dims(2, 3)) * (dh as f64).powf(-0.5), 3);
+        let reference = to_vec(w.matmul(v).swap_dims(2, 3).reshape([b, nh * dh, l, 1]));
         check(
-            &format!("matmul attention, {l} tokens"),
+            &format!("attention on flex, {l} tokens"),
             &reference,
-            &run(&wgpu, false),
+            &ours(&flex),
         );
-        let fused = run(&wgpu, true);
+        check(
+            &format!("attention on wgpu, {l} tokens"),
+            &reference,
+            &ours(&wgpu),
+        );
+
+        let x = qkv(&wgpu).reshape([b, 3, nh, dh, l]);
+        let part = |i: usize| {
+            x.clone()
+                .narrow(1, i, 1)
+                .reshape([b, nh, dh, l])
+                .swap_dims(2, 3)
+        };
+        let fused = attention(
+            part(0),
+            part(1),
+            part(2),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        );
+        let fused = to_vec(fused.swap_dims(2, 3).reshape([b, nh * dh, l, 1]));
         let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         fused_ok &= max_abs_diff(&reference, &fused) <= 1e-4 * scale;
     }

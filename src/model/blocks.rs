@@ -145,26 +145,33 @@ impl AttentionBlock {
 
     /// `[B, C, H, W] -> [B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let (nh, l) = (self.heads, h * w);
-        let dh = c / nh;
-        // [B, 3C, H, W] -> [B, 3, heads, dh, L] -> three [B, heads, L, dh]
-        let qkv = conv::forward(&self.qkv, self.norm.forward(x.clone())).reshape([b, 3, nh, dh, l]);
-        let part = |i: usize| {
-            qkv.clone()
-                .narrow(1, i, 1)
-                .reshape([b, nh, dh, l])
-                .swap_dims(2, 3)
-        };
-        // softmax(q k^T / sqrt(dh)) v as two matmuls. Not Burn's fused `attention`: on wgpu it
-        // returns wrong values when q, k and v are strided views like these (relative error
-        // above 1 at 49 or more tokens, exact at 16; `tests/wgpu_parity.rs`).
-        let (q, k, v) = (part(0), part(1), part(2));
-        let weights = softmax(q.matmul(k.swap_dims(2, 3)) * (dh as f64).powf(-0.5), 3);
-        let out = weights.matmul(v); // [B, heads, L, dh]
-        let out = out.swap_dims(2, 3).reshape([b, c, h, w]);
-        x + conv::forward(&self.proj, out)
+        let qkv = conv::forward(&self.qkv, self.norm.forward(x.clone()));
+        x + conv::forward(&self.proj, multi_head_attention(qkv, self.heads))
     }
+}
+
+/// Self-attention over pixels: `qkv` `[B, 3C, H, W]` (queries, keys, values stacked along
+/// channels, each split into `heads` heads) -> `[B, C, H, W]`.
+///
+/// `softmax(q k^T / sqrt(dh)) v` as two matmuls over strided views of `qkv`. Not Burn's fused
+/// `attention`: on wgpu it returns wrong values for strided inputs like these (relative error
+/// above 1 at 49 or more tokens, exact at 16; `tests/wgpu_parity.rs`).
+pub fn multi_head_attention(qkv: Tensor<4>, heads: usize) -> Tensor<4> {
+    let [b, c3, h, w] = qkv.dims();
+    let (c, l) = (c3 / 3, h * w);
+    let dh = c / heads;
+    // [B, 3C, H, W] -> [B, 3, heads, dh, L] -> three [B, heads, L, dh]
+    let qkv = qkv.reshape([b, 3, heads, dh, l]);
+    let part = |i: usize| {
+        qkv.clone()
+            .narrow(1, i, 1)
+            .reshape([b, heads, dh, l])
+            .swap_dims(2, 3)
+    };
+    let (q, k, v) = (part(0), part(1), part(2));
+    let weights = softmax(q.matmul(k.swap_dims(2, 3)) * (dh as f64).powf(-0.5), 3);
+    let out = weights.matmul(v); // [B, heads, L, dh]
+    out.swap_dims(2, 3).reshape([b, c, h, w])
 }
 
 /// A ResBlock optionally followed by self-attention (the unit a UNet level repeats).

@@ -8,7 +8,7 @@ pub mod conv;
 #[cfg(feature = "gpu-kernels")]
 pub mod im2col;
 
-pub use blocks::{AttentionBlock, ResBlock, TimeEmbedding, UnetBlock};
+pub use blocks::{AttentionBlock, ResBlock, TimeEmbedding, UnetBlock, multi_head_attention};
 
 use crate::diffusion::Denoiser;
 use crate::genome::{Genome, GenomeErrors, ImageSpec};
