@@ -58,6 +58,25 @@ fn genome_commands() {
     assert!(stderr(&o).contains("neither a preset"), "{}", stderr(&o));
     let o = run(&["train", "--data", "mnist", "--device", "flex"]);
     assert_eq!(o.status.code(), Some(2));
+
+    // DIFFNAS_CONV is checked before any command runs, and a bad value is named.
+    let o = diffnas()
+        .env("DIFFNAS_CONV", "winograd")
+        .args(["genome", "cost", "tiny"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("DIFFNAS_CONV") && stderr(&o).contains("\"winograd\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = diffnas()
+        .env("DIFFNAS_CONV", "direct")
+        .args(["genome", "cost", "tiny"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 /// A folder of 16x16 grayscale PNGs.
