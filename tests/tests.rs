@@ -17,4 +17,6 @@ mod search;
 mod train;
 mod trial;
 mod web;
+// Needs the wgpu backend: a CPU-only build (`--no-default-features --features cli`) has none.
+#[cfg(feature = "wgpu")]
 mod wgpu_parity;

@@ -373,6 +373,7 @@ fn memory_trace(t: &mut Trainer, device: &Device, steps: u64) -> MemoryReport {
 }
 
 /// The device's f32 FMA peak in GFLOP/s (None on backends without the probe, such as flex).
+#[cfg(feature = "gpu-kernels")]
 fn measure_peak(device: &Device) -> Option<f64> {
     use burn::tensor::{ThroughputKey, ThroughputMode};
     // The launch probe's element type is f32 (cubecl's default for non-compute modes), which
@@ -386,6 +387,13 @@ fn measure_peak(device: &Device) -> Option<f64> {
     };
     let stat = device.performance_stats(&[key]).into_iter().next()?;
     stat.value.ok().map(|v| v.ops_per_s() / 1e9)
+}
+
+/// A build without a GPU runtime (CPU-only: `--no-default-features --features cli`) has no
+/// probe to run.
+#[cfg(not(feature = "gpu-kernels"))]
+fn measure_peak(_device: &Device) -> Option<f64> {
+    None
 }
 
 fn bench_sample(

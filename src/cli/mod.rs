@@ -130,7 +130,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 
 fn devices() -> anyhow::Result<()> {
     let list = crate::device::adapters();
-    if list.is_empty() {
+    if !cfg!(feature = "wgpu") {
+        println!("this build has no wgpu backend (built without the `wgpu` feature): CPU only");
+    } else if list.is_empty() {
         println!("no wgpu adapters found");
     }
     for (i, a) in list.iter().enumerate() {
