@@ -162,3 +162,307 @@ fn conv_algorithm_names_parse_and_unknown_ones_are_named_in_the_error() {
     let e = "winograd".parse::<ConvAlgorithm>().unwrap_err();
     assert!(e.contains("\"winograd\"") && e.contains("gemm"), "{e}");
 }
+
+/// Largest |a - r| relative to the largest |r| (at least 1e-6).
+fn rel_diff(a: &[f32], r: &[f32]) -> f32 {
+    let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    crate::common::max_abs_diff(a, r) / scale
+}
+
+#[test]
+fn cpu_convolution_matches_burn_conv2d_forward_and_all_gradients() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use diffnas::model::cpu;
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    // (batch, cin, cout, kernel, stride, dilation, padding [(t, b), (l, r)], h, w, bias)
+    // bias: 0 none, 1 per channel, 2 per image.
+    #[allow(clippy::type_complexity)]
+    let cases: &[(
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [(usize, usize); 2],
+        usize,
+        usize,
+        u8,
+    )] = &[
+        (2, 3, 5, 3, 1, 1, [(1, 1), (1, 1)], 7, 6, 1),
+        (2, 4, 6, 1, 1, 1, [(0, 0), (0, 0)], 5, 5, 1),
+        (3, 4, 6, 5, 1, 1, [(2, 2), (2, 2)], 9, 7, 2),
+        (2, 3, 4, 3, 2, 1, [(1, 1), (1, 1)], 7, 8, 1),
+        (2, 2, 3, 1, 2, 1, [(0, 0), (0, 0)], 6, 6, 0),
+        (2, 5, 2, 3, 1, 1, [(0, 0), (0, 0)], 6, 5, 1),
+        (2, 3, 4, 3, 2, 1, [(0, 1), (1, 0)], 8, 9, 1),
+        (2, 2, 3, 3, 1, 2, [(2, 2), (2, 2)], 7, 7, 2),
+        (2, 3, 3, 5, 2, 1, [(2, 2), (2, 2)], 5, 5, 1),
+        // One image: the forward pass splits the image's rows over threads.
+        (1, 3, 4, 3, 1, 1, [(1, 1), (1, 1)], 11, 5, 1),
+        // More images than weight-gradient chunks: chunks of two images.
+        (11, 2, 3, 3, 1, 1, [(1, 1), (1, 1)], 5, 6, 2),
+        (2, 4, 3, 1, 1, 1, [(1, 1), (1, 1)], 4, 4, 1),
+    ];
+    for (n, &(batch, cin, cout, k, s, d, pad, h, w, bias)) in cases.iter().enumerate() {
+        let x = Tensor::<4>::random([batch, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let wt = Tensor::<4>::random([cout, cin, k, k], Distribution::Normal(0.0, 0.5), &device);
+        let bc = Tensor::<1>::random([cout], Distribution::Normal(0.0, 1.0), &device);
+        let bi = Tensor::<2>::random([batch, cout], Distribution::Normal(0.0, 1.0), &device);
+        let options = ConvOptions::new_with_padding([s, s], pad, [d, d], 1);
+        let oh = (h + pad[0].0 + pad[0].1 - d * (k - 1) - 1) / s + 1;
+        let ow = (w + pad[1].0 + pad[1].1 - d * (k - 1) - 1) / s + 1;
+        // A fixed random cotangent, so every output element's gradient path is exercised.
+        let ct = Tensor::<4>::random(
+            [batch, cout, oh, ow],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let run = |ours: bool, strided: bool| {
+            let (x, wt, bc, bi) = (
+                x.clone().require_grad(),
+                wt.clone().require_grad(),
+                bc.clone().require_grad(),
+                bi.clone().require_grad(),
+            );
+            // The same values as a strided view, as a permuted activation arrives.
+            let xin = if strided {
+                (x.clone().swap_dims(2, 3) * 1.0).swap_dims(2, 3)
+            } else {
+                x.clone()
+            };
+            let y = match (ours, bias) {
+                (true, 0) => cpu::conv2d(xin, wt.clone(), None, options.clone()),
+                (true, 1) => cpu::conv2d(xin, wt.clone(), Some(bc.clone()), options.clone()),
+                (true, _) => cpu::conv2d_image_bias(xin, wt.clone(), bi.clone(), options.clone()),
+                (false, 0) => conv2d(xin, wt.clone(), None, options.clone()),
+                (false, 1) => conv2d(xin, wt.clone(), Some(bc.clone()), options.clone()),
+                (false, _) => {
+                    conv2d(xin, wt.clone(), None, options.clone())
+                        + bi.clone().reshape([batch, cout, 1, 1])
+                }
+            };
+            let g = (y.clone() * ct.clone()).sum().backward();
+            let mut out = vec![
+                to_vec(y.inner()),
+                to_vec(x.grad(&g).expect("input grad")),
+                to_vec(wt.grad(&g).expect("weight grad")),
+            ];
+            match bias {
+                1 => out.push(to_vec(bc.grad(&g).expect("bias grad"))),
+                2 => out.push(to_vec(bi.grad(&g).expect("image bias grad"))),
+                _ => {}
+            }
+            out
+        };
+        let reference = run(false, false);
+        for strided in [false, true] {
+            let ours = run(true, strided);
+            for (what, (a, r)) in ["output", "input grad", "weight grad", "bias grad"]
+                .iter()
+                .zip(ours.iter().zip(&reference))
+            {
+                assert_eq!(a.len(), r.len(), "case {n} {what}: size");
+                let e = rel_diff(a, r);
+                assert!(
+                    e <= 2e-6,
+                    "case {n} (strided {strided}) {what}: relative error {e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_convolution_rejects_a_kernel_larger_than_the_padded_input() {
+    use diffnas::model::cpu::conv::ConvGeometry;
+    let e = ConvGeometry::new([1, 2, 3, 3], [4, 2, 5, 5], [1, 1], [1, 1], [(0, 0), (0, 0)])
+        .unwrap_err();
+    assert!(e.contains("does not fit"), "{e}");
+    let e = ConvGeometry::new([1, 2, 3, 3], [4, 3, 1, 1], [1, 1], [1, 1], [(0, 0), (0, 0)])
+        .unwrap_err();
+    assert!(
+        e.contains("expects 3 input channels") && e.contains("has 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cpu_kernels_give_the_same_bits_on_any_number_of_threads() {
+    use diffnas::model::cpu::conv::{self, Bias, ConvGeometry, Wanted};
+    use diffnas::model::cpu::norm::{self, NormGeometry};
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut vals = |n: usize| -> Vec<f32> {
+        use rand::RngExt;
+        (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    };
+    let g = ConvGeometry::new(
+        [13, 6, 9, 9],
+        [8, 6, 3, 3],
+        [1, 1],
+        [1, 1],
+        [(1, 1), (1, 1)],
+    )
+    .unwrap();
+    let (x, w, b) = (vals(13 * 6 * 81), vals(8 * 6 * 9), vals(8));
+    let dy = vals(13 * 8 * 81);
+    let ng = NormGeometry::new([13, 8, 9, 9], 4).unwrap();
+    let (sc, sh) = (vals(13 * 8), vals(13 * 8));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let y = conv::forward(&g, &x, &w, Bias::Channel(&b));
+            let gr = conv::backward(
+                &g,
+                &x,
+                &w,
+                &dy,
+                Wanted {
+                    x: true,
+                    weight: true,
+                    bias: true,
+                },
+            );
+            let (n, stats) = norm::forward(&ng, &y, &sc, &sh, 1e-5, true);
+            let (dx, ds, dt) = norm::backward(&ng, &y, &sc, &sh, &stats, &dy, true);
+            [
+                y,
+                gr.x.unwrap(),
+                gr.weight.unwrap(),
+                gr.bias.unwrap(),
+                n,
+                dx,
+                ds,
+                dt,
+            ]
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3, 8] {
+        assert!(run(threads) == one, "{threads} threads differ from one");
+    }
+}
+
+#[test]
+fn cpu_group_norm_matches_burn_forward_and_all_gradients() {
+    use burn::nn::GroupNormConfig;
+    use burn::tensor::activation::silu;
+    use diffnas::model::cpu;
+    use diffnas::model::norm::{NormAlgorithm, group_norm_act};
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    // (batch, channels, groups, h, w)
+    for (n, &(b, c, groups, h, w)) in [
+        (2, 8, 4, 5, 3),
+        (3, 8, 2, 1, 1),
+        (1, 12, 1, 7, 9),
+        (2, 4, 4, 16, 16),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut norm = GroupNormConfig::new(groups, c).init(&device);
+        norm.gamma = norm.gamma.map(|p| {
+            p.map(|_| Tensor::random([c], Distribution::Normal(1.0, 0.5), &device).require_grad())
+        });
+        norm.beta = norm.beta.map(|p| {
+            p.map(|_| Tensor::random([c], Distribution::Normal(0.0, 0.5), &device).require_grad())
+        });
+        // Mean and spread away from 0 and 1, so that the normalisation matters.
+        let x = Tensor::<4>::random([b, c, h, w], Distribution::Normal(3.0, 2.0), &device);
+        let s = Tensor::<2>::random([b, c], Distribution::Normal(0.0, 0.5), &device);
+        let t = Tensor::<2>::random([b, c], Distribution::Normal(0.0, 0.5), &device);
+        let ct = Tensor::<4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        for modulated in [false, true] {
+            for act in [false, true] {
+                let run = |algorithm: NormAlgorithm| {
+                    let (x, s, t) = (
+                        x.clone().require_grad(),
+                        s.clone().require_grad(),
+                        t.clone().require_grad(),
+                    );
+                    let m = modulated.then(|| (s.clone(), t.clone()));
+                    let y = match algorithm {
+                        NormAlgorithm::Fused => {
+                            assert!(cpu::group_norm_supported(&x));
+                            group_norm_act(&norm, x.clone(), m, act)
+                        }
+                        NormAlgorithm::Burn => {
+                            // Burn's own ops, independently of the process-wide setting.
+                            let h = norm.forward(x.clone());
+                            let h = match m {
+                                Some((s, t)) => {
+                                    h * (s.reshape([b, c, 1, 1]) + 1.0) + t.reshape([b, c, 1, 1])
+                                }
+                                None => h,
+                            };
+                            if act { silu(h) } else { h }
+                        }
+                    };
+                    let g = (y.clone() * ct.clone()).sum().backward();
+                    let gamma = norm.gamma.as_ref().unwrap().val();
+                    let beta = norm.beta.as_ref().unwrap().val();
+                    let mut out = vec![
+                        to_vec(y.inner()),
+                        to_vec(x.grad(&g).expect("input grad")),
+                        to_vec(gamma.grad(&g).expect("gamma grad")),
+                        to_vec(beta.grad(&g).expect("beta grad")),
+                    ];
+                    if modulated {
+                        out.push(to_vec(s.grad(&g).expect("scale grad")));
+                        out.push(to_vec(t.grad(&g).expect("shift grad")));
+                    }
+                    out
+                };
+                let (ours, reference) = (run(NormAlgorithm::Fused), run(NormAlgorithm::Burn));
+                for (what, (a, r)) in [
+                    "output",
+                    "input grad",
+                    "gamma grad",
+                    "beta grad",
+                    "scale grad",
+                    "shift grad",
+                ]
+                .iter()
+                .zip(ours.iter().zip(&reference))
+                {
+                    let e = rel_diff(a, r);
+                    assert!(
+                        e <= 2e-5,
+                        "case {n} (scale-shift {modulated}, silu {act}) {what}: relative error {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_exp_and_silu_match_the_standard_library() {
+    use diffnas::model::cpu::math::{exp, silu, silu_grad};
+    let mut worst = 0.0f64;
+    for i in -86_999..=87_999 {
+        let x = i as f32 * 1e-3;
+        let r = (x as f64).exp();
+        worst = worst.max(((exp(x) as f64 - r) / r).abs());
+    }
+    assert!(worst < 3e-7, "exp: worst relative error {worst}");
+    assert!(exp(f32::NAN).is_nan());
+    assert!(exp(-1e4) >= 0.0 && exp(-1e4) < 1e-37 && exp(1e4).is_finite());
+    for i in -2000..=2000 {
+        let x = i as f32 * 0.01;
+        let s = 1.0 / (1.0 + (-(x as f64)).exp());
+        let (fs, fg) = (x as f64 * s, s * (1.0 + x as f64 * (1.0 - s)));
+        assert!(
+            (silu(x) as f64 - fs).abs() <= 1e-6 * fs.abs().max(1.0),
+            "silu({x})"
+        );
+        assert!((silu_grad(x) as f64 - fg).abs() <= 1e-6, "silu'({x})");
+    }
+    assert!(silu(f32::NAN).is_nan() && silu_grad(f32::NAN).is_nan());
+}

@@ -132,6 +132,15 @@ def main():
     ap.add_argument("--diffnas", default=os.path.join(target, "release/diffnas"))
     ap.add_argument("--diffnas-vulkan", default=os.path.join(target, "vulkan/release/diffnas"))
     ap.add_argument("--diffnas-cuda", default=os.path.join(target, "cuda/release/diffnas"))
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL|BINARY|ARGS",
+        help="an extra diffnas row per genome and batch (repeatable): a label, a binary (empty: "
+        "--diffnas) and extra `diffnas bench` arguments, e.g. 'burn ops||--conv direct --norm burn' "
+        "or 'v0.1|/tmp/old/diffnas|'; it runs on the first of --diffnas-devices",
+    )
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -152,6 +161,17 @@ def main():
     for d in devices:
         if d not in binaries:
             sys.exit(f"--diffnas-devices: unknown device {d!r} (flex, wgpu, vulkan, cuda)")
+
+    variants = []
+    for v in a.variant:
+        parts = v.split("|")
+        if len(parts) != 3 or not parts[0]:
+            sys.exit(f"--variant {v!r}: expected LABEL|BINARY|ARGS (BINARY and ARGS may be empty)")
+        label, binary, extra = parts
+        binary = binary or a.diffnas
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"--variant {label}: {binary} is not an executable")
+        variants.append((label, binary, extra.split()))
 
     rows = []
     for genome in genomes:
@@ -188,6 +208,18 @@ def main():
                     if d != "flex":
                         cmd.append("--peak")
                     runs.append(dict(name=name, impl=impl, cmd=cmd))
+            for label, binary, extra in variants:
+                d = devices[0]
+                lim = p["limits"].get(d, {})
+                if b not in lim.get("batches", [b]) or short(genome) not in lim.get("genomes", [short(genome)]):
+                    continue
+                d_steps, d_evals = lim.get("steps", (steps, evals))
+                slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
+                name = f"{short(genome)}-b{b}-diffnas-{d}-{slug}"
+                cmd = [binary, "bench", "--genome", gfile, "--batch-size", str(b), "--device", {"vulkan": "wgpu"}.get(d, d),
+                       "--train-steps", str(d_steps), "--sample-evals", str(d_evals), "--warmup", str(a.warmup),
+                       "--json", os.path.join(out, name + ".json")] + extra
+                runs.append(dict(name=name, impl=f"diffnas {d} ({label})", cmd=cmd))
             for mode, prec in tconfigs:
                 name = f"{short(genome)}-b{b}-torch-{mode}-{prec}"
                 cmd = [a.python, os.path.join(HERE, "torch_reference.py"), "--genome", gfile, "--batch-size", str(b),
@@ -250,10 +282,11 @@ def render(rows, peak_override):
                 peak_source = f"{max(measured):.1f} GFLOP/s (measured by `diffnas bench --peak`, FMA probe)"
     lines.append(f"Devices: {', '.join(sorted(set(names)))}. f32 peak: {peak_source}.\n")
     lines.append(
-        "| genome | batch | implementation | device | train img/s | vs torch eager | vs torch compile | train % f32 peak "
-        "| sample img-steps/s | vs torch eager | vs torch compile | sample % f32 peak | peak mem |"
+        "| genome | batch | implementation | device | train img/s | train GFLOP/s | vs torch eager | vs torch compile "
+        "| train % f32 peak | sample img-steps/s | sample GFLOP/s | vs torch eager | vs torch compile "
+        "| sample % f32 peak | peak mem |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
     def fmt(v, spec="{:.1f}"):
         return "—" if v is None else spec.format(v)
@@ -269,7 +302,7 @@ def render(rows, peak_override):
                 base[m.group(1)] = r
         for r in rs:
             if "error" in r:
-                lines.append(f"| {genome} | {batch} | {r['impl']} | — | failed: {r['error']} |" + " |" * 8)
+                lines.append(f"| {genome} | {batch} | {r['impl']} | — | failed: {r['error']} |" + " |" * 10)
                 continue
             rep = r["report"]
             dev = rep["device"]
@@ -277,11 +310,12 @@ def render(rows, peak_override):
             cells = [genome, str(batch), r["impl"], dev["name"]]
             for part, key in [("train", "images_per_s"), ("sample", "image_steps_per_s")]:
                 v = metric(r, part, key)
+                gf = metric(r, part, "achieved_gflops")
                 cells.append(fmt(v))
+                cells.append(fmt(gf))
                 for b in ["eager", "compile"]:
                     ref = metric(base[b], part, key) if b in base else None
                     cells.append(fmt(v / ref if v and ref else None, "{:.2f}x"))
-                gf = metric(r, part, "achieved_gflops")
                 cells.append(fmt(100 * gf / (peak * 1e3) if gf and peak else None, "{:.1f}%"))
             mem = rep.get("peak_bytes_allocated_train") or rep.get("device_bytes_reserved")
             cells.append(fmt(mem / 2**20 if mem else None, "{:.0f} MiB"))

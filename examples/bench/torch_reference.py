@@ -19,6 +19,7 @@ are counted with forward hooks and reported next to diffnas's cost-model count.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -267,6 +268,42 @@ def autocast(device, precision):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
+def phase(name):
+    """A record_function marker when --profile-ops is on (attributes aten ops to step phases)."""
+    if PROFILING:
+        return torch.profiler.record_function("phase:" + name)
+    return contextlib.nullcontext()
+
+
+PROFILING = False
+
+
+def profile_ops(timed, steps, path):
+    """Run `timed(steps)` once more under torch.profiler and write every op's self CPU time,
+    summed per (op, phase), to `path`."""
+    global PROFILING
+    PROFILING = True
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        timed(steps)
+    PROFILING = False
+    agg = {}
+    for e in prof.events():
+        ph, p = "other", e.cpu_parent
+        while p is not None:
+            if p.name.startswith("phase:"):
+                ph = p.name[len("phase:"):]
+                break
+            p = p.cpu_parent
+        if e.name.startswith("phase:"):
+            key = (e.name, e.name[len("phase:"):])
+        else:
+            key = (e.name, ph)
+        agg[key] = agg.get(key, 0.0) + e.self_cpu_time_total
+    ops = [dict(name=n, phase=ph, self_us=v) for (n, ph), v in sorted(agg.items(), key=lambda kv: -kv[1])]
+    with open(path, "w") as f:
+        json.dump(dict(steps=steps, threads=torch.get_num_threads(), ops=ops), f, indent=1)
+
+
 def bench_train(model, net, args, device, abar):
     ema = [p.detach().clone() for p in model.parameters()]
     params = list(model.parameters())
@@ -277,17 +314,21 @@ def bench_train(model, net, args, device, abar):
     decay = 0.9999
 
     def step(x0):
-        t = torch.randint(0, abar.numel(), (x0.shape[0],), device=device)
-        eps = torch.randn_like(x0)
-        a = abar[t][:, None, None, None]
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        with autocast(device, args.precision):
+        with phase("inputs"):
+            t = torch.randint(0, abar.numel(), (x0.shape[0],), device=device)
+            eps = torch.randn_like(x0)
+            a = abar[t][:, None, None, None]
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        with phase("forward"), autocast(device, args.precision):
             loss = F.mse_loss(net(x_t, t).float(), eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-        opt.step()
-        with torch.no_grad():
+        with phase("backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with phase("clip"):
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        with phase("optimizer"):
+            opt.step()
+        with phase("ema"), torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         return loss.detach()
 
@@ -307,6 +348,8 @@ def bench_train(model, net, args, device, abar):
         torch.cuda.reset_peak_memory_stats(device)
     sec = timed(args.train_steps)
     sps = args.train_steps / sec
+    if args.profile_ops:
+        profile_ops(timed, args.train_steps, args.profile_ops)
     return dict(
         steps=args.train_steps,
         seconds=sec,
@@ -331,16 +374,20 @@ def bench_sample(model, net, args, device, abar):
                 a_t = abar[t]
                 a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=device)
                 tt = torch.full((n,), t, device=device, dtype=torch.long)
-                eps = net(x, tt).float()
-                x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
-                eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-                x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+                with phase("denoiser"):
+                    eps = net(x, tt).float()
+                with phase("sampler"):
+                    x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+                    eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+                    x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
             x.sum().item()
         return time.perf_counter() - t0
 
     warm = timed(args.warmup) if args.warmup > 0 else 0.0
     sec = timed(args.sample_evals)
     rate = args.sample_evals * n / sec
+    if args.profile_ops:
+        profile_ops(timed, args.sample_evals, args.profile_ops)
     return dict(
         evals=args.sample_evals,
         seconds=sec,
@@ -399,6 +446,11 @@ def main():
     ap.add_argument("--genome-hash", default="", help="diffnas's hash of the genome, copied to the report")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the report here")
+    ap.add_argument(
+        "--profile-ops",
+        help="after the timed steps, profile the same number once more with torch.profiler and write "
+        "each aten op's self CPU time per step phase to this JSON file (examples/bench/op_profile.py)",
+    )
     args = ap.parse_args()
 
     if args.batch_size < 1:

@@ -11,6 +11,7 @@ use crate::diffusion::{NoiseSchedule, SamplerKind, SamplingRun, make_sampler};
 use crate::genome::{Genome, cost};
 use crate::model::Unet;
 use crate::model::conv::{ConvAlgorithm, set_conv_algorithm};
+use crate::model::norm::{NormAlgorithm, set_norm_algorithm};
 use crate::train::{EpsObjective, StepPhase, TrainConfig, optimizer_for, train_step_marked};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -63,6 +64,10 @@ pub struct BenchArgs {
     /// `auto` (im2col on GPU devices, direct on the CPU).
     #[arg(long, default_value = "auto", value_parser = ConvAlgorithm::NAMES)]
     pub conv: String,
+    /// How GroupNorm (+ SiLU) runs: `fused` (our kernel on the CPU, Burn's ops elsewhere) or
+    /// `burn` (Burn's ops everywhere).
+    #[arg(long, default_value = "fused", value_parser = NormAlgorithm::NAMES)]
+    pub norm: String,
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -173,6 +178,12 @@ pub struct BenchReport {
     /// The convolution algorithm asked for (`--conv`).
     #[serde(default)]
     pub conv: String,
+    /// The GroupNorm algorithm asked for (`--norm`).
+    #[serde(default)]
+    pub norm: String,
+    /// Threads of the CPU pool (flex and our CPU kernels).
+    #[serde(default)]
+    pub cpu_threads: usize,
     pub train: Option<TrainBench>,
     pub sample: Option<SampleBench>,
     pub extract: Option<ExtractBench>,
@@ -509,6 +520,8 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
     let c = cost(&g).map_err(|e| user_err(e.to_string()))?;
     let conv: ConvAlgorithm = a.conv.parse().map_err(user_err)?;
     set_conv_algorithm(conv);
+    let norm: NormAlgorithm = a.norm.parse().map_err(user_err)?;
+    set_norm_algorithm(norm);
     let device = &selected.device;
     // First, so that a backend without the probe fails before minutes of benchmarking.
     let peak_gflops = if a.peak {
@@ -558,6 +571,8 @@ pub fn run_bench(a: &BenchArgs, selected: &SelectedDevice) -> anyhow::Result<Ben
         batch_size: a.batch_size,
         device: selected.info.clone(),
         conv: conv.name().into(),
+        norm: norm.name().into(),
+        cpu_threads: rayon::current_num_threads(),
         train,
         sample,
         extract,

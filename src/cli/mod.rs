@@ -78,20 +78,14 @@ pub fn main() -> i32 {
         );
         crate::device::set_kernel_cache_dir(&dir);
     }
-    // How every convolution in this process runs (`bench --conv` overrides it).
-    if let Some(v) = std::env::var_os("DIFFNAS_CONV") {
-        match v
-            .to_string_lossy()
-            .parse::<crate::model::conv::ConvAlgorithm>()
-        {
-            Ok(a) => crate::model::conv::set_conv_algorithm(a),
-            Err(e) => {
-                eprintln!("error: DIFFNAS_CONV: {e}");
-                return 2;
-            }
-        }
+    // How every convolution and GroupNorm in this process runs (`bench --conv/--norm`
+    // override them).
+    if let Err(code) = env_setting("DIFFNAS_CONV", crate::model::conv::set_conv_algorithm)
+        .and_then(|()| env_setting("DIFFNAS_NORM", crate::model::norm::set_norm_algorithm))
+    {
+        return code;
     }
-    match dispatch(cli) {
+    match crate::model::cpu::run_in_pool(|| dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -160,4 +154,22 @@ pub(crate) fn select_device(
         unsafe { std::env::set_var("BURN_DEVICE", "flex") };
     }
     Ok(d)
+}
+
+/// Applies the setting named by environment variable `name`, when set; a value that does not
+/// parse is reported with the variable's name (exit code 2).
+fn env_setting<T: std::str::FromStr<Err = String>>(name: &str, set: fn(T)) -> Result<(), i32> {
+    let Some(v) = std::env::var_os(name) else {
+        return Ok(());
+    };
+    match v.to_string_lossy().parse::<T>() {
+        Ok(a) => {
+            set(a);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {name}: {e}");
+            Err(2)
+        }
+    }
 }

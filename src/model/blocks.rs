@@ -1,6 +1,7 @@
 //! UNet building blocks: sinusoidal timestep embedding + MLP (DDPM section B), the ResBlock
 //! with optional scale-shift norm (IDDPM), and multi-head self-attention over pixels.
 
+use super::norm::group_norm_act;
 use super::{conv, group_norm};
 use crate::genome::ResBlockShape;
 use burn::module::Module;
@@ -102,16 +103,21 @@ impl ResBlock {
 
     /// `x`: `[B, Cin, H, W]`, `emb`: `[B, temb]` (already through SiLU) -> `[B, Cout, H, W]`.
     pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
-        let h = conv::forward(&self.conv1, silu(self.norm1.forward(x.clone())));
-        let [b, c, _, _] = h.dims();
-        let e = self.emb.forward(emb);
+        let a = group_norm_act(&self.norm1, x.clone(), None, true);
+        let e = self.emb.forward(emb); // [B, C] or, with scale-shift, [B, 2C]
         let h = if self.scale_shift {
-            let e = e.reshape([b, 2 * c, 1, 1]);
+            let h = conv::forward(&self.conv1, a);
+            let c = h.dims()[1];
             let scale = e.clone().narrow(1, 0, c);
             let shift = e.narrow(1, c, c);
-            silu(self.norm2.forward(h) * (scale + 1.0) + shift)
+            group_norm_act(&self.norm2, h, Some((scale, shift)), true)
         } else {
-            silu(self.norm2.forward(h + e.reshape([b, c, 1, 1])))
+            group_norm_act(
+                &self.norm2,
+                conv::forward_plus(&self.conv1, a, e),
+                None,
+                true,
+            )
         };
         let h = conv::forward(&self.conv2, self.dropout.forward(h));
         let x = match &self.skip {
@@ -145,7 +151,10 @@ impl AttentionBlock {
 
     /// `[B, C, H, W] -> [B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let qkv = conv::forward(&self.qkv, self.norm.forward(x.clone()));
+        let qkv = conv::forward(
+            &self.qkv,
+            group_norm_act(&self.norm, x.clone(), None, false),
+        );
         x + conv::forward(&self.proj, multi_head_attention(qkv, self.heads))
     }
 }

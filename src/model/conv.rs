@@ -2,22 +2,23 @@
 //! between a direct kernel and tensor-core implicit GEMMs; with f32 on wgpu no tensor-core path
 //! exists, so every dense `k x k` forward convolution lands on the direct kernel, which a kernel
 //! profile of `ddpm-cifar10` at batch 128 on an H100 put at 73% of all device time (the backward
-//! passes already use im2col + matmul).
+//! passes already use im2col + matmul). On the CPU, Burn's `flex` convolution spent most of a
+//! training step in its weight gradient (README, CPU profile).
 //!
 //! Three implementations, chosen process-wide ([`set_conv_algorithm`]):
-//! - [`ConvAlgorithm::Im2col`]: [`super::im2col`], our im2col kernel + Burn's matmul forward and
-//!   Burn's gradients backward, one autodiff node. Needs a GPU backend feature; elsewhere (and
-//!   on `flex`) it is Burn's `conv2d`.
+//! - [`ConvAlgorithm::Im2col`]: our im2col kernels, one autodiff node each. On GPU devices
+//!   [`super::im2col`] (our im2col kernel + Burn's matmul forward, Burn's gradients backward;
+//!   needs a GPU backend feature); on the CPU [`super::cpu::conv`] (im2col + GEMM forward and for
+//!   both gradients). Grouped convolutions and non-f32 CPU tensors go to Burn's.
 //! - [`ConvAlgorithm::Gemm`]: the same lowering as plain tensor ops ([`conv2d_gemm`]: one strided
 //!   slice per filter tap, a concatenation, one batched matmul) that autodiff differentiates op
-//!   by op. Runs on every backend; it is the reference the kernel is tested against. Measured on
-//!   an H100 (wgpu on Vulkan, ddpm-cifar10, batch 128): sampling 183 -> 807 image-steps/s, but
-//!   training 112 -> 65 images/s, because the backward of the slices costs more than the direct
-//!   forward it replaces.
+//!   by op. Runs on every backend; it is the reference the kernels are tested against. Measured
+//!   on an H100 (wgpu on Vulkan, ddpm-cifar10, batch 128): sampling 183 -> 807 image-steps/s,
+//!   but training 112 -> 65 images/s, because the backward of the slices costs more than the
+//!   direct forward it replaces.
 //! - [`ConvAlgorithm::Direct`]: Burn's `conv2d`.
 //!
-//! [`ConvAlgorithm::Auto`], the default, takes `Im2col` on GPU devices and `Direct` on the CPU
-//! (`flex`, whose own convolution is already a GEMM). Weights, their layout and the parameter
+//! [`ConvAlgorithm::Auto`], the default, is `Im2col`. Weights, their layout and the parameter
 //! count are the same either way.
 
 use burn::nn::PaddingConfig2d;
@@ -30,13 +31,14 @@ use std::sync::atomic::{AtomicU8, Ordering};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ConvAlgorithm {
-    /// `Im2col` on GPU devices, `Direct` on the CPU.
+    /// `Im2col` (the default).
     Auto = 0,
     /// Burn's `conv2d` (and whatever kernel its backend picks).
     Direct = 1,
     /// im2col by strided slices + one batched matmul, as tensor ops.
     Gemm = 2,
-    /// Our im2col kernel + matmul forward, Burn's gradients backward.
+    /// Our im2col kernels: on GPU devices im2col + Burn's matmul forward and Burn's gradients
+    /// backward, on the CPU im2col + GEMM for the forward and both gradients.
     Im2col = 3,
 }
 
@@ -79,6 +81,37 @@ pub fn conv_algorithm() -> ConvAlgorithm {
 
 /// `conv.forward(x)` by the process's algorithm.
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match options_of(conv) {
+        Some(options) => conv2d(
+            x,
+            conv.weight.val(),
+            conv.bias.as_ref().map(|b| b.val()),
+            options,
+        ),
+        None => conv.forward(x),
+    }
+}
+
+/// `conv.forward(x) + extra` with `extra` `[B, Cout]` added to every pixel (a ResBlock's
+/// timestep embedding): on the CPU the sum is the convolution's per-image bias, with no pass of
+/// its own.
+pub fn forward_plus(conv: &Conv2d, x: Tensor<4>, extra: Tensor<2>) -> Tensor<4> {
+    let [b, c] = extra.dims();
+    match options_of(conv) {
+        Some(options) if uses_cpu_kernel(&x, &options) => {
+            let bias = match &conv.bias {
+                Some(bias) => bias.val().reshape([1, c]) + extra,
+                None => extra,
+            };
+            super::cpu::conv2d_image_bias(x, conv.weight.val(), bias, options)
+        }
+        _ => forward(conv, x) + extra.reshape([b, c, 1, 1]),
+    }
+}
+
+/// The explicit options of a convolution module (None for Burn's "same" padding with a
+/// stride, which only Burn's module resolves).
+fn options_of(conv: &Conv2d) -> Option<ConvOptions<2>> {
     let [kh, kw] = conv.kernel_size;
     let padding = match conv.padding {
         PaddingConfig2d::Explicit(t, l, b, r) => [(t, b), (l, r)],
@@ -89,16 +122,21 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
             [(ph, kh - 1 - ph), (pw, kw - 1 - pw)]
         }
     };
-    if !matches!(conv.padding, PaddingConfig2d::Same) || conv.stride == [1, 1] {
-        conv2d(
-            x,
-            conv.weight.val(),
-            conv.bias.as_ref().map(|b| b.val()),
-            ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups),
-        )
-    } else {
-        conv.forward(x)
+    (!matches!(conv.padding, PaddingConfig2d::Same) || conv.stride == [1, 1])
+        .then(|| ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups))
+}
+
+/// The process's algorithm with `Auto` resolved.
+fn resolved() -> ConvAlgorithm {
+    match conv_algorithm() {
+        ConvAlgorithm::Auto => ConvAlgorithm::Im2col,
+        a => a,
     }
+}
+
+/// Whether this convolution runs on our CPU kernel.
+fn uses_cpu_kernel(x: &Tensor<4>, options: &ConvOptions<2>) -> bool {
+    resolved() == ConvAlgorithm::Im2col && super::cpu::conv2d_supported(x, options)
 }
 
 /// `burn::tensor::module::conv2d` by the process's algorithm (the gemm path takes groups 1 and
@@ -109,17 +147,15 @@ pub fn conv2d(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    let algorithm = match conv_algorithm() {
-        ConvAlgorithm::Auto if on_gpu(&x) => ConvAlgorithm::Im2col,
-        ConvAlgorithm::Auto => ConvAlgorithm::Direct,
-        a => a,
-    };
-    match algorithm {
+    match resolved() {
         ConvAlgorithm::Gemm if options.groups == 1 && options.dilation == [1, 1] => {
             conv2d_gemm(x, weight, bias, options.stride, options.padding)
         }
+        ConvAlgorithm::Im2col if super::cpu::conv2d_supported(&x, &options) => {
+            super::cpu::conv2d(x, weight, bias, options)
+        }
         #[cfg(feature = "gpu-kernels")]
-        ConvAlgorithm::Im2col => super::im2col::conv2d(x, weight, bias, options),
+        ConvAlgorithm::Im2col if on_gpu(&x) => super::im2col::conv2d(x, weight, bias, options),
         _ => burn::tensor::module::conv2d(x, weight, bias, options),
     }
 }
@@ -129,12 +165,6 @@ pub fn conv2d(
 #[cfg(feature = "gpu-kernels")]
 fn on_gpu(x: &Tensor<4>) -> bool {
     x.device().identity().is_some()
-}
-
-/// Built without a GPU backend of its own (the browser crate decides for itself).
-#[cfg(not(feature = "gpu-kernels"))]
-fn on_gpu(_: &Tensor<4>) -> bool {
-    false
 }
 
 /// The convolution as im2col + matmul: `[B, Cin, H, W]` with weights `[Cout, Cin, KH, KW]`,

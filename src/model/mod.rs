@@ -5,8 +5,10 @@
 mod blocks;
 pub mod bundle;
 pub mod conv;
+pub mod cpu;
 #[cfg(feature = "gpu-kernels")]
 pub mod im2col;
+pub mod norm;
 
 pub use blocks::{AttentionBlock, ResBlock, TimeEmbedding, UnetBlock, multi_head_attention};
 
@@ -18,6 +20,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
+use norm::group_norm_act;
 
 /// A `k x k` convolution with "same" padding (odd k), optionally strided or zero-initialised.
 pub(crate) fn conv(
@@ -225,7 +228,10 @@ impl Unet {
                 }
             }
         }
-        conv::forward(&self.head_conv, silu(self.head_norm.forward(h)))
+        conv::forward(
+            &self.head_conv,
+            group_norm_act(&self.head_norm, h, None, true),
+        )
     }
 }
 

@@ -6,11 +6,11 @@
 use super::{BlockSpace, Path};
 use crate::genome::{Genome, ResBlockGene};
 use crate::model::conv::{self, conv2d};
+use crate::model::norm::group_norm_act;
 use crate::model::{AttentionBlock, BlockId, ResBlock, Unet, block_forward};
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
@@ -66,7 +66,7 @@ impl SuperResBlock {
         );
         let norm2 = &self.norm2[self.width_index(w)];
         let h = conv2d(
-            silu(self.norm1.forward(x.clone())),
+            group_norm_act(&self.norm1, x.clone(), None, true),
             c1.weight.val().narrow(0, 0, w),
             c1.bias.as_ref().map(|b| b.val().narrow(0, 0, w)),
             conv_opts(k[0]),
@@ -74,11 +74,16 @@ impl SuperResBlock {
         let b = h.dims()[0];
         let e = self.emb.forward(emb);
         let h = if self.scale_shift {
-            let scale = e.clone().narrow(1, 0, w).reshape([b, w, 1, 1]);
-            let shift = e.narrow(1, self.max_width(), w).reshape([b, w, 1, 1]);
-            silu(norm2.forward(h) * (scale + 1.0) + shift)
+            let scale = e.clone().narrow(1, 0, w);
+            let shift = e.narrow(1, self.max_width(), w);
+            group_norm_act(norm2, h, Some((scale, shift)), true)
         } else {
-            silu(norm2.forward(h + e.narrow(1, 0, w).reshape([b, w, 1, 1])))
+            group_norm_act(
+                norm2,
+                h + e.narrow(1, 0, w).reshape([b, w, 1, 1]),
+                None,
+                true,
+            )
         };
         let h = conv2d(
             h,
