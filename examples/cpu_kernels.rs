@@ -1,4 +1,4 @@
-//! Times diffnas's CPU kernels (`model::cpu`) on the convolution and GroupNorm shapes of a
+//! Times diffnas's CPU kernels (`diffnas::cpu`) on the convolution and GroupNorm shapes of a
 //! genome's UNet, beside Burn's own `flex` ops on the same shapes, one op at a time:
 //!
 //! ```sh
@@ -14,9 +14,9 @@
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
+use diffnas::cpu::conv::{self, Bias, ConvGeometry, Wanted};
+use diffnas::cpu::norm::{self, NormGeometry};
 use diffnas::genome::Genome;
-use diffnas::model::cpu::conv::{self, Bias, ConvGeometry, Wanted};
-use diffnas::model::cpu::norm::{self, NormGeometry};
 use std::collections::BTreeMap;
 use std::time::Instant;
 

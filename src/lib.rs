@@ -6,10 +6,12 @@
 //! Module dependency rules (an arrow reads "may use"):
 //! - `genome` -> nothing of ours (plain serde data, no Burn, no I/O).
 //! - `diffusion` -> burn only; it owns the [`diffusion::Denoiser`] trait.
-//! - `model` -> genome, diffusion. The only place a genome meets Burn. `model::bundle` is the
+//! - `cpu` -> burn only: our CPU kernels (convolution, GroupNorm + SiLU, AdamW, EMA) for the
+//!   `flex` backend, plain Rust over slices (so the browser's CPU fallback has them too).
+//! - `model` -> genome, diffusion, cpu. The only place a genome meets Burn. `model::bundle` is the
 //!   model-bundle format (manifest, hashes, f16 storage; bytes in, no I/O) that `diffnas export`
 //!   writes and the browser crate reads.
-//! - `data` -> burn, image. `train` -> diffusion, data (generic over any module and
+//! - `data` -> burn, image. `train` -> diffusion, data, cpu (generic over any module and
 //!   `Objective`; the default objective is the DDPM epsilon loss of a `Denoiser`).
 //! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
 //!   f64 linear algebra (faer).
@@ -24,6 +26,7 @@
 //! `genome`, `model` and `diffusion` build for wasm; everything that touches files, the
 //! terminal or the network sits behind the default `cli` feature.
 
+pub mod cpu;
 pub mod diffusion;
 pub mod eval;
 pub mod genome;

@@ -173,7 +173,7 @@ fn rel_diff(a: &[f32], r: &[f32]) -> f32 {
 fn cpu_convolution_matches_burn_conv2d_forward_and_all_gradients() {
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
-    use diffnas::model::cpu;
+    use diffnas::cpu;
     let device = Device::flex().autodiff();
     device.seed(7);
     // (batch, cin, cout, kernel, stride, dilation, padding [(t, b), (l, r)], h, w, bias)
@@ -205,6 +205,8 @@ fn cpu_convolution_matches_burn_conv2d_forward_and_all_gradients() {
         // More images than weight-gradient chunks: chunks of two images.
         (11, 2, 3, 3, 1, 1, [(1, 1), (1, 1)], 5, 6, 2),
         (2, 4, 3, 1, 1, 1, [(1, 1), (1, 1)], 4, 4, 1),
+        // A large weight over few pixels: its gradient is summed row-major, not transposed.
+        (2, 64, 512, 3, 1, 1, [(1, 1), (1, 1)], 4, 4, 1),
     ];
     for (n, &(batch, cin, cout, k, s, d, pad, h, w, bias)) in cases.iter().enumerate() {
         let x = Tensor::<4>::random([batch, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
@@ -277,7 +279,7 @@ fn cpu_convolution_matches_burn_conv2d_forward_and_all_gradients() {
 
 #[test]
 fn cpu_convolution_rejects_a_kernel_larger_than_the_padded_input() {
-    use diffnas::model::cpu::conv::ConvGeometry;
+    use diffnas::cpu::conv::ConvGeometry;
     let e = ConvGeometry::new([1, 2, 3, 3], [4, 2, 5, 5], [1, 1], [1, 1], [(0, 0), (0, 0)])
         .unwrap_err();
     assert!(e.contains("does not fit"), "{e}");
@@ -291,8 +293,8 @@ fn cpu_convolution_rejects_a_kernel_larger_than_the_padded_input() {
 
 #[test]
 fn cpu_kernels_give_the_same_bits_on_any_number_of_threads() {
-    use diffnas::model::cpu::conv::{self, Bias, ConvGeometry, Wanted};
-    use diffnas::model::cpu::norm::{self, NormGeometry};
+    use diffnas::cpu::conv::{self, Bias, ConvGeometry, Wanted};
+    use diffnas::cpu::norm::{self, NormGeometry};
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let mut vals = |n: usize| -> Vec<f32> {
         use rand::RngExt;
@@ -352,7 +354,7 @@ fn cpu_kernels_give_the_same_bits_on_any_number_of_threads() {
 fn cpu_group_norm_matches_burn_forward_and_all_gradients() {
     use burn::nn::GroupNormConfig;
     use burn::tensor::activation::silu;
-    use diffnas::model::cpu;
+    use diffnas::cpu;
     use diffnas::model::norm::{NormAlgorithm, group_norm_act};
     let device = Device::flex().autodiff();
     device.seed(11);
@@ -444,7 +446,7 @@ fn cpu_group_norm_matches_burn_forward_and_all_gradients() {
 
 #[test]
 fn fast_exp_and_silu_match_the_standard_library() {
-    use diffnas::model::cpu::math::{exp, silu, silu_grad};
+    use diffnas::cpu::math::{exp, silu, silu_grad};
     let mut worst = 0.0f64;
     for i in -86_999..=87_999 {
         let x = i as f32 * 1e-3;

@@ -195,3 +195,73 @@ fn loss_goes_down_on_real_fashion_mnist() {
     assert!((0.8..1.2).contains(&first), "first loss {first}");
     assert!(last < 0.5 * first, "loss {first} -> {last}");
 }
+
+#[test]
+fn fused_adamw_ema_and_clip_give_burns_numbers_on_the_cpu() {
+    use burn::optim::{AdamWConfig, Optimizer};
+    use burn::tensor::{Distribution, TensorData};
+    use diffnas::train::FusedAdamW;
+    let device = Device::flex();
+    device.seed(5);
+    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+    for wd in [0.0f32, 0.01] {
+        let ours = FusedAdamW::new(b1, b2, eps, wd);
+        let burn = AdamWConfig::new()
+            .with_beta_1(b1)
+            .with_beta_2(b2)
+            .with_epsilon(eps)
+            .with_weight_decay(wd)
+            .build();
+        let p0 = Tensor::<2>::random([37, 129], Distribution::Normal(0.0, 1.0), &device);
+        let (mut p_ours, mut p_burn) = (p0.clone(), p0);
+        let (mut s_ours, mut s_burn) = (None, None);
+        for step in 0..4 {
+            let g = Tensor::<2>::random([37, 129], Distribution::Normal(0.0, 0.1), &device);
+            let lr = 1e-3 * (step + 1) as f64;
+            (p_ours, s_ours) = ours.step(lr, p_ours, g.clone(), s_ours);
+            (p_burn, s_burn) = burn.step(lr, p_burn, g, s_burn);
+            let (a, b) = (s_ours.as_ref().unwrap(), s_burn.as_ref().unwrap());
+            assert_eq!(a.momentum.time, b.momentum.time);
+            for (what, x, y) in [
+                ("weights", &p_ours, &p_burn),
+                ("first moment", &a.momentum.moment_1, &b.momentum.moment_1),
+                ("second moment", &a.momentum.moment_2, &b.momentum.moment_2),
+            ] {
+                assert_eq!(
+                    to_bits(x),
+                    to_bits(y),
+                    "weight decay {wd}, step {step}: {what} differ from Burn's AdamW"
+                );
+            }
+        }
+    }
+    // EMA: the same formula, in place.
+    let e = Tensor::<1>::random([1000], Distribution::Normal(0.0, 1.0), &device);
+    let p = Tensor::<1>::random([1000], Distribution::Normal(0.0, 1.0), &device);
+    let d = 0.9999;
+    let reference = e.clone() * d + p.clone() * (1.0 - d);
+    assert_eq!(to_bits(&diffnas::cpu::ema(e, p, d)), to_bits(&reference));
+    // Clip's squared norm (the order of the sum differs) and scaling (the same product).
+    let g = Tensor::<1>::random([100_003], Distribution::Normal(0.0, 1.0), &device);
+    let ours = diffnas::cpu::sum_squares(g.clone()).into_scalar::<f32>() as f64;
+    let want: f64 = to_vec(&g).iter().map(|&v| (v as f64) * (v as f64)).sum();
+    assert!(
+        (ours - want).abs() <= 1e-6 * want,
+        "sum of squares {ours} vs {want}"
+    );
+    let c = Tensor::<1>::from_data(TensorData::new(vec![0.37f32], [1]), &device);
+    let reference = g.clone() * c.clone();
+    assert_eq!(to_bits(&diffnas::cpu::scale(g, c)), to_bits(&reference));
+}
+
+fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
+}
+
+fn to_bits<const D: usize>(t: &Tensor<D>) -> Vec<u32> {
+    to_vec(t).into_iter().map(f32::to_bits).collect()
+}

@@ -117,7 +117,7 @@ def op_of(frames):
     one of our kernels (`cpu::conv::forward`)."""
     op = None
     for fr in frames:
-        m = re.search(r"diffnas::model::cpu::(conv|norm)::([a-z_0-9]+)", fr)
+        m = re.search(r"diffnas::cpu::(conv|norm)::([a-z_0-9]+)", fr)
         if m:
             op = f"cpu::{m.group(1)}::{m.group(2)}"
             continue

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -127,6 +128,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (0: its default)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds of every measurement, interleaved; each row is the median (default 3)")
     ap.add_argument("--peak-tflops", type=float, help="f32 peak of the device (default: known GPUs)")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.expanduser("~"), ".cache/diffnas/target"))
     ap.add_argument("--diffnas", default=os.path.join(target, "release/diffnas"))
@@ -229,21 +232,34 @@ def main():
                        "--macs", str(cost["macs"]), "--genome-hash", cost["hash"],
                        "--json", os.path.join(out, name + ".json")]
                 runs.append(dict(name=name, impl=f"torch {mode} {prec}", cmd=cmd))
-            for r in runs:
-                row = dict(genome=short(genome), params=cost["params"], macs=cost["macs"], batch=b, impl=r["impl"])
-                if "cmd" in r:
+            # Every measurement of this genome and batch once per round, round after round, so
+            # that a slow spell of the machine hits all of them alike; a row is the median round.
+            reports = {i: [] for i in range(len(runs))}
+            errors = {}
+            for rnd in range(a.repeats):
+                for i, r in enumerate(runs):
+                    if "cmd" not in r or i in errors:
+                        continue
                     jf = os.path.join(out, r["name"] + ".json")
                     if os.path.exists(jf):
                         os.remove(jf)
-                    print(f"[{time.strftime('%H:%M:%S')}] {r['name']}", file=sys.stderr, flush=True)
-                    rc, wall = sh(r["cmd"], a.timeout, os.path.join(out, r["name"] + ".log"))
+                    print(f"[{time.strftime('%H:%M:%S')}] {r['name']} (round {rnd + 1}/{a.repeats})", file=sys.stderr, flush=True)
+                    log = os.path.join(out, r["name"] + ".log")
+                    rc, wall = sh(r["cmd"], a.timeout, log)
                     if rc == 0 and os.path.exists(jf):
                         with open(jf) as f:
-                            row["report"] = json.load(f)
+                            reports[i].append(json.load(f))
                     else:
-                        row["error"] = f"exit {rc}: {tail(os.path.join(out, r['name'] + '.log'))}"
-                else:
+                        errors[i] = f"exit {rc}: {tail(log)}"
+            for i, r in enumerate(runs):
+                row = dict(genome=short(genome), params=cost["params"], macs=cost["macs"], batch=b, impl=r["impl"])
+                if "cmd" not in r:
                     row["error"] = r["error"]
+                elif i in errors:
+                    row["error"] = errors[i]
+                else:
+                    row["report"] = median_report(reports[i])
+                    row["rounds"] = reports[i]
                 rows.append(row)
 
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -252,6 +268,19 @@ def main():
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)
     print(table)
+
+
+def median_report(reports):
+    """The first report with each part's rates replaced by their median over the rounds."""
+    rep = json.loads(json.dumps(reports[0]))
+    for part in ("train", "sample"):
+        if not rep.get(part):
+            continue
+        for key in ("images_per_s", "image_steps_per_s", "steps_per_s", "achieved_gflops", "seconds"):
+            vals = [r[part][key] for r in reports if r.get(part) and r[part].get(key) is not None]
+            if vals:
+                rep[part][key] = statistics.median(vals)
+    return rep
 
 
 def metric(row, part, key):
@@ -321,7 +350,9 @@ def render(rows, peak_override):
             cells.append(fmt(mem / 2**20 if mem else None, "{:.0f} MiB"))
             lines.append("| " + " | ".join(cells) + " |")
     lines.append(
-        "\nRatios are diffnas (or PyTorch config) / PyTorch f32 of the same mode, same genome and batch; "
+        "\nEach rate is the median of the rounds (`--repeats`), the measurements of a genome and batch "
+        "taking turns within a round. "
+        "Ratios are diffnas (or PyTorch config) / PyTorch f32 of the same mode, same genome and batch; "
         "above 1.00x is faster than PyTorch. FLOPs = 2 x MACs (x3 for a training step), MACs from the "
         "cost model (equal to the reference's own count, checked)."
     )

@@ -201,10 +201,12 @@ fn sync(t: Tensor<1>) -> f32 {
     t.into_scalar::<f32>()
 }
 
-/// A model, its EMA and optimizer on the autodiff device, stepping on one fixed batch.
+/// A model, its EMA and optimizer on the autodiff device, stepping on one fixed batch. The
+/// model and EMA move through each step as in `train::train` (a copy kept here would turn the
+/// CPU kernels' in-place updates into copies).
 struct Trainer {
-    model: Unet,
-    ema: Unet,
+    model: Option<Unet>,
+    ema: Option<Unet>,
     optim: burn::optim::ModuleOptimizer,
     cfg: TrainConfig,
     schedule: NoiseSchedule,
@@ -232,8 +234,8 @@ impl Trainer {
             &ad,
         );
         Trainer {
-            model,
-            ema,
+            model: Some(model),
+            ema: Some(ema),
             optim,
             cfg,
             schedule,
@@ -245,8 +247,10 @@ impl Trainer {
     /// Issue one step; `mark` is called after each phase.
     fn step(&mut self, mark: &mut dyn FnMut(StepPhase)) -> Tensor<1> {
         let (m, e, loss, _) = train_step_marked(
-            self.model.clone(),
-            self.ema.clone(),
+            self.model
+                .take()
+                .expect("the model is back after every step"),
+            self.ema.take().expect("the EMA is back after every step"),
             &mut self.optim,
             &self.cfg,
             &self.schedule,
@@ -255,7 +259,7 @@ impl Trainer {
             &EpsObjective,
             mark,
         );
-        (self.model, self.ema) = (m, e);
+        (self.model, self.ema) = (Some(m), Some(e));
         self.step += 1;
         loss
     }

@@ -85,7 +85,7 @@ pub fn main() -> i32 {
     {
         return code;
     }
-    match crate::model::cpu::run_in_pool(|| dispatch(cli)) {
+    match crate::cpu::run_in_pool(|| dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

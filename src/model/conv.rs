@@ -8,7 +8,7 @@
 //! Three implementations, chosen process-wide ([`set_conv_algorithm`]):
 //! - [`ConvAlgorithm::Im2col`]: our im2col kernels, one autodiff node each. On GPU devices
 //!   [`super::im2col`] (our im2col kernel + Burn's matmul forward, Burn's gradients backward;
-//!   needs a GPU backend feature); on the CPU [`super::cpu::conv`] (im2col + GEMM forward and for
+//!   needs a GPU backend feature); on the CPU [`crate::cpu::conv`] (im2col + GEMM forward and for
 //!   both gradients). Grouped convolutions and non-f32 CPU tensors go to Burn's.
 //! - [`ConvAlgorithm::Gemm`]: the same lowering as plain tensor ops ([`conv2d_gemm`]: one strided
 //!   slice per filter tap, a concatenation, one batched matmul) that autodiff differentiates op
@@ -103,7 +103,7 @@ pub fn forward_plus(conv: &Conv2d, x: Tensor<4>, extra: Tensor<2>) -> Tensor<4> 
                 Some(bias) => bias.val().reshape([1, c]) + extra,
                 None => extra,
             };
-            super::cpu::conv2d_image_bias(x, conv.weight.val(), bias, options)
+            crate::cpu::conv2d_image_bias(x, conv.weight.val(), bias, options)
         }
         _ => forward(conv, x) + extra.reshape([b, c, 1, 1]),
     }
@@ -136,7 +136,7 @@ fn resolved() -> ConvAlgorithm {
 
 /// Whether this convolution runs on our CPU kernel.
 fn uses_cpu_kernel(x: &Tensor<4>, options: &ConvOptions<2>) -> bool {
-    resolved() == ConvAlgorithm::Im2col && super::cpu::conv2d_supported(x, options)
+    resolved() == ConvAlgorithm::Im2col && crate::cpu::conv2d_supported(x, options)
 }
 
 /// `burn::tensor::module::conv2d` by the process's algorithm (the gemm path takes groups 1 and
@@ -151,8 +151,8 @@ pub fn conv2d(
         ConvAlgorithm::Gemm if options.groups == 1 && options.dilation == [1, 1] => {
             conv2d_gemm(x, weight, bias, options.stride, options.padding)
         }
-        ConvAlgorithm::Im2col if super::cpu::conv2d_supported(&x, &options) => {
-            super::cpu::conv2d(x, weight, bias, options)
+        ConvAlgorithm::Im2col if crate::cpu::conv2d_supported(&x, &options) => {
+            crate::cpu::conv2d(x, weight, bias, options)
         }
         #[cfg(feature = "gpu-kernels")]
         ConvAlgorithm::Im2col if on_gpu(&x) => super::im2col::conv2d(x, weight, bias, options),

@@ -5,7 +5,6 @@
 mod blocks;
 pub mod bundle;
 pub mod conv;
-pub mod cpu;
 #[cfg(feature = "gpu-kernels")]
 pub mod im2col;
 pub mod norm;

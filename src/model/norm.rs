@@ -1,6 +1,6 @@
 //! How the UNet's GroupNorms run, with what follows them: the SiLU and, in IDDPM's scale-shift
 //! ResBlock, the per-image scale and shift from the timestep embedding. On the CPU (`flex`)
-//! this is one fused kernel ([`super::cpu::norm`]), elsewhere Burn's `GroupNorm` and tensor ops
+//! this is one fused kernel ([`crate::cpu::norm`]), elsewhere Burn's `GroupNorm` and tensor ops
 //! (which the GPU backends fuse themselves). [`NormAlgorithm::Burn`] forces Burn's ops
 //! everywhere, for comparison.
 
@@ -67,7 +67,7 @@ pub fn group_norm_act(
     modulation: Option<(Tensor<2>, Tensor<2>)>,
     silu_after: bool,
 ) -> Tensor<4> {
-    if norm_algorithm() == NormAlgorithm::Fused && super::cpu::group_norm_supported(&x) {
+    if norm_algorithm() == NormAlgorithm::Fused && crate::cpu::group_norm_supported(&x) {
         let [b, c, _, _] = x.dims();
         let device = x.device();
         // The affine parameters as [1, C] (ones and zeros without affine).
@@ -87,7 +87,7 @@ pub fn group_norm_act(
             }
             None => (gamma.expand([b, c]), beta.expand([b, c])),
         };
-        return super::cpu::group_norm(x, scale, shift, norm.num_groups, norm.epsilon, silu_after);
+        return crate::cpu::group_norm(x, scale, shift, norm.num_groups, norm.epsilon, silu_after);
     }
     let h = norm.forward(x);
     let h = match modulation {

@@ -15,7 +15,11 @@ struct SquaredNorm<'a> {
 impl ModuleVisitor for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let s = g.square().sum();
+            let s = if crate::cpu::supported(&g) {
+                crate::cpu::sum_squares(g)
+            } else {
+                g.square().sum()
+            };
             self.acc = Some(match self.acc.take() {
                 Some(a) => a + s,
                 None => s,
@@ -32,8 +36,12 @@ struct Scale<'a> {
 impl ModuleVisitor for Scale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.remove::<D>(param.id) {
-            let c = self.coef.clone().reshape([1usize; D]);
-            self.grads.register::<D>(param.id, g * c);
+            let scaled = if crate::cpu::supported(&g) {
+                crate::cpu::scale(g, self.coef.clone())
+            } else {
+                g * self.coef.clone().reshape([1usize; D])
+            };
+            self.grads.register::<D>(param.id, scaled);
         }
     }
 }

@@ -29,7 +29,12 @@ impl ModuleMapper for Update {
                 let d = self.decay;
                 param.map(|e| {
                     let shape = e.shape();
-                    e * d + src.reshape(shape) * (1.0 - d)
+                    if crate::cpu::supported(&e) && crate::cpu::supported(&src) {
+                        // One pass, in place (the same f32 arithmetic).
+                        crate::cpu::ema(e, src.reshape(shape), d)
+                    } else {
+                        e * d + src.reshape(shape) * (1.0 - d)
+                    }
                 })
             }
             None => {

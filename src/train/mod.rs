@@ -7,6 +7,8 @@ pub mod checkpoint;
 mod clip;
 mod config;
 mod ema;
+mod optim;
+pub use optim::FusedAdamW;
 
 pub use checkpoint::{CheckpointError, TrainState, write_atomic};
 pub use clip::{clip_global_norm, grad_norm};
@@ -16,7 +18,7 @@ pub use ema::ema_update;
 use crate::data::{Batcher, Dataset};
 use crate::diffusion::{Denoiser, NoiseSchedule, eps_loss, normals, timestep_tensor, training_rng};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
@@ -116,12 +118,12 @@ impl Default for TrainOptions<'_> {
 }
 
 fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
-    AdamWConfig::new()
-        .with_beta_1(cfg.beta1 as f32)
-        .with_beta_2(cfg.beta2 as f32)
-        .with_epsilon(cfg.adam_eps as f32)
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init()
+    ModuleOptimizer::from(optim::FusedAdamW::new(
+        cfg.beta1 as f32,
+        cfg.beta2 as f32,
+        cfg.adam_eps as f32,
+        cfg.weight_decay as f32,
+    ))
 }
 
 /// One step's host-side randomness: timesteps and noise, from the (seed, step) stream.

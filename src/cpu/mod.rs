@@ -21,6 +21,7 @@ pub mod conv;
 mod gemm;
 pub mod math;
 pub mod norm;
+pub mod optim;
 mod scratch;
 
 use burn::backend::autodiff::{
@@ -32,7 +33,8 @@ use burn::backend::autodiff::{
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::{
-    Backend, Dispatch, DispatchDevice, Flex, backend_extension, tensor::FloatTensor,
+    AutodiffBackend, Backend, Dispatch, DispatchDevice, Flex, backend_extension,
+    tensor::FloatTensor,
 };
 use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
 use conv::{Bias, ConvGeometry, Wanted};
@@ -66,6 +68,31 @@ pub trait CpuKernels: Backend {
         epsilon: f64,
         silu: bool,
     ) -> FloatTensor<Self>;
+
+    /// One AdamW step of parameter `p` with gradient `g` and moments `m`, `v` (ignored on the
+    /// first step, `time` 1): the new `(p, m, v)`, updated in place where they are not shared.
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        lr: f64,
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+        time: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `ema * decay + p * (1 - decay)` (`ema` updated in place where it is not shared).
+    fn cpu_ema(ema: FloatTensor<Self>, p: FloatTensor<Self>, decay: f64) -> FloatTensor<Self>;
+
+    /// `sum(g * g)` as a one-element tensor.
+    fn cpu_sum_squares(g: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `g * c` for a one-element `c` (in place where `g` is not shared).
+    fn cpu_scale(g: FloatTensor<Self>, c: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Runs `f` on a thread of rayon's global pool, the pool flex and these kernels share: the
@@ -98,7 +125,60 @@ pub fn conv2d_supported(x: &Tensor<4>, options: &ConvOptions<2>) -> bool {
 
 /// Whether [`group_norm`] takes this tensor: `flex` and f32.
 pub fn group_norm_supported(x: &Tensor<4>) -> bool {
+    supported(x)
+}
+
+/// Whether the element-wise kernels ([`adamw`], [`ema`], [`sum_squares`], [`scale`]) take
+/// this tensor: `flex` and f32.
+pub fn supported<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && is_cpu(&x.device())
+}
+
+/// One AdamW step on `flex` tensors (see [`supported`]): the new parameter and moments. On the
+/// first step (`time` 1) `m` and `v` are not read.
+pub fn adamw<const D: usize>(
+    p: Tensor<D>,
+    g: Tensor<D>,
+    m: Tensor<D>,
+    v: Tensor<D>,
+    step: optim::AdamWStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    let (p, m, v) = Dispatch::cpu_adamw(
+        p.into_dispatch(),
+        g.into_dispatch(),
+        m.into_dispatch(),
+        v.into_dispatch(),
+        step.lr,
+        step.beta_1,
+        step.beta_2,
+        step.epsilon,
+        step.weight_decay,
+        step.time,
+    );
+    (
+        Tensor::from_dispatch(p),
+        Tensor::from_dispatch(m),
+        Tensor::from_dispatch(v),
+    )
+}
+
+/// `ema * decay + p * (1 - decay)` on `flex` tensors.
+pub fn ema<const D: usize>(ema: Tensor<D>, p: Tensor<D>, decay: f64) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::cpu_ema(
+        ema.into_dispatch(),
+        p.into_dispatch(),
+        decay,
+    ))
+}
+
+/// `sum(g * g)` (`[1]`) of a `flex` tensor.
+pub fn sum_squares<const D: usize>(g: Tensor<D>) -> Tensor<1> {
+    Tensor::from_dispatch(Dispatch::cpu_sum_squares(g.into_dispatch()))
+}
+
+/// `g * c` for a one-element `c`, on `flex` tensors.
+pub fn scale<const D: usize>(g: Tensor<D>, c: Tensor<1>) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::cpu_scale(g.into_dispatch(), c.into_dispatch()))
 }
 
 /// `conv2d(x, weight, bias, options)` by our kernels (see [`conv2d_supported`]).
@@ -155,6 +235,19 @@ pub fn group_norm(
 }
 
 // ---------------------------------------------------------------- flex tensors <-> slices
+
+/// `t` as a tensor whose storage is exactly its elements in row-major order and not shared, so
+/// that a kernel may overwrite it (a copy only when `t` is a view or shared).
+fn owned(t: FlexTensor) -> FlexTensor {
+    let n = t.layout().shape().num_elements();
+    let whole = t.layout().contiguous_offsets() == Some((0, n)) && t.storage::<f32>().len() == n;
+    if whole { t } else { t.to_contiguous() }
+}
+
+/// The elements of an [`owned`] tensor, to overwrite (copy-on-write if it is still shared).
+fn elements(t: &mut FlexTensor) -> &mut [f32] {
+    t.storage_mut::<f32>()
+}
 
 /// The f32 elements of `t` in row-major order (copied only when `t` is a strided view).
 fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
@@ -253,6 +346,55 @@ impl CpuKernels for Flex {
         silu: bool,
     ) -> FlexTensor {
         group_norm_forward(&x, &scale, &shift, groups, epsilon, silu).0
+    }
+
+    fn cpu_adamw(
+        p: FlexTensor,
+        g: FlexTensor,
+        m: FlexTensor,
+        v: FlexTensor,
+        lr: f64,
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+        time: usize,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (mut p, mut m, mut v) = (owned(p), owned(m), owned(v));
+        let step = optim::AdamWStep {
+            lr,
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay,
+            time,
+        };
+        optim::adamw(
+            elements(&mut p),
+            &contiguous(&g),
+            elements(&mut m),
+            elements(&mut v),
+            step,
+        );
+        (p, m, v)
+    }
+
+    fn cpu_ema(ema: FlexTensor, p: FlexTensor, decay: f64) -> FlexTensor {
+        let mut ema = owned(ema);
+        optim::ema(elements(&mut ema), &contiguous(&p), decay);
+        ema
+    }
+
+    fn cpu_sum_squares(g: FlexTensor) -> FlexTensor {
+        let s = optim::sum_squares(&contiguous(&g)) as f32;
+        tensor(vec![s], Shape::new([1]))
+    }
+
+    fn cpu_scale(g: FlexTensor, c: FlexTensor) -> FlexTensor {
+        let c = contiguous(&c)[0];
+        let mut g = owned(g);
+        optim::scale(elements(&mut g), c);
+        g
     }
 }
 
@@ -552,5 +694,55 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                 .0,
             ),
         }
+    }
+
+    // The element-wise training kernels run on plain tensors (gradients, weights, optimizer
+    // state); on an autodiff device they act on the values and are not differentiated.
+
+    fn cpu_adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        lr: f64,
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+        time: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (p, m, v) = Flex::cpu_adamw(
+            p.into_primitive(),
+            g.into_primitive(),
+            m.into_primitive(),
+            v.into_primitive(),
+            lr,
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay,
+            time,
+        );
+        (
+            Self::from_inner(p),
+            Self::from_inner(m),
+            Self::from_inner(v),
+        )
+    }
+
+    fn cpu_ema(ema: FloatTensor<Self>, p: FloatTensor<Self>, decay: f64) -> FloatTensor<Self> {
+        Self::from_inner(Flex::cpu_ema(
+            ema.into_primitive(),
+            p.into_primitive(),
+            decay,
+        ))
+    }
+
+    fn cpu_sum_squares(g: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(Flex::cpu_sum_squares(g.into_primitive()))
+    }
+
+    fn cpu_scale(g: FloatTensor<Self>, c: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(Flex::cpu_scale(g.into_primitive(), c.into_primitive()))
     }
 }

@@ -59,11 +59,11 @@ macro_rules! simd_fn {
                 unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
                     $imp($($arg),*)
                 }
-                match $crate::model::cpu::math::simd_level() {
+                match $crate::cpu::math::simd_level() {
                     // SAFETY: the CPU has the features `v4` / `v3` are compiled for.
-                    $crate::model::cpu::math::SimdLevel::Avx512 => return unsafe { v4($($arg),*) },
-                    $crate::model::cpu::math::SimdLevel::Avx2 => return unsafe { v3($($arg),*) },
-                    $crate::model::cpu::math::SimdLevel::Baseline => {}
+                    $crate::cpu::math::SimdLevel::Avx512 => return unsafe { v4($($arg),*) },
+                    $crate::cpu::math::SimdLevel::Avx2 => return unsafe { v3($($arg),*) },
+                    $crate::cpu::math::SimdLevel::Baseline => {}
                 }
             }
             $imp($($arg),*)

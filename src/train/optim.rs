@@ -1,0 +1,82 @@
+//! AdamW with Burn's arithmetic and Burn's state (so checkpoints of either load in the other),
+//! running as one fused pass per parameter on the CPU ([`crate::cpu::optim`]) and as Burn's
+//! `AdamW` everywhere else.
+
+use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, Optimizer};
+use burn::tensor::{Device, Tensor};
+
+/// AdamW (Loshchilov & Hutter 2019), without AMSGrad or cautious weight decay.
+#[derive(Clone)]
+pub struct FusedAdamW {
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    weight_decay: f32,
+    /// The same optimizer as Burn's, for tensors the CPU kernel does not take.
+    burn: AdamW,
+}
+
+impl FusedAdamW {
+    pub fn new(beta_1: f32, beta_2: f32, epsilon: f32, weight_decay: f32) -> FusedAdamW {
+        FusedAdamW {
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay,
+            burn: AdamWConfig::new()
+                .with_beta_1(beta_1)
+                .with_beta_2(beta_2)
+                .with_epsilon(epsilon)
+                .with_weight_decay(weight_decay)
+                .build(),
+        }
+    }
+}
+
+impl Optimizer for FusedAdamW {
+    type State<const D: usize> = AdamWState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let amsgrad = state
+            .as_ref()
+            .is_some_and(|s| s.momentum.max_moment_2.is_some());
+        if amsgrad || !crate::cpu::supported(&tensor) || !crate::cpu::supported(&grad) {
+            return self.burn.step(lr, tensor, grad, state);
+        }
+        let (time, m, v) = match state {
+            Some(s) => (
+                s.momentum.time + 1,
+                s.momentum.moment_1,
+                s.momentum.moment_2,
+            ),
+            // The first step does not read the moments.
+            None => (1, grad.clone(), grad.clone()),
+        };
+        let step = crate::cpu::optim::AdamWStep {
+            lr,
+            beta_1: self.beta_1,
+            beta_2: self.beta_2,
+            epsilon: self.epsilon,
+            weight_decay: self.weight_decay,
+            time,
+        };
+        let (p, moment_1, moment_2) = crate::cpu::adamw(tensor, grad, m, v, step);
+        let momentum = AdaptiveMomentumState {
+            time,
+            moment_1,
+            moment_2,
+            max_moment_2: None,
+        };
+        (p, Some(AdamWState { momentum }))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        <AdamW as Optimizer>::to_device(state, device)
+    }
+}
