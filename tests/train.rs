@@ -255,11 +255,7 @@ fn fused_adamw_ema_and_clip_give_burns_numbers_on_the_cpu() {
 }
 
 fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-    t.clone()
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 data")
+    crate::common::to_vec(t.clone())
 }
 
 fn to_bits<const D: usize>(t: &Tensor<D>) -> Vec<u32> {
