@@ -200,92 +200,65 @@ fn pad_image(g: &ConvGeometry, x: &[f32], xp: &mut [f32]) {
     }
 }
 
+/// The columns of output rows `oy0..oy1` of one image `x` (`[Cin, H, W]`) into `col`: row `k`
+/// at `col[k * at.ld + at.offset..][..(oy1 - oy0) * OW]`.
+fn im2col(g: &ConvGeometry, x: &[f32], oy0: usize, oy1: usize, col: &mut [f32], at: Cols) {
+    let [hp, wp] = g.padded();
+    scratch::with_padded(g.in_channels * hp * wp, |xp| {
+        pad_image(g, x, xp);
+        im2col_padded(g, xp, oy0, oy1, col, at);
+    })
+}
+
 simd_fn! {
-    /// The columns of output rows `oy0..oy1` of one image `x` (`[Cin, H, W]`) into `col`: row
-    /// `k` at `col[k * at.ld + at.offset..][..(oy1 - oy0) * OW]`.
-    fn im2col(g: &ConvGeometry, x: &[f32], oy0: usize, oy1: usize, col: &mut [f32], at: Cols)
+    /// [`im2col`] from the padded planes `xp`.
+    fn im2col_padded(g: &ConvGeometry, xp: &[f32], oy0: usize, oy1: usize, col: &mut [f32], at: Cols)
         => im2col_body;
 }
 
 // Rows are short (7 pixels at 7x7): an indexed loop beats a `memcpy` call per row.
 #[allow(clippy::manual_memcpy)]
 #[inline(always)]
-fn im2col_body(g: &ConvGeometry, x: &[f32], oy0: usize, oy1: usize, col: &mut [f32], at: Cols) {
+fn im2col_body(g: &ConvGeometry, xp: &[f32], oy0: usize, oy1: usize, col: &mut [f32], at: Cols) {
     let [kh, kw] = g.kernel;
     let [hp, wp] = g.padded();
     let ow = g.output[1];
     let pt = (oy1 - oy0) * ow;
     let [sh, sw] = g.stride;
     let [dh, dw] = g.dilation;
-    scratch::with_padded(g.in_channels * hp * wp, |xp| {
-        pad_image(g, x, xp);
-        for c in 0..g.in_channels {
-            let plane = &xp[c * hp * wp..][..hp * wp];
-            for i in 0..kh {
-                for j in 0..kw {
-                    let row = &mut col[((c * kh + i) * kw + j) * at.ld + at.offset..][..pt];
-                    for (r, oy) in (oy0..oy1).enumerate() {
-                        let dst = &mut row[r * ow..][..ow];
-                        let src = &plane[(oy * sh + i * dh) * wp + j * dw..];
-                        if sw == 1 {
-                            let src = &src[..ow];
-                            for ox in 0..ow {
-                                dst[ox] = src[ox];
-                            }
-                        } else {
-                            let src = &src[..(ow - 1) * sw + 1];
-                            for ox in 0..ow {
-                                dst[ox] = src[ox * sw];
-                            }
+    for c in 0..g.in_channels {
+        let plane = &xp[c * hp * wp..][..hp * wp];
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = &mut col[((c * kh + i) * kw + j) * at.ld + at.offset..][..pt];
+                for (r, oy) in (oy0..oy1).enumerate() {
+                    let dst = &mut row[r * ow..][..ow];
+                    let src = &plane[(oy * sh + i * dh) * wp + j * dw..];
+                    if sw == 1 {
+                        let src = &src[..ow];
+                        for ox in 0..ow {
+                            dst[ox] = src[ox];
+                        }
+                    } else {
+                        let src = &src[..(ow - 1) * sw + 1];
+                        for ox in 0..ow {
+                            dst[ox] = src[ox * sw];
                         }
                     }
                 }
             }
         }
-    })
+    }
 }
 
-simd_fn! {
-    /// The transpose of [`im2col`] over a whole image: adds the columns at `at` in `dcol` onto
-    /// `dx` (`[Cin, H, W]`, overwritten).
-    fn col2im(g: &ConvGeometry, dcol: &[f32], at: Cols, dx: &mut [f32]) => col2im_body;
-}
-
-#[inline(always)]
-fn col2im_body(g: &ConvGeometry, dcol: &[f32], at: Cols, dx: &mut [f32]) {
-    let [kh, kw] = g.kernel;
+/// The transpose of [`im2col`] over a whole image: adds the columns at `at` in `dcol` onto
+/// `dx` (`[Cin, H, W]`, overwritten).
+fn col2im(g: &ConvGeometry, dcol: &[f32], at: Cols, dx: &mut [f32]) {
     let [h, w] = g.input;
     let [hp, wp] = g.padded();
-    let [oh, ow] = g.output;
-    let [sh, sw] = g.stride;
-    let [dh, dw] = g.dilation;
     let [pt, pl] = g.padding;
-    let p = oh * ow;
     scratch::with_padded(g.in_channels * hp * wp, |dxp| {
-        dxp.fill(0.0);
-        for c in 0..g.in_channels {
-            let plane = &mut dxp[c * hp * wp..][..hp * wp];
-            for i in 0..kh {
-                for j in 0..kw {
-                    let row = &dcol[((c * kh + i) * kw + j) * at.ld + at.offset..][..p];
-                    for oy in 0..oh {
-                        let src = &row[oy * ow..][..ow];
-                        let dst = &mut plane[(oy * sh + i * dh) * wp + j * dw..];
-                        if sw == 1 {
-                            let dst = &mut dst[..ow];
-                            for ox in 0..ow {
-                                dst[ox] += src[ox];
-                            }
-                        } else {
-                            let dst = &mut dst[..(ow - 1) * sw + 1];
-                            for ox in 0..ow {
-                                dst[ox * sw] += src[ox];
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        col2im_padded(g, dcol, at, dxp);
         // Crop: input pixel (y, x) is padded pixel (y + pt, x + pl); pixels no tap reads get 0.
         let x1 = w.min(wp.saturating_sub(pl));
         for c in 0..g.in_channels {
@@ -300,6 +273,45 @@ fn col2im_body(g: &ConvGeometry, dcol: &[f32], at: Cols, dx: &mut [f32]) {
             }
         }
     })
+}
+
+simd_fn! {
+    /// [`col2im`] into the padded planes `dxp` (overwritten).
+    fn col2im_padded(g: &ConvGeometry, dcol: &[f32], at: Cols, dxp: &mut [f32]) => col2im_body;
+}
+
+#[inline(always)]
+fn col2im_body(g: &ConvGeometry, dcol: &[f32], at: Cols, dxp: &mut [f32]) {
+    let [kh, kw] = g.kernel;
+    let [hp, wp] = g.padded();
+    let [oh, ow] = g.output;
+    let [sh, sw] = g.stride;
+    let [dh, dw] = g.dilation;
+    let p = oh * ow;
+    dxp.fill(0.0);
+    for c in 0..g.in_channels {
+        let plane = &mut dxp[c * hp * wp..][..hp * wp];
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = &dcol[((c * kh + i) * kw + j) * at.ld + at.offset..][..p];
+                for oy in 0..oh {
+                    let src = &row[oy * ow..][..ow];
+                    let dst = &mut plane[(oy * sh + i * dh) * wp + j * dw..];
+                    if sw == 1 {
+                        let dst = &mut dst[..ow];
+                        for ox in 0..ow {
+                            dst[ox] += src[ox];
+                        }
+                    } else {
+                        let dst = &mut dst[..(ow - 1) * sw + 1];
+                        for ox in 0..ow {
+                            dst[ox * sw] += src[ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The columns of a group of images, side by side: `[K, n * P]` (a pointwise convolution's
