@@ -468,3 +468,48 @@ fn fast_exp_and_silu_match_the_standard_library() {
     }
     assert!(silu(f32::NAN).is_nan() && silu_grad(f32::NAN).is_nan());
 }
+
+#[test]
+fn cpu_softmax_matches_burn_forward_and_gradient() {
+    use burn::tensor::activation::softmax;
+    let device = Device::flex().autodiff();
+    device.seed(13);
+    // Rows of 1, 7, 49 and 196 (not multiples of the vector width), large scores included.
+    for (n, &(rows, len, spread)) in [(6, 1, 1.0), (10, 7, 3.0), (8, 49, 30.0), (4, 196, 1.0)]
+        .iter()
+        .enumerate()
+    {
+        let x = Tensor::<4>::random(
+            [2, rows / 2, len, len.max(1)],
+            Distribution::Normal(0.0, spread),
+            &device,
+        )
+        .narrow(2, 0, 1);
+        let ct = Tensor::<4>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let scale = 0.37;
+        let run = |ours: bool| {
+            let x = x.clone().require_grad();
+            let y = if ours {
+                assert!(diffnas::cpu::supported(&x));
+                diffnas::cpu::softmax(x.clone(), scale)
+            } else {
+                softmax(x.clone() * scale, 3)
+            };
+            let g = (y.clone() * ct.clone()).sum().backward();
+            [to_vec(y.inner()), to_vec(x.grad(&g).expect("input grad"))]
+        };
+        let (ours, reference) = (run(true), run(false));
+        for (what, (a, r)) in ["output", "input grad"]
+            .iter()
+            .zip(ours.iter().zip(&reference))
+        {
+            let e = rel_diff(a, r);
+            assert!(e <= 1e-5, "case {n} {what}: relative error {e}");
+        }
+        // Rows sum to one.
+        for row in ours[0].chunks(len.max(1)) {
+            let s: f32 = row.iter().sum();
+            assert!((s - 1.0).abs() < 1e-5, "case {n}: a row sums to {s}");
+        }
+    }
+}

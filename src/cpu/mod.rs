@@ -23,6 +23,7 @@ pub mod math;
 pub mod norm;
 pub mod optim;
 mod scratch;
+mod softmax;
 
 use burn::backend::autodiff::{
     Autodiff, NodeId,
@@ -68,6 +69,9 @@ pub trait CpuKernels: Backend {
         epsilon: f64,
         silu: bool,
     ) -> FloatTensor<Self>;
+
+    /// `softmax(scale * x)` over the last dimension.
+    fn cpu_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self>;
 
     /// One AdamW step of parameter `p` with gradient `g` and moments `m`, `v` (ignored on the
     /// first step, `time` 1): the new `(p, m, v)`, updated in place where they are not shared.
@@ -132,6 +136,11 @@ pub fn group_norm_supported(x: &Tensor<4>) -> bool {
 /// this tensor: `flex` and f32.
 pub fn supported<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && is_cpu(&x.device())
+}
+
+/// `softmax(scale * x)` over the last dimension of a `flex` tensor (see [`supported`]).
+pub fn softmax<const D: usize>(x: Tensor<D>, scale: f64) -> Tensor<D> {
+    Tensor::from_dispatch(Dispatch::cpu_softmax(x.into_dispatch(), scale))
 }
 
 /// One AdamW step on `flex` tensors (see [`supported`]): the new parameter and moments. On the
@@ -348,6 +357,10 @@ impl CpuKernels for Flex {
         group_norm_forward(&x, &scale, &shift, groups, epsilon, silu).0
     }
 
+    fn cpu_softmax(x: FlexTensor, scale: f64) -> FlexTensor {
+        softmax_forward(&x, scale)
+    }
+
     fn cpu_adamw(
         p: FlexTensor,
         g: FlexTensor,
@@ -404,6 +417,36 @@ fn add_image_bias(out: FlexTensor, bias: FlexTensor) -> FlexTensor {
     let s = bias.layout().shape().clone();
     let bias = Flex::float_reshape(bias, Shape::new([s[0], s[1], 1, 1]));
     Flex::float_add(out, bias)
+}
+
+fn softmax_forward(x: &FlexTensor, scale: f64) -> FlexTensor {
+    let shape = x.layout().shape().clone();
+    let n = shape[shape.num_dims() - 1];
+    tensor(softmax::forward(&contiguous(x), n, scale as f32), shape)
+}
+
+/// Softmax node; parent the input, state the output.
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl Backward<Flex, 1> for SoftmaxBackward {
+    type State = (FlexTensor, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (y, scale) = ops.state;
+        if let Some(node) = &ops.parents[0] {
+            let shape = y.layout().shape().clone();
+            let n = shape[shape.num_dims() - 1];
+            let dx = softmax::backward(&contiguous(&y), &contiguous(&dy), n, scale as f32);
+            grads.register::<Flex>(node.id, tensor(dx, shape));
+        }
+    }
 }
 
 fn group_norm_forward(
@@ -693,6 +736,19 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
                 )
                 .0,
             ),
+        }
+    }
+
+    fn cpu_softmax(x: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        let y = softmax_forward(x.primitive(), scale);
+        match SoftmaxBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            // The backward pass reads the output (an Arc of the same buffer).
+            OpsKind::Tracked(prep) => prep.finish((y.clone(), scale), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 

@@ -162,9 +162,10 @@ impl AttentionBlock {
 /// Self-attention over pixels: `qkv` `[B, 3C, H, W]` (queries, keys, values stacked along
 /// channels, each split into `heads` heads) -> `[B, C, H, W]`.
 ///
-/// `softmax(q k^T / sqrt(dh)) v` as two matmuls over strided views of `qkv`. Not Burn's fused
-/// `attention`: on wgpu it returns wrong values for strided inputs like these (relative error
-/// above 1 at 49 or more tokens, exact at 16; `tests/wgpu_parity.rs`).
+/// `softmax(q k^T / sqrt(dh)) v` as two matmuls over strided views of `qkv` (the softmax is our
+/// fused kernel on the CPU). Not Burn's fused `attention`: on wgpu it returns wrong values for
+/// strided inputs like these (relative error above 1 at 49 or more tokens, exact at 16;
+/// `tests/wgpu_parity.rs`).
 pub fn multi_head_attention(qkv: Tensor<4>, heads: usize) -> Tensor<4> {
     let [b, c3, h, w] = qkv.dims();
     let (c, l) = (c3 / 3, h * w);
@@ -178,7 +179,13 @@ pub fn multi_head_attention(qkv: Tensor<4>, heads: usize) -> Tensor<4> {
             .swap_dims(2, 3)
     };
     let (q, k, v) = (part(0), part(1), part(2));
-    let weights = softmax(q.matmul(k.swap_dims(2, 3)) * (dh as f64).powf(-0.5), 3);
+    let scores = q.matmul(k.swap_dims(2, 3)); // [B, heads, L, L]
+    let scale = (dh as f64).powf(-0.5);
+    let weights = if crate::cpu::supported(&scores) {
+        crate::cpu::softmax(scores, scale)
+    } else {
+        softmax(scores * scale, 3)
+    };
     let out = weights.matmul(v); // [B, heads, L, dh]
     out.swap_dims(2, 3).reshape([b, c, h, w])
 }
