@@ -15,7 +15,7 @@ const TASK: usize = 1 << 15;
 /// `y = softmax(scale * x)` over rows of `n` elements.
 pub fn forward(x: &[f32], n: usize, scale: f32) -> Vec<f32> {
     assert!(
-        n > 0 && x.len() % n == 0,
+        n > 0 && x.len().is_multiple_of(n),
         "softmax: {} elements are not rows of {n}",
         x.len()
     );
