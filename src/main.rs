@@ -8,10 +8,11 @@ fn main() {
 /// glibc hands every freed block above its mmap threshold (128 KiB, rising to at most 32 MiB as
 /// it adapts) back to the kernel. A training or sampling step frees and allocates the same
 /// activation and gradient buffers, megabytes each, hundreds of times, so each step would fault
-/// every page in again and the kernel would zero it. Serving blocks below 1 GiB from the heap
-/// (32 MiB where glibc allows no more) and never trimming it keeps those pages: the process stays at its peak resident size instead
-/// of returning to a lower one between steps. `MALLOC_MMAP_THRESHOLD_` or
-/// `MALLOC_TRIM_THRESHOLD_` in the environment take precedence.
+/// every page in again and the kernel would zero it. Serving blocks up to 32 MiB (the largest
+/// threshold glibc accepts: half its largest heap) from the heap and never trimming it keeps
+/// those pages: the process stays at its peak resident size instead of returning to a lower one
+/// between steps. `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` in the environment take
+/// precedence.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -20,10 +21,7 @@ fn keep_freed_memory() {
             // SAFETY: mallopt only changes glibc's allocation policy; it is called before any
             // other thread exists.
             unsafe {
-                // Older glibc caps the threshold at 32 MiB (half its largest heap).
-                if libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30) == 0 {
-                    libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-                }
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
                 libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
             }
         }

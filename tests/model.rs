@@ -176,55 +176,80 @@ fn cpu_convolution_matches_burn_conv2d_forward_and_all_gradients() {
     use diffnas::cpu;
     let device = Device::flex().autodiff();
     device.seed(7);
-    // (batch, cin, cout, kernel, stride, dilation, padding [(t, b), (l, r)], h, w, bias)
-    // bias: 0 none, 1 per channel, 2 per image.
+    // (batch, cin, cout, kernel [kh, kw], stride [sh, sw], dilation [dh, dw],
+    //  padding [(t, b), (l, r)], h, w, bias); bias: 0 none, 1 per channel, 2 per image.
     #[allow(clippy::type_complexity)]
     let cases: &[(
         usize,
         usize,
         usize,
-        usize,
-        usize,
-        usize,
+        [usize; 2],
+        [usize; 2],
+        [usize; 2],
         [(usize, usize); 2],
         usize,
         usize,
         u8,
     )] = &[
-        (2, 3, 5, 3, 1, 1, [(1, 1), (1, 1)], 7, 6, 1),
-        (2, 4, 6, 1, 1, 1, [(0, 0), (0, 0)], 5, 5, 1),
-        (3, 4, 6, 5, 1, 1, [(2, 2), (2, 2)], 9, 7, 2),
-        (2, 3, 4, 3, 2, 1, [(1, 1), (1, 1)], 7, 8, 1),
-        (2, 2, 3, 1, 2, 1, [(0, 0), (0, 0)], 6, 6, 0),
-        (2, 5, 2, 3, 1, 1, [(0, 0), (0, 0)], 6, 5, 1),
-        (2, 3, 4, 3, 2, 1, [(0, 1), (1, 0)], 8, 9, 1),
-        (2, 2, 3, 3, 1, 2, [(2, 2), (2, 2)], 7, 7, 2),
-        (2, 3, 3, 5, 2, 1, [(2, 2), (2, 2)], 5, 5, 1),
+        (2, 3, 5, [3, 3], [1, 1], [1, 1], [(1, 1), (1, 1)], 7, 6, 1),
+        (2, 4, 6, [1, 1], [1, 1], [1, 1], [(0, 0), (0, 0)], 5, 5, 1),
+        (3, 4, 6, [5, 5], [1, 1], [1, 1], [(2, 2), (2, 2)], 9, 7, 2),
+        (2, 3, 4, [3, 3], [2, 2], [1, 1], [(1, 1), (1, 1)], 7, 8, 1),
+        (2, 2, 3, [1, 1], [2, 2], [1, 1], [(0, 0), (0, 0)], 6, 6, 0),
+        (2, 5, 2, [3, 3], [1, 1], [1, 1], [(0, 0), (0, 0)], 6, 5, 1),
+        (2, 3, 4, [3, 3], [2, 2], [1, 1], [(0, 1), (1, 0)], 8, 9, 1),
+        (2, 2, 3, [3, 3], [1, 1], [2, 2], [(2, 2), (2, 2)], 7, 7, 2),
+        (2, 3, 3, [5, 5], [2, 2], [1, 1], [(2, 2), (2, 2)], 5, 5, 1),
+        // Every size different along the two axes: a swap of height and width anywhere fails.
+        (2, 3, 4, [3, 1], [2, 1], [1, 1], [(1, 1), (0, 0)], 9, 6, 1),
+        (2, 2, 3, [1, 5], [1, 2], [2, 1], [(0, 1), (2, 1)], 5, 11, 2),
+        (1, 3, 2, [5, 3], [1, 2], [1, 2], [(2, 1), (1, 2)], 8, 7, 0),
         // One image: the forward pass splits the image's rows over threads.
-        (1, 3, 4, 3, 1, 1, [(1, 1), (1, 1)], 11, 5, 1),
+        (1, 3, 4, [3, 3], [1, 1], [1, 1], [(1, 1), (1, 1)], 11, 5, 1),
         // More images than weight-gradient chunks: chunks of two images.
-        (11, 2, 3, 3, 1, 1, [(1, 1), (1, 1)], 5, 6, 2),
-        (2, 4, 3, 1, 1, 1, [(1, 1), (1, 1)], 4, 4, 1),
+        (11, 2, 3, [3, 3], [1, 1], [1, 1], [(1, 1), (1, 1)], 5, 6, 2),
+        (2, 4, 3, [1, 1], [1, 1], [1, 1], [(1, 1), (1, 1)], 4, 4, 1),
         // A large weight over few pixels: its gradient is summed row-major, not transposed.
-        (2, 64, 512, 3, 1, 1, [(1, 1), (1, 1)], 4, 4, 1),
+        (
+            2,
+            64,
+            512,
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [(1, 1), (1, 1)],
+            4,
+            4,
+            1,
+        ),
     ];
     for (n, &(batch, cin, cout, k, s, d, pad, h, w, bias)) in cases.iter().enumerate() {
         let x = Tensor::<4>::random([batch, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
-        let wt = Tensor::<4>::random([cout, cin, k, k], Distribution::Normal(0.0, 0.5), &device);
+        let wt = Tensor::<4>::random(
+            [cout, cin, k[0], k[1]],
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        );
         let bc = Tensor::<1>::random([cout], Distribution::Normal(0.0, 1.0), &device);
         let bi = Tensor::<2>::random([batch, cout], Distribution::Normal(0.0, 1.0), &device);
-        let options = ConvOptions::new_with_padding([s, s], pad, [d, d], 1);
-        let oh = (h + pad[0].0 + pad[0].1 - d * (k - 1) - 1) / s + 1;
-        let ow = (w + pad[1].0 + pad[1].1 - d * (k - 1) - 1) / s + 1;
+        let options = ConvOptions::new_with_padding(s, pad, d, 1);
+        let oh = (h + pad[0].0 + pad[0].1 - d[0] * (k[0] - 1) - 1) / s[0] + 1;
+        let ow = (w + pad[1].0 + pad[1].1 - d[1] * (k[1] - 1) - 1) / s[1] + 1;
         // A fixed random cotangent, so every output element's gradient path is exercised.
         let ct = Tensor::<4>::random(
             [batch, cout, oh, ow],
             Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let run = |ours: bool, strided: bool| {
+        // `frozen_input`: the input needs no gradient (the first layer), so only the weight's
+        // and the bias's are computed.
+        let run = |ours: bool, strided: bool, frozen_input: bool| {
             let (x, wt, bc, bi) = (
-                x.clone().require_grad(),
+                if frozen_input {
+                    x.clone()
+                } else {
+                    x.clone().require_grad()
+                },
                 wt.clone().require_grad(),
                 bc.clone().require_grad(),
                 bi.clone().require_grad(),
@@ -249,7 +274,15 @@ fn cpu_convolution_matches_burn_conv2d_forward_and_all_gradients() {
             let g = (y.clone() * ct.clone()).sum().backward();
             let mut out = vec![
                 to_vec(y.inner()),
-                to_vec(x.grad(&g).expect("input grad")),
+                if frozen_input {
+                    assert!(
+                        x.grad(&g).is_none(),
+                        "case {n}: a gradient for a frozen input"
+                    );
+                    Vec::new()
+                } else {
+                    to_vec(x.grad(&g).expect("input grad"))
+                },
                 to_vec(wt.grad(&g).expect("weight grad")),
             ];
             match bias {
@@ -259,18 +292,22 @@ fn cpu_convolution_matches_burn_conv2d_forward_and_all_gradients() {
             }
             out
         };
-        let reference = run(false, false);
-        for strided in [false, true] {
-            let ours = run(true, strided);
+        let reference = run(false, false, false);
+        for (strided, frozen_input) in [(false, false), (true, false), (false, true)] {
+            let ours = run(true, strided, frozen_input);
             for (what, (a, r)) in ["output", "input grad", "weight grad", "bias grad"]
                 .iter()
                 .zip(ours.iter().zip(&reference))
             {
+                if frozen_input && *what == "input grad" {
+                    continue;
+                }
                 assert_eq!(a.len(), r.len(), "case {n} {what}: size");
                 let e = rel_diff(a, r);
                 assert!(
                     e <= 2e-6,
-                    "case {n} (strided {strided}) {what}: relative error {e}"
+                    "case {n} (strided {strided}, frozen input {frozen_input}) {what}: \
+                     relative error {e}"
                 );
             }
         }
@@ -344,9 +381,39 @@ fn cpu_kernels_give_the_same_bits_on_any_number_of_threads() {
             ]
         })
     };
-    let one = run(1);
+    // Gradients of a convolution whose sums are long (k = 576 terms, more than the GEMM sums in
+    // one block) over few pixels: the batch splits into chunks by shape, not by thread count.
+    let g2 = ConvGeometry::new(
+        [5, 64, 6, 6],
+        [16, 64, 3, 3],
+        [1, 1],
+        [1, 1],
+        [(1, 1), (1, 1)],
+    )
+    .unwrap();
+    let (x2, w2, dy2) = (vals(5 * 64 * 36), vals(16 * 64 * 9), vals(5 * 16 * 36));
+    let run2 = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let all = Wanted {
+                x: true,
+                weight: true,
+                bias: true,
+            };
+            let gr = conv::backward(&g2, &x2, &w2, &dy2, all);
+            [gr.x.unwrap(), gr.weight.unwrap(), gr.bias.unwrap()]
+        })
+    };
+    let (one, one2) = (run(1), run2(1));
     for threads in [2, 3, 8] {
         assert!(run(threads) == one, "{threads} threads differ from one");
+        assert!(
+            run2(threads) == one2,
+            "{threads} threads differ from one (long sums)"
+        );
     }
 }
 

@@ -374,28 +374,35 @@ def run_torch(a, mode, out):
 # ---------------------------------------------------------------- the table
 
 
-def render(genome, batch, mode, d, t):
+def category_ms(d, c):
+    """Milliseconds per step of category `c` in a diffnas profile (its share of the perf samples)."""
+    return d["seconds_per_step"] * 1e3 * d["categories"].get(c, 0) / max(d["samples"], 1)
+
+
+def render(genome, batch, mode, d, t, before=None):
     lines = []
     what = "training step" if mode == "train" else "denoiser evaluation (sampling step)"
     lines.append(f"### {genome}, batch {batch}, one {what}, {d['threads']} thread(s)\n")
-    lines.append(f"diffnas flex: {d['seconds_per_step'] * 1e3:.1f} ms per step ({d['samples']} perf samples); "
+    was = f"before: {before['seconds_per_step'] * 1e3:.1f} ms per step; " if before else ""
+    lines.append(f"diffnas flex: {was}{d['seconds_per_step'] * 1e3:.1f} ms per step ({d['samples']} perf samples); "
                  f"PyTorch eager: {t['seconds_per_step'] * 1e3:.1f} ms per step (unprofiled).\n")
-    lines.append("| category | diffnas ms | diffnas share | of which allocation | PyTorch ms | PyTorch share | gap (ms) |")
-    lines.append("|---|---|---|---|---|---|---|")
+    head = "| category |" + (" before ms |" if before else "")
+    lines.append(head + " diffnas ms | diffnas share | of which allocation | PyTorch ms | PyTorch share | gap (ms) |")
+    lines.append("|---|" + ("---|" if before else "") + "---|---|---|---|---|---|")
     dtot = max(d["samples"], 1)
     ttot = max(t["total_us"], 1e-9)
-    rows = []
     for c in CATEGORIES:
         dn = d["categories"].get(c, 0)
         tn = t["categories"].get(c, 0.0)
-        if dn == 0 and tn == 0:
+        bn = before["categories"].get(c, 0) if before else 0
+        if dn == 0 and tn == 0 and bn == 0:
             continue
-        dms = d["seconds_per_step"] * 1e3 * dn / dtot
+        dms = category_ms(d, c)
         tms = t["seconds_per_step"] * 1e3 * tn / ttot
-        an = d["alloc"].get(c, 0)
-        rows.append((c, dms, dn / dtot, an / dtot, tms, tn / ttot))
-    for c, dms, ds, al, tms, ts in rows:
-        lines.append(f"| {c} | {dms:.2f} | {100 * ds:.1f}% | {100 * al:.1f}% | {tms:.2f} | {100 * ts:.1f}% | {dms - tms:+.2f} |")
+        al = d["alloc"].get(c, 0) / dtot
+        was = f" {category_ms(before, c):.2f} |" if before else ""
+        lines.append(f"| {c} |{was} {dms:.2f} | {100 * dn / dtot:.1f}% | {100 * al:.1f}% | {tms:.2f} | "
+                     f"{100 * tn / ttot:.1f}% | {dms - tms:+.2f} |")
     lines.append("")
     lines.append("Top diffnas ops (phase, Burn op or autodiff node, category, share):\n")
     for o in d["ops"][:15]:
@@ -422,8 +429,14 @@ def main():
     ap.add_argument("--diffnas", default=os.path.join(target, "release/diffnas"))
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--before", help="an earlier run's profile.json (same genome, batch and threads): "
+                    "its diffnas milliseconds become a `before` column")
     ap.add_argument("--out")
     a = ap.parse_args()
+    before = None
+    if a.before:
+        with open(a.before) as f:
+            before = json.load(f)
     name = os.path.splitext(os.path.basename(a.genome))[0]
     out = a.out or os.path.join(ROOT, "bench-results", f"ops-{name}-b{a.batch_size}-t{a.threads}")
     os.makedirs(out, exist_ok=True)
@@ -445,7 +458,8 @@ def main():
         t = None if a.skip_torch else run_torch(a, mode, out)
         result[mode] = dict(diffnas=d, torch=t)
         if t:
-            md.append(render(name, a.batch_size, mode, d, t))
+            was = before.get(mode, {}).get("diffnas") if before else None
+            md.append(render(name, a.batch_size, mode, d, t, was))
     with open(os.path.join(out, "profile.json"), "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(out, "profile.md"), "w") as f:

@@ -59,9 +59,9 @@ pub struct BenchArgs {
     /// rate as a fraction of it. GPU backends only; takes a few seconds.
     #[arg(long)]
     pub peak: bool,
-    /// How convolutions run: `im2col` (our im2col kernel + matmul forward, Burn's gradients
-    /// backward), `gemm` (the same lowering as plain tensor ops), `direct` (Burn's conv2d) or
-    /// `auto` (im2col on GPU devices, direct on the CPU).
+    /// How convolutions run: `im2col` (ours: on GPU devices an im2col kernel + matmul, on the
+    /// CPU im2col + GEMM with our own gradients), `gemm` (the same lowering as plain tensor
+    /// ops), `direct` (Burn's conv2d) or `auto` (im2col).
     #[arg(long, default_value = "auto", value_parser = ConvAlgorithm::NAMES)]
     pub conv: String,
     /// How GroupNorm (+ SiLU) runs: `fused` (our kernel on the CPU, Burn's ops elsewhere) or

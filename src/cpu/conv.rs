@@ -16,14 +16,15 @@
 //! already is one. Small images (7x7, 14x14: a few dozen output pixels) make GEMMs too thin to
 //! run fast, so their images are lowered side by side, `[K, n * P]`, until a product has about
 //! [`GEMM_ROWS`] rows. Parallelism is over images or such groups (an image's rows when there are
-//! fewer images than threads), each GEMM single-threaded; the weight gradient is summed over a
-//! split of the batch that depends on the shapes alone (at most [`WEIGHT_GRAD_CHUNKS`] chunks)
-//! and the chunks are added in order, so every result is the same on any number of threads.
+//! fewer images than threads), each GEMM single-threaded. The gradients are summed over a split
+//! of the batch that depends on the shapes alone (at most [`WEIGHT_GRAD_CHUNKS`] chunks), added
+//! in order, so they are the same on any number of threads; the forward's split follows the
+//! thread count, so its outputs may differ in the last bits between core counts (see
+//! [`super`]).
 
 use super::gemm::{Mat, MatMut, gemm};
 use super::math::{simd_fn, sum};
-use super::scratch;
-use rayon::prelude::*;
+use super::{par_each, scratch};
 
 /// The weight gradient's partial sums: at most this many, whatever the thread count (results
 /// must not depend on it).
@@ -327,16 +328,6 @@ fn group_columns(g: &ConvGeometry, xs: &[f32], n: usize, col: &mut [f32]) {
         } else {
             im2col(g, xb, 0, g.output[0], col, Cols { ld, offset: i * p });
         }
-    }
-}
-
-/// Runs `f` on every item: on rayon's pool, or in order on this thread when the pool has one
-/// thread or there is one item.
-pub(crate) fn par_each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
-    if items.len() <= 1 || rayon::current_num_threads() <= 1 {
-        items.into_iter().for_each(f);
-    } else {
-        items.into_par_iter().for_each(f);
     }
 }
 

@@ -1,21 +1,26 @@
 //! The UNet's heavy ops on the CPU (`flex`), as our own kernels: convolution (forward, input,
-//! weight and bias gradients) and GroupNorm fused with its SiLU (forward and backward), each one
-//! autodiff node with its own backward.
+//! weight and bias gradients), GroupNorm fused with its SiLU (forward and backward) and the
+//! attention softmax, each one autodiff node with its own backward; and the training step's
+//! element-wise passes (AdamW, EMA, the global-norm clip) as one pass each ([`optim`]).
 //!
 //! Why: a per-op profile of a `flex` training step (`examples/bench/op_profile.py`, README)
 //! put 69% of it in Burn's convolution (its weight gradient alone 30%: a convolution with
 //! batch and channels swapped, whose GEMMs have 9 columns) and 16% in GroupNorm and SiLU as
 //! nine separate tensor ops with scalar `expf`. Here the convolution is im2col + one GEMM per
-//! image and gradient ([`conv`]), the norm one pass forward and two backward ([`norm`]).
+//! image and gradient ([`conv`]), the norm one kernel forward and one backward ([`norm`]).
 //!
 //! The kernels are plain Rust over slices (the `gemm` crate for the products, rayon for
 //! threads), so the browser's CPU fallback runs them too. They are a Burn backend extension
 //! ([`CpuKernels`]) for `Flex` and `Autodiff<Flex>`; every other device keeps Burn's ops, and
 //! non-f32 tensors fall back to Burn's.
 //!
-//! Every result is independent of the thread count (fixed partial sums, added in order), so a
-//! resumed training run still ends with the weights of an uninterrupted one. Parity with Burn's
-//! ops (outputs and all gradients) is tested in `tests/model.rs`.
+//! Results do not depend on how rayon schedules the work (fixed partial sums, added in order),
+//! so a run resumed on the same machine ends with the weights of an uninterrupted one. Most do
+//! not depend on the thread count either; the exception is the forward convolution, whose split
+//! of the batch into GEMMs follows the thread count, and the GEMM's blocking of a long sum (more
+//! than a few hundred terms) follows the GEMM's size: on another core count its outputs may
+//! differ in the last bits. Parity with Burn's ops (outputs and all gradients) is tested in
+//! `tests/model.rs`.
 
 pub mod conv;
 mod gemm;
@@ -103,13 +108,25 @@ pub trait CpuKernels: Backend {
 /// caller's own (serial) work then runs on one of the pool's threads and every parallel region
 /// starts there, instead of the caller handing each region to the pool and sleeping until it
 /// ends. On 2 cores that is the difference between two busy threads and three (the caller and
-/// two workers) plus a wake-up per region. The pool gets 16 MiB stacks, as a main thread has.
+/// two workers) plus a wake-up per region. The pool's threads get 16 MiB stacks (a main
+/// thread's default is 8 MiB; rayon's workers get 2 MiB), room for the CLI's deepest calls.
 pub fn run_in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     // Fails only when the pool already exists, which is as good.
     let _ = rayon::ThreadPoolBuilder::new()
         .stack_size(16 << 20)
         .build_global();
     rayon::scope(|_| f())
+}
+
+/// Runs `f` on every item: on rayon's pool, or in order on this thread when the pool has one
+/// thread or there is one item.
+pub(crate) fn par_each<T: Send>(items: Vec<T>, f: impl Fn(T) + Sync + Send) {
+    if items.len() <= 1 || rayon::current_num_threads() <= 1 {
+        items.into_iter().for_each(f);
+    } else {
+        use rayon::prelude::*;
+        items.into_par_iter().for_each(f);
+    }
 }
 
 /// A device whose tensors these kernels can take: `flex`, with or without autodiff.

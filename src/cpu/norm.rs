@@ -1,5 +1,5 @@
 //! GroupNorm (Wu & He 2018) with a per-image affine and an optional SiLU, forward and backward
-//! in one pass each over NCHW f32 slices: the UNet's `silu(norm(x))`, the scale-shift
+//! as one kernel each over NCHW f32 slices: the UNet's `silu(norm(x))`, the scale-shift
 //! `silu(norm(x) * (1 + s) + t)` of IDDPM's ResBlock and the plain `norm(x)` of attention are
 //! all `act(n * scale[b, c] + shift[b, c])` with `n = (x - mean_g) / sqrt(var_g + eps)` over the
 //! group `g` of channel `c` (biased variance, as PyTorch and Burn).
@@ -9,8 +9,8 @@
 //! input three times (mean, variance, output) and the backward twice, keeping the per-group
 //! mean and reciprocal standard deviation from the forward.
 
-use super::conv::par_each;
 use super::math::{silu, silu_grad, simd_fn, sum, sum_map, sum_map2};
+use super::par_each;
 
 /// The shapes of one group norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

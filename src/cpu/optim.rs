@@ -7,8 +7,8 @@
 //! per copy) they took a sixth of a training step on 2 cores. The arithmetic here is Burn's, op
 //! for op and in f32, so the weights and moments are the same numbers (tested bit for bit).
 
-use super::conv::par_each;
 use super::math::{simd_fn, sum_map};
+use super::par_each;
 
 /// Elements per parallel task of these memory-bound passes.
 const CHUNK: usize = 1 << 16;

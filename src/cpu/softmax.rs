@@ -6,8 +6,8 @@
 //! tokens) that `exp` was 6.7% of a training step. Here a row is one pass for its max, one for
 //! the exponentials and their sum, one to normalise, with the vectorised [`super::math::exp`].
 
-use super::conv::par_each;
 use super::math::{exp, simd_fn, sum, sum_map2};
+use super::par_each;
 
 /// Rows per parallel task: at least this many elements.
 const TASK: usize = 1 << 15;
