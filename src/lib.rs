@@ -14,7 +14,7 @@
 //! - `data` -> burn, image. `train` -> diffusion, data, cpu (generic over any module and
 //!   `Objective`; the default objective is the DDPM epsilon loss of a `Denoiser`).
 //! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
-//!   f64 linear algebra (faer).
+//!   `model::conv` (the CPU convolution for its extractors), f64 linear algebra (faer).
 //! - `trial` -> genome, model, train, diffusion, eval, data: genome -> trained, scored trial.
 //! - `search` -> genome, trial (the `Evaluator` trait), the trial log.
 //! - `search::block` -> genome, model, diffusion, train (the one-shot exception: it trains

@@ -105,9 +105,10 @@ impl Classifier {
     /// The 128-d features (pre-ReLU output of the first linear layer).
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let pool = |x| max_pool2d(x, MaxPoolOptions::new([2, 2]));
-        let x = relu(self.c2.forward(relu(self.c1.forward(x))));
+        let conv = crate::model::conv::forward_on_cpu_kernel;
+        let x = relu(conv(&self.c2, relu(conv(&self.c1, x))));
         let x = pool(x);
-        let x = relu(self.c4.forward(relu(self.c3.forward(x))));
+        let x = relu(conv(&self.c4, relu(conv(&self.c3, x))));
         let x = pool(x);
         let [n, c, h, w] = x.dims();
         self.fc1.forward(x.reshape([n, c * h * w]))

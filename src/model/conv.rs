@@ -92,6 +92,21 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     }
 }
 
+/// `conv.forward(x)` for networks outside the UNet (the scoring extractors): our CPU kernel on
+/// `flex` (unless the process's algorithm is `direct`), Burn's module on every other device, so
+/// their GPU path stays the one their parity tests pin.
+pub fn forward_on_cpu_kernel(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match options_of(conv) {
+        Some(options) if uses_cpu_kernel(&x, &options) => crate::cpu::conv2d(
+            x,
+            conv.weight.val(),
+            conv.bias.as_ref().map(|b| b.val()),
+            options,
+        ),
+        _ => conv.forward(x),
+    }
+}
+
 /// `conv.forward(x) + extra` with `extra` `[B, Cout]` added to every pixel (a ResBlock's
 /// timestep embedding): on the CPU the sum is the convolution's per-image bias, with no pass of
 /// its own.
