@@ -326,8 +326,8 @@ pub struct SearchConfig {
 pub enum Scale {
     /// `small` on a CPU device, `standard` on a GPU.
     Auto,
-    /// Tiny genomes and short trials: a search of 8 trials takes about half an hour on a
-    /// 2-core CPU.
+    /// Tiny genomes and short trials: a search of 8 trials takes about 11 minutes on a
+    /// 2-core CPU (5 of them training the offline classifier on first use).
     Small,
     /// The search the defaults of ALGORITHMS.md describe, for a GPU.
     Standard,
