@@ -13,6 +13,31 @@ pub(crate) struct Mat<'a> {
     pub cs: usize,
 }
 
+impl<'a> Mat<'a> {
+    /// Column-major: element `(i, j)` at `data[i + j * rows]` (an image plane `[C, P]` read as
+    /// `P x C`, a column matrix `[K, P]` read as `P x K`).
+    pub fn col_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rows,
+        }
+    }
+
+    /// Row-major: element `(i, j)` at `data[i * cols + j]`.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+}
+
 /// A writable `rows x cols` matrix: element `(i, j)` is at `ptr + i * rs + j * cs`, all inside
 /// `len` elements from `ptr`.
 pub(crate) struct MatMut<'a> {
