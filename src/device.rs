@@ -106,6 +106,23 @@ fn info_of(a: &wgpu::AdapterInfo) -> DeviceInfo {
     }
 }
 
+/// Keeps a headless machine's adapter probe quiet. Mesa's Vulkan device-select layer orders
+/// GPUs by asking the Wayland compositor which one drives the display; with no session
+/// (`XDG_RUNTIME_DIR` unset, so no compositor can be reached) libwayland prints "error:
+/// XDG_RUNTIME_DIR is invalid or not set in the environment." each time it tries, and there
+/// is nothing to learn. Then this turns the layer off (`NODEVICE_SELECT=1`), unless the user
+/// set that variable. wgpu still sees every adapter and picks by its own preference. Call it at
+/// the start of `main`, before any thread exists.
+pub fn quiet_headless_probe() {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    let runtime_dir =
+        std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir());
+    if !runtime_dir && !set("WAYLAND_SOCKET") && std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: documented precondition: no other thread reads the environment yet.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 /// Every adapter wgpu can see, on every graphics API.
 #[cfg(feature = "wgpu")]
 pub fn adapters() -> Vec<DeviceInfo> {

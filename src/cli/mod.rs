@@ -16,7 +16,8 @@ mod train_cmd;
 pub use bench::{BenchArgs, BenchReport, run_bench};
 pub use run::{RunFiles, Weights, load_denoiser};
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Search for better diffusion-model architectures on any GPU.
 ///
@@ -62,7 +63,10 @@ pub enum Command {
 /// Exit codes: 0 success, 1 runtime failure, 2 bad input (arguments, files, genomes),
 /// 130 interrupted (the run can be resumed).
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let (cli, matches) = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -70,6 +74,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    crate::device::quiet_headless_probe();
     #[cfg(feature = "kernel-cache")]
     {
         let dir = std::env::var_os("DIFFNAS_KERNEL_CACHE").map_or_else(
@@ -85,7 +90,7 @@ pub fn main() -> i32 {
     {
         return code;
     }
-    match crate::cpu::run_in_pool(|| dispatch(cli)) {
+    match crate::cpu::run_in_pool(|| dispatch(cli, Given::of(&matches))) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -107,9 +112,37 @@ pub(crate) fn user_err(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UserError(msg.into()))
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+/// Which flags of the command the user gave (on the command line or through an environment
+/// variable), as opposed to clap's defaults: a resumed run refuses the ones that would change
+/// it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Given(Option<ArgMatches>);
+
+impl Given {
+    /// The innermost subcommand's flags.
+    fn of(m: &ArgMatches) -> Given {
+        let mut m = m;
+        while let Some((_, sub)) = m.subcommand() {
+            m = sub;
+        }
+        Given(Some(m.clone()))
+    }
+
+    /// Whether argument `id` (its field name) was given.
+    pub fn has(&self, id: &str) -> bool {
+        self.0.as_ref().is_some_and(|m| {
+            m.try_contains_id(id).unwrap_or(false)
+                && matches!(
+                    m.value_source(id),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                )
+        })
+    }
+}
+
+fn dispatch(cli: Cli, given: Given) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Train(a) => train_cmd::run(a),
+        Command::Train(a) => train_cmd::run(a, &given),
         Command::Sample(a) => sample::run(a).map(|_| 0),
         Command::Genome(c) => genome_cmd::run(c),
         Command::Devices => devices().map(|_| 0),

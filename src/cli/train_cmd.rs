@@ -1,5 +1,6 @@
 //! `diffnas train`.
 
+use super::Given;
 use super::genome_cmd::load_genome;
 use super::progress::{bar, note};
 use super::run::RunFiles;
@@ -10,7 +11,8 @@ use crate::device::DeviceChoice;
 use crate::diffusion::BetaSchedule;
 use crate::model::Unet;
 use crate::train::{
-    LrSchedule, TrainConfig, TrainEvent, TrainOptions, TrainStatus, latest_checkpoint, train,
+    LrSchedule, TrainConfig, TrainEvent, TrainOptions, TrainStatus, defaults, latest_checkpoint,
+    train,
 };
 use anyhow::Context;
 use clap::Args;
@@ -33,8 +35,9 @@ pub struct TrainArgs {
     /// Run directory (default: runs/<genome name>).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// Continue the run in --run-dir from its newest checkpoint (its genome.json and
-    /// train.json are used; --steps may extend it).
+    /// Continue the run in --run-dir from its newest checkpoint, with its own genome.json and
+    /// train.json: only --steps (to extend it), --checkpoint-every, --log-every and the
+    /// options of the final sample grid may be given; any other setting is refused.
     #[arg(long)]
     pub resume: bool,
     /// auto: a hardware GPU through wgpu if present, else the CPU (flex).
@@ -43,41 +46,41 @@ pub struct TrainArgs {
     /// Optimizer steps. The defaults (4,000 steps of 32 images at LR 5e-4) suit the tiny
     /// preset; the DDPM recipe for ddpm-cifar10 is --steps 800000 --batch-size 128 --lr 2e-4
     /// --warmup 5000.
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = defaults::STEPS)]
     pub steps: u64,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = defaults::LR)]
     pub lr: f64,
     /// Linear warm-up steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = defaults::WARMUP_STEPS)]
     pub warmup: u64,
     #[arg(long, default_value = "constant")]
     pub lr_schedule: LrSchedule,
     /// Cosine floor as a fraction of --lr.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = defaults::MIN_LR_RATIO)]
     pub min_lr_ratio: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = defaults::WEIGHT_DECAY)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, default_value_t = defaults::ADAM_EPS)]
     pub adam_eps: f64,
     /// Global gradient-norm clip (0: off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults::GRAD_CLIP)]
     pub grad_clip: f64,
-    #[arg(long, default_value_t = 0.9999)]
+    #[arg(long, default_value_t = defaults::EMA_DECAY)]
     pub ema_decay: f64,
     /// Diffusion steps T.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = defaults::TIMESTEPS)]
     pub timesteps: usize,
     #[arg(long, default_value = "linear")]
     pub beta_schedule: BetaSchedule,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
     /// Steps between checkpoints (a kill loses at most this many steps).
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = defaults::CHECKPOINT_EVERY)]
     pub checkpoint_every: u64,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = defaults::LOG_EVERY)]
     pub log_every: u64,
     /// Images in the sample grid written at the end (0: none).
     #[arg(long, default_value_t = 64)]
@@ -109,7 +112,82 @@ fn config_from(a: &TrainArgs) -> TrainConfig {
         .with_log_every(a.log_every)
 }
 
-pub fn run(a: TrainArgs) -> anyhow::Result<i32> {
+/// The flags that set a field of `train.json`'s configuration: (argument id, field).
+const SETTINGS: [(&str, &str); 15] = [
+    ("steps", "steps"),
+    ("batch_size", "batch_size"),
+    ("lr", "lr"),
+    ("warmup", "warmup_steps"),
+    ("lr_schedule", "lr_schedule"),
+    ("min_lr_ratio", "min_lr_ratio"),
+    ("weight_decay", "weight_decay"),
+    ("adam_eps", "adam_eps"),
+    ("grad_clip", "grad_clip"),
+    ("ema_decay", "ema_decay"),
+    ("timesteps", "timesteps"),
+    ("beta_schedule", "beta_schedule"),
+    ("seed", "seed"),
+    ("checkpoint_every", "checkpoint_every"),
+    ("log_every", "log_every"),
+];
+
+/// The flag of argument `id`, as the user types it.
+fn flag(id: &str) -> String {
+    format!("--{}", id.replace('_', "-"))
+}
+
+/// A resumed run's configuration: the stored one, with the flags the user gave applied where
+/// [`TrainConfig::resumed_as`] allows it; any other given flag that differs is refused, with
+/// the stored value named.
+fn resumed_config(
+    a: &TrainArgs,
+    given: &Given,
+    dir: &std::path::Path,
+    genome: &crate::genome::Genome,
+    files: &RunFiles,
+) -> anyhow::Result<TrainConfig> {
+    let stored_in = dir.join("train.json");
+    let refuse = |f: &str, given: &str, stored: &str| {
+        user_err(format!(
+            "{} {given} differs from the {stored} stored in {}, and a resumed run keeps its \
+             settings (only --steps may grow; --checkpoint-every and --log-every may change)",
+            flag(f),
+            stored_in.display()
+        ))
+    };
+    if given.has("genome") && load_genome(&a.genome)?.hash() != genome.hash() {
+        return Err(refuse("genome", &a.genome, "genome"));
+    }
+    if given.has("data") && a.data != files.data.to_string() {
+        return Err(refuse("data", &a.data, &files.data.to_string()));
+    }
+    if given.has("max_images") && a.max_images != files.max_images {
+        let show = |v: Option<usize>| v.map_or("all".into(), |v| v.to_string());
+        return Err(refuse(
+            "max_images",
+            &show(a.max_images),
+            &show(files.max_images),
+        ));
+    }
+    // The stored configuration with the given flags' values put in.
+    let mut asked = serde_json::to_value(&files.config)?;
+    let flags = serde_json::to_value(config_from(a))?;
+    for (id, field) in SETTINGS {
+        if given.has(id) {
+            asked[field] = flags[field].clone();
+        }
+    }
+    let asked: TrainConfig = serde_json::from_value(asked)?;
+    files.config.resumed_as(&asked).map_err(|c| {
+        let id = SETTINGS
+            .iter()
+            .find(|(_, f)| *f == c.field)
+            .map_or(c.field.as_str(), |(id, _)| id);
+        refuse(id, &c.given, &c.stored)
+    })
+}
+
+pub fn run(a: TrainArgs, given: &Given) -> anyhow::Result<i32> {
     let run_dir = a.run_dir.clone().unwrap_or_else(|| {
         let stem = std::path::Path::new(&a.genome)
             .file_stem()
@@ -125,7 +203,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<i32> {
                 run_dir.display()
             )));
         }
-        files.config.steps = a.steps.max(files.config.steps);
+        files.config = resumed_config(&a, given, &run_dir, &genome, &files)?;
         (genome, files)
     } else {
         if run_dir.join("genome.json").exists() {

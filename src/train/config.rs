@@ -1,5 +1,6 @@
-//! Training configuration: the DDPM recipe by default (AdamW with PyTorch's eps and no weight
-//! decay, warm-up then constant LR, global-norm clipping at 1, EMA 0.9999).
+//! Training configuration: by default the DDPM recipe (AdamW with PyTorch's eps and no weight
+//! decay, warm-up then constant LR, global-norm clipping at 1, EMA 0.9999) at the `tiny`
+//! preset's size ([`defaults`]).
 
 use crate::diffusion::BetaSchedule;
 use burn::config::Config;
@@ -27,25 +28,46 @@ impl std::str::FromStr for LrSchedule {
     }
 }
 
+/// The defaults of [`TrainConfig`] that `diffnas train` shows in its help (the rest are the
+/// DDPM recipe's: AdamW with PyTorch's eps and no weight decay, clipping at 1, EMA 0.9999).
+/// They suit the `tiny` preset; the DDPM recipe for `ddpm-cifar10` is 800,000 steps of 128
+/// images at LR 2e-4 with 5,000 warm-up steps.
+pub mod defaults {
+    pub const STEPS: u64 = 4000;
+    pub const BATCH_SIZE: usize = 32;
+    pub const LR: f64 = 5e-4;
+    pub const WARMUP_STEPS: u64 = 200;
+    pub const MIN_LR_RATIO: f64 = 0.0;
+    pub const WEIGHT_DECAY: f64 = 0.0;
+    pub const ADAM_EPS: f64 = 1e-8;
+    pub const GRAD_CLIP: f64 = 1.0;
+    pub const EMA_DECAY: f64 = 0.9999;
+    pub const TIMESTEPS: usize = 1000;
+    pub const SEED: u64 = 0;
+    /// A kill loses at most this many steps.
+    pub const CHECKPOINT_EVERY: u64 = 250;
+    pub const LOG_EVERY: u64 = 50;
+}
+
 #[derive(Config, Debug, PartialEq)]
 pub struct TrainConfig {
     /// Total optimizer steps.
-    #[config(default = 10000)]
+    #[config(default = "defaults::STEPS")]
     pub steps: u64,
     /// Images per step.
-    #[config(default = 64)]
+    #[config(default = "defaults::BATCH_SIZE")]
     pub batch_size: usize,
     /// Peak learning rate.
-    #[config(default = 2e-4)]
+    #[config(default = "defaults::LR")]
     pub lr: f64,
     /// Linear warm-up steps (from lr / warmup_steps up to lr).
-    #[config(default = 500)]
+    #[config(default = "defaults::WARMUP_STEPS")]
     pub warmup_steps: u64,
     /// What the LR does after warm-up.
     #[config(default = "LrSchedule::Constant")]
     pub lr_schedule: LrSchedule,
     /// Floor of the cosine schedule as a fraction of the peak rate.
-    #[config(default = 0.0)]
+    #[config(default = "defaults::MIN_LR_RATIO")]
     pub min_lr_ratio: f64,
     /// AdamW beta1.
     #[config(default = 0.9)]
@@ -54,41 +76,79 @@ pub struct TrainConfig {
     #[config(default = 0.999)]
     pub beta2: f64,
     /// AdamW epsilon (PyTorch's default; Burn's own default is 1e-5).
-    #[config(default = 1e-8)]
+    #[config(default = "defaults::ADAM_EPS")]
     pub adam_eps: f64,
     /// Decoupled weight decay (DDPM uses none; Burn's own default is 1e-4).
-    #[config(default = 0.0)]
+    #[config(default = "defaults::WEIGHT_DECAY")]
     pub weight_decay: f64,
     /// Global gradient-norm clip (0 disables).
-    #[config(default = 1.0)]
+    #[config(default = "defaults::GRAD_CLIP")]
     pub grad_clip: f64,
     /// EMA decay of the weights used for sampling.
-    #[config(default = 0.9999)]
+    #[config(default = "defaults::EMA_DECAY")]
     pub ema_decay: f64,
     /// EMA warm-up: decay_n = min(decay, (1 + n) / (10 + n)).
     #[config(default = true)]
     pub ema_warmup: bool,
     /// Diffusion timesteps T.
-    #[config(default = 1000)]
+    #[config(default = "defaults::TIMESTEPS")]
     pub timesteps: usize,
     /// Beta schedule.
     #[config(default = "BetaSchedule::Linear")]
     pub beta_schedule: BetaSchedule,
     /// Seed of everything random in the run (initial weights, batches, timesteps, noise, dropout).
-    #[config(default = 0)]
+    #[config(default = "defaults::SEED")]
     pub seed: u64,
     /// Steps between checkpoints (0: only at the end).
-    #[config(default = 1000)]
+    #[config(default = "defaults::CHECKPOINT_EVERY")]
     pub checkpoint_every: u64,
     /// Steps between loss readings (each is a device sync) and log lines.
-    #[config(default = 50)]
+    #[config(default = "defaults::LOG_EVERY")]
     pub log_every: u64,
     /// Checkpoints kept on disk (the newest ones).
     #[config(default = 2)]
     pub keep_checkpoints: usize,
 }
 
+/// A setting that a resumed run was asked to change (see [`TrainConfig::resumed_as`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedSetting {
+    /// The field's name in the configuration (as in `train.json`).
+    pub field: String,
+    pub stored: String,
+    pub given: String,
+}
+
 impl TrainConfig {
+    /// Settings a resumed run may take from `new`: more `steps` (a cosine schedule then spans
+    /// the new total), and how often it checkpoints and logs (neither changes the weights).
+    /// Any other difference, or fewer steps, is refused with the first setting that differs:
+    /// resuming continues the same run.
+    pub fn resumed_as(&self, new: &TrainConfig) -> Result<TrainConfig, ChangedSetting> {
+        const FREE: [&str; 3] = ["checkpoint_every", "log_every", "keep_checkpoints"];
+        let value = |c: &TrainConfig| match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => unreachable!("a TrainConfig serialises to an object"),
+        };
+        let show = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+        let (old, given) = (value(self), value(new));
+        for (field, stored) in &old {
+            let asked = &given[field];
+            let refused = match field.as_str() {
+                "steps" => new.steps < self.steps,
+                f => !FREE.contains(&f) && asked != stored,
+            };
+            if refused {
+                return Err(ChangedSetting {
+                    field: field.clone(),
+                    stored: show(stored),
+                    given: show(asked),
+                });
+            }
+        }
+        Ok(new.clone())
+    }
+
     /// A few hundred steps of the test preset: for tests and smoke runs.
     pub fn tiny() -> Self {
         TrainConfig::new()

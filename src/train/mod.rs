@@ -12,7 +12,7 @@ pub use optim::FusedAdamW;
 
 pub use checkpoint::{CheckpointError, TrainState, write_atomic};
 pub use clip::{clip_global_norm, grad_norm};
-pub use config::{LrSchedule, TrainConfig};
+pub use config::{ChangedSetting, LrSchedule, TrainConfig, defaults};
 pub use ema::ema_update;
 
 use crate::data::{Batcher, Dataset};
