@@ -15,7 +15,11 @@
 //!   `Objective`; the default objective is the DDPM epsilon loss of a `Denoiser`).
 //! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
 //!   `model::conv` (the CPU convolution for its extractors), f64 linear algebra (faer).
-//! - `trial` -> genome, model, train, diffusion, eval, data: genome -> trained, scored trial.
+//! - `rundir` -> genome, model, train, data, device: the run-directory format (`genome.json`,
+//!   `train.json`, weights) that `train`, every search trial and every command that opens a
+//!   model share.
+//! - `trial` -> genome, model, train, diffusion, eval, data, rundir: genome -> trained, scored
+//!   trial, its folder a complete run directory.
 //! - `search` -> genome, trial (the `Evaluator` trait), the trial log.
 //! - `search::block` -> genome, model, diffusion, train (the one-shot exception: it trains
 //!   shared supernet weights and retrains the student through `train`'s `Objective`), data.
@@ -38,6 +42,8 @@ pub mod cli;
 pub mod data;
 #[cfg(feature = "cli")]
 pub mod device;
+#[cfg(feature = "cli")]
+pub mod rundir;
 #[cfg(feature = "cli")]
 pub mod search;
 #[cfg(feature = "cli")]

@@ -2,6 +2,10 @@
 //! score (RFID, or its classifier-space twin when the Inception weights are absent). The one
 //! module that joins model, train, diffusion, eval and data.
 //!
+//! With a [`RunSource`], the trial's folder is a run directory like `diffnas train`'s: its
+//! `genome.json` is the genome as trained (proxy dropout applied) and its `train.json` the
+//! trial's configuration.
+//!
 //! A trial that fails (invalid or over-budget genome, non-finite loss, a panic such as a device
 //! out of memory) returns a failed outcome with its reason; the search goes on.
 
@@ -12,6 +16,7 @@ use crate::eval::reference::Reference;
 use crate::eval::rfid::{GenerationConfig, KidConfig, score_denoiser};
 use crate::genome::{Genome, SearchSpace, cost};
 use crate::model::Unet;
+use crate::rundir::{RunFiles, RunSource};
 use crate::train::{LrSchedule, TrainConfig, TrainError, TrainOptions, TrainStatus, train};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -48,6 +53,7 @@ impl TrialConfig {
                 .with_ema_decay(0.999)
                 .with_ema_warmup(true)
                 .with_checkpoint_every((steps / 4).max(1))
+                .with_keep_checkpoints(1)
                 .with_log_every(50),
             proxy_dropout: Some(0.0),
             score: GenerationConfig::rfid(),
@@ -131,6 +137,10 @@ pub struct ProxyEvaluator {
     pub extractor: Box<dyn FeatureExtractor>,
     pub reference: Reference,
     pub device: Device,
+    /// Where the training data came from and the device's description: with them, every
+    /// trial's folder gets a `train.json` and is a complete run directory (`sample`, `eval`,
+    /// `export` and `train --resume` open it). None: trials keep only their weights.
+    pub source: Option<RunSource>,
     pub progress: Option<ProgressHook>,
 }
 
@@ -161,6 +171,11 @@ impl ProxyEvaluator {
         let mut g = genome.clone();
         if let Some(p) = self.cfg.proxy_dropout {
             g.dropout = p;
+        }
+        if let (Some(dir), Some(source)) = (dir, &self.source) {
+            RunFiles::new(self.cfg.train.clone(), source)
+                .write(dir, &g)
+                .map_err(|e| (TrialStatus::Failed, e.to_string()))?;
         }
         let ad = self.device.clone().autodiff();
         ad.seed(self.cfg.train.seed);

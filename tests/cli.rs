@@ -2,7 +2,7 @@
 
 use crate::common::{param_values, tiny16};
 use burn::tensor::Device;
-use diffnas::cli::load_denoiser;
+use diffnas::rundir::{Weights, load_denoiser};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -80,6 +80,28 @@ fn genome_commands() {
 }
 
 /// A folder of 16x16 grayscale PNGs.
+/// On a machine with no desktop session, listing the adapters prints no libwayland noise
+/// (Mesa's Vulkan device-select layer asks the compositor, and none can exist).
+#[cfg(feature = "wgpu")]
+#[test]
+fn headless_adapter_probe_is_quiet() {
+    let o = diffnas()
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The Vulkan loader ran (lavapipe at least), so its layers did too.
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Vulkan"),
+        "no Vulkan adapter listed (is mesa-vulkan-drivers installed?):\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(!stderr(&o).contains("XDG_RUNTIME_DIR"), "{}", stderr(&o));
+}
+
 fn image_folder(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {
@@ -118,6 +140,11 @@ fn train_args<'a>(genome: &'a str, data: &'a str, run_dir: &'a str) -> Vec<&'a s
         "0",
         "--seed",
         "3",
+        // A schedule that depends on the total steps: a resume that changed them would show.
+        "--lr-schedule",
+        "cosine",
+        "--min-lr-ratio",
+        "0.1",
     ]
 }
 
@@ -170,25 +197,31 @@ fn killed_training_resumes_to_the_same_weights() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
 
-    let o = run(&[
-        "train",
-        "--resume",
-        "--device",
-        "flex",
-        "--run-dir",
-        b.to_str().unwrap(),
-        "--steps",
-        "40",
-        "--samples",
-        "0",
-    ]);
+    // A resume keeps the run's settings: a flag that would change them is refused, naming
+    // the stored value, and so are fewer steps than stored.
+    let b_dir = b.to_str().unwrap();
+    let o = run(&["train", "--resume", "--run-dir", b_dir, "--lr", "0.01"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--lr 0.01 differs from the 0.001 stored"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["train", "--resume", "--run-dir", b_dir, "--steps", "30"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--steps 30 differs"), "{}", stderr(&o));
+
+    // Resumed with nothing but --resume and the folder (and no sample grid): the same run,
+    // its own 40 steps and cosine schedule, not the flags' defaults.
+    let o = run(&["train", "--resume", "--run-dir", b_dir, "--samples", "0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resumed at step"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at step 40 of 40"), "{}", stderr(&o));
 
     let device = Device::flex();
-    for w in [diffnas::cli::Weights::Model, diffnas::cli::Weights::Ema] {
-        let (ma, ..) = load_denoiser(&a, w, &device).unwrap();
-        let (mb, ..) = load_denoiser(&b, w, &device).unwrap();
+    for w in [Weights::Model, Weights::Ema] {
+        let ma = load_denoiser(&a, w, &device).unwrap().model;
+        let mb = load_denoiser(&b, w, &device).unwrap().model;
         assert!(
             param_values(&ma) == param_values(&mb),
             "{w:?} weights differ"

@@ -4,8 +4,8 @@
 
 use crate::common::param_values;
 use burn::tensor::{Device, f16};
-use diffnas::cli::{Weights, load_denoiser};
 use diffnas::model::bundle::{BundleError, BundleIndex, BundleManifest, WeightDType, load_bundle};
+use diffnas::rundir::{LoadedRun, Weights, load_denoiser};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -47,8 +47,12 @@ fn export_round_trips_weights_and_lists_bundles() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let device = Device::flex();
-    let (reference, genome, files, _) =
-        load_denoiser(Path::new(FIXTURE), Weights::Ema, &device).unwrap();
+    let LoadedRun {
+        model: reference,
+        genome,
+        files,
+        ..
+    } = load_denoiser(Path::new(FIXTURE), Weights::Ema, &device).unwrap();
     let want = param_values(&reference);
 
     // f32: bit-identical weights, manifest consistent with the run.

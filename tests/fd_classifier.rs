@@ -7,7 +7,6 @@
 
 use crate::data::fashion_dir;
 use burn::tensor::Device;
-use diffnas::cli::{Weights, load_denoiser};
 use diffnas::data::{DataSource, Split};
 use diffnas::diffusion::{NoiseSchedule, SamplerKind};
 use diffnas::eval::classifier::{
@@ -16,6 +15,7 @@ use diffnas::eval::classifier::{
 use diffnas::eval::extract::{ClassifierExtractor, FeatureExtractor, dataset_source};
 use diffnas::eval::reference::Reference;
 use diffnas::eval::rfid::{GenerationConfig, KidConfig, score_denoiser, score_images};
+use diffnas::rundir::{LoadedRun, Weights, load_denoiser};
 use std::path::Path;
 use std::process::Command;
 
@@ -95,7 +95,12 @@ fn fd_classifier_ranks_real_model_noise() {
         ))
     };
     let noise = score_images(&ext, &reference, n, kid, &mut noise, &mut |_| {}).unwrap();
-    let (model, genome, files, _) = load_denoiser(&fixture_run(), Weights::Ema, &device).unwrap();
+    let LoadedRun {
+        model,
+        genome,
+        files,
+        ..
+    } = load_denoiser(&fixture_run(), Weights::Ema, &device).unwrap();
     let schedule = NoiseSchedule::new(files.config.beta_schedule, files.config.timesteps).unwrap();
     let generation = GenerationConfig {
         n,

@@ -361,6 +361,62 @@ fn llm_search_end_to_end_with_scripted_server() {
     assert!(!String::from_utf8_lossy(&second.stdout).contains(secret));
 }
 
+/// A search whose every proposal is rejected trains nothing: it fails (exit 1) and says why,
+/// with the rejections counted by kind, instead of ending with nothing written.
+#[test]
+fn llm_search_with_every_proposal_rejected_fails_with_counted_reasons() {
+    let g = valid_genomes(2);
+    let mut over = g[0].clone();
+    over.base_channels = 256;
+    let mut outside = serde_json::to_value(&g[1]).unwrap();
+    outside["encoder"][0]["channel_mult"] = serde_json::json!(7);
+    let script = vec![
+        // Round 0: over budget, then a correction with no JSON.
+        completion(&json(&[&over])),
+        completion("I cannot do that."),
+        // Round 1: outside the space, then over budget again.
+        completion(&serde_json::json!([outside]).to_string()),
+        completion(&json(&[&over])),
+    ];
+    let (base, _) = serve(script);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("rejected");
+    let o = Command::new(env!("CARGO_BIN_EXE_diffnas"))
+        .args([
+            "search",
+            "llm",
+            "--run-dir",
+            dir.to_str().unwrap(),
+            "--evaluator",
+            "stub",
+            "--llm-base-url",
+            &base,
+            "--rounds",
+            "2",
+            "--per-round",
+            "1",
+            "--device",
+            "flex",
+            "--scale",
+            "standard",
+        ])
+        .env("OPENAI_API_KEY", "unused")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no trial of the search"), "{err}");
+    for line in [
+        "2 LLM proposal(s) rejected as genomes over the budget",
+        "1 LLM proposal(s) rejected as genomes outside the search space",
+        "1 LLM proposal(s) rejected as replies with no JSON",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in:\n{err}");
+    }
+    assert!(!err.contains("report not written"), "{err}");
+    assert!(TrialLog::open(&dir).unwrap().records.is_empty());
+}
+
 #[test]
 fn llm_search_without_endpoint_says_so() {
     let o = Command::new(env!("CARGO_BIN_EXE_diffnas"))

@@ -271,9 +271,15 @@ fn killed_search_resumes_with_every_trial_once() {
         "{} trials before the kill",
         before.len()
     );
-    let mut resume = args.to_vec();
-    resume.push("--resume");
-    let o = run(&resume);
+    // Resumed with nothing but --resume and the folder: the stored search (its data, its
+    // budget, its trial schedule), not the flags' defaults.
+    let o = run(&[
+        "search",
+        "evolution",
+        "--resume",
+        "--run-dir",
+        dir.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -295,6 +301,82 @@ fn killed_search_resumes_with_every_trial_once() {
         serde_json::from_slice(&std::fs::read(dir.join("search.json")).unwrap()).unwrap();
     assert_eq!(cfg["strategy"], "evolution");
     assert_eq!(cfg["trial"]["train"]["steps"], 40);
+
+    // The same search, never interrupted, ends with the same trials and the same scores.
+    let whole = work.path().join("whole");
+    let mut uninterrupted = args.to_vec();
+    uninterrupted[3] = whole.to_str().unwrap();
+    let o = run(&uninterrupted);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let same: Vec<_> = TrialLog::open(&whole)
+        .unwrap()
+        .records
+        .into_iter()
+        .map(|r| (r.hash.clone(), r.score(), r.outcome.final_loss))
+        .collect();
+    let resumed: Vec<_> = after
+        .iter()
+        .map(|r| (r.hash.clone(), r.score(), r.outcome.final_loss))
+        .collect();
+    assert_eq!(resumed, same, "kill and resume changed the search");
+
+    // Every trial folder is a run directory; the best keeps its last checkpoint so that it
+    // can be trained further, the others only their weights.
+    let best = after
+        .iter()
+        .min_by(|a, b| a.score().partial_cmp(&b.score()).unwrap())
+        .unwrap();
+    for r in &after {
+        let t = dir.join(r.run_dir());
+        assert!(t.join("train.json").is_file() && t.join("ema.bpk").is_file());
+        assert_eq!(
+            t.join("checkpoints").exists(),
+            r.hash == best.hash,
+            "trial {}",
+            r.hash
+        );
+    }
+    let best_dir = dir.join(best.run_dir());
+    let bd = best_dir.to_str().unwrap();
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        report.contains(&format!("Its run directory is `{bd}`")),
+        "{report}"
+    );
+    let grid = work.path().join("best.png");
+    let o = run(&[
+        "sample",
+        bd,
+        "--n",
+        "4",
+        "--steps",
+        "3",
+        "--device",
+        "flex",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(grid.is_file());
+    let models = work.path().join("models");
+    let o = run(&["export", bd, "--out", models.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[
+        "train",
+        "--resume",
+        "--run-dir",
+        bd,
+        "--steps",
+        "50",
+        "--samples",
+        "0",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("resumed at step 40") && err.contains("at step 50 of 50"),
+        "{err}"
+    );
 }
 
 #[test]

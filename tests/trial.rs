@@ -8,6 +8,7 @@ use diffnas::eval::classifier::{Classifier, ClassifierMeta};
 use diffnas::eval::extract::{ClassifierExtractor, FeatureExtractor, dataset_source, summarise};
 use diffnas::eval::reference::Reference;
 use diffnas::genome::{Budget, Genome, ImageSpec, SearchSpace};
+use diffnas::rundir::{RunFiles, RunSource, Weights, load_denoiser};
 use diffnas::trial::{Evaluator, ProxyEvaluator, TrialConfig, TrialStatus};
 use std::sync::atomic::AtomicBool;
 
@@ -62,6 +63,11 @@ fn evaluator() -> Option<ProxyEvaluator> {
         extractor: Box::new(ext),
         reference,
         device,
+        source: Some(RunSource {
+            data: DataSource::FashionMnist(None),
+            max_images: Some(512),
+            device: diffnas::device::flex().info,
+        }),
         progress: None,
     })
 }
@@ -74,8 +80,19 @@ fn trials_succeed_or_fail_with_reasons() {
         channels: 1,
         size: 28,
     });
-    let ok = ev.evaluate(&g, None, &stop);
+    let dir = tempfile::tempdir().unwrap();
+    let ok = ev.evaluate(&g, Some(dir.path()), &stop);
     assert_eq!(ok.status, TrialStatus::Ok, "{:?}", ok.reason);
+    // The trial's folder is a complete run directory: the genome as trained, the trial's
+    // configuration, and weights that load.
+    let (genome, files) = RunFiles::read(dir.path()).unwrap();
+    let mut trained = g.clone();
+    trained.dropout = ev.cfg.proxy_dropout.unwrap();
+    assert_eq!(genome, trained, "the genome as trained");
+    assert_eq!(files.config, ev.cfg.train);
+    assert_eq!(files.max_images, Some(512));
+    let run = load_denoiser(dir.path(), Weights::Ema, &Device::flex()).unwrap();
+    assert_eq!(run.genome, genome);
     assert_eq!(ok.metric, "RFD-classifier");
     assert!(ok.score.unwrap().is_finite() && ok.score.unwrap() > 0.0);
     assert_eq!(ok.params, Some(diffnas::genome::cost(&g).unwrap().params));

@@ -12,13 +12,13 @@
 
 use super::eval_cmd::{ExtractorArgs, cached_reference, extractor};
 use super::progress::{bar, note};
-use super::run::{RunFiles, Weights, load_denoiser};
 use super::user_err;
 use crate::data::{DataSource, Split};
 use crate::diffusion::{NoiseSchedule, SamplingRun, make_sampler};
 use crate::eval::rfid::{GenerationConfig, score_denoiser};
 use crate::genome::{Genome, SearchSpace, cost};
 use crate::model::Unet;
+use crate::rundir::{LoadedRun, RunFiles, Weights, load_denoiser};
 use crate::search::block::distill::{DistillEvent, SUPERNETS_FILE, step_batch, train_supernets};
 use crate::search::block::local::{
     BlockTable, LocalSearchConfig, choose_all, global_budget, path_loss, score_block,
@@ -245,7 +245,12 @@ pub fn run(a: BlockArgs) -> anyhow::Result<i32> {
         PathBuf::from("runs").join(format!("block-{name}"))
     });
     let plain = selected.device.clone();
-    let (teacher, tg, tfiles, tweights) = load_denoiser(&a.teacher, Weights::Ema, &plain)?;
+    let LoadedRun {
+        model: teacher,
+        genome: tg,
+        files: tfiles,
+        weights: tweights,
+    } = load_denoiser(&a.teacher, Weights::Ema, &plain)?;
     let cfg_path = dir.join("block.json");
     let cfg: BlockConfig = if a.resume {
         read_json(&cfg_path).map_err(|e| user_err(format!("{e} (nothing to resume)")))?
@@ -667,7 +672,12 @@ pub fn run(a: BlockArgs) -> anyhow::Result<i32> {
         None
     };
     for (name, mdir, secs) in models {
-        let (m, g, files, _) = load_denoiser(&mdir, Weights::Ema, &plain)?;
+        let LoadedRun {
+            model: m,
+            genome: g,
+            files,
+            ..
+        } = load_denoiser(&mdir, Weights::Ema, &plain)?;
         let c = cost(&g).map_err(|e| user_err(e.to_string()))?;
         let schedule = NoiseSchedule::new(files.config.beta_schedule, files.config.timesteps)
             .map_err(|e| user_err(e.to_string()))?;

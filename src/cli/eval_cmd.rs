@@ -2,7 +2,6 @@
 //! KID of runs, folders and data splits, the offline classifier, and the Inception download.
 
 use super::progress::{bar, note};
-use super::run::{RunFiles, load_denoiser};
 use super::sample::SamplingArgs;
 use super::user_err;
 use crate::data::{DataSource, Dataset, Split, read_image_folder};
@@ -18,6 +17,7 @@ use crate::eval::extract::{
 use crate::eval::fetch::{INCEPTION_URL, download};
 use crate::eval::reference::Reference;
 use crate::eval::rfid::{GenerationConfig, KidConfig, Score, score_denoiser, score_images};
+use crate::rundir::{LoadedRun, RunFiles, load_denoiser};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -496,7 +496,11 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
             Some(p) => Reference::load(p, Some(ext.id()))?,
             None => cached_reference(ext.as_ref(), &ref_data, a.ref_split, spec)?,
         };
-        let (model, _, _, wpath) = load_denoiser(dir, a.sampling.weights, &selected.device)?;
+        let LoadedRun {
+            model,
+            weights: wpath,
+            ..
+        } = load_denoiser(dir, a.sampling.weights, &selected.device)?;
         eprintln!("model: {}", wpath.display());
         let schedule = NoiseSchedule::new(files.config.beta_schedule, files.config.timesteps)
             .map_err(|e| user_err(e.to_string()))?;

@@ -1,7 +1,6 @@
 //! `diffnas export RUN_DIR --out DIR`: a run's weights as a model bundle for the browser demo
 //! (`model::bundle`): DIR/NAME/{model.json, genome.json, weights.bpk}, listed in DIR/index.json.
 
-use super::run::{RunFiles, Weights, load_denoiser};
 use super::user_err;
 use crate::device::flex;
 use crate::genome::cost;
@@ -9,6 +8,7 @@ use crate::model::bundle::{
     BUNDLE_FORMAT, BundleIndex, BundleManifest, FileEntry, GENOME_FILE, INDEX_FILE, IndexEntry,
     MANIFEST_FILE, WEIGHTS_FILE, WeightDType, weights_bytes,
 };
+use crate::rundir::{LoadedRun, RunFiles, Weights, load_denoiser};
 use crate::train::write_atomic;
 use anyhow::Context;
 use clap::Args;
@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug, Clone)]
 pub struct ExportArgs {
-    /// Run directory written by `diffnas train` (or a block-search student).
+    /// Run directory: written by `diffnas train`, a search trial (RUN/trials/HASH) or a
+    /// block-search student.
     pub run_dir: PathBuf,
     /// Export folder (for the demo: web/models). The bundle goes to OUT/NAME/ and OUT/index.json
     /// lists every bundle in OUT.
@@ -98,7 +99,11 @@ pub fn export(a: &ExportArgs) -> anyhow::Result<Exported> {
     }
     // Weights are read on the CPU: exporting never needs a GPU.
     let device = flex().device;
-    let (unet, _, _, weights_path) = load_denoiser(&a.run_dir, a.weights, &device)?;
+    let LoadedRun {
+        model: unet,
+        weights: weights_path,
+        ..
+    } = load_denoiser(&a.run_dir, a.weights, &device)?;
     let weights = weights_bytes(unet, a.dtype)?;
     let genome_json = genome.to_json_pretty();
     let c = cost(&genome).map_err(|e| user_err(format!("invalid genome: {e}")))?;

@@ -8,13 +8,11 @@ pub mod export_cmd;
 mod genome_cmd;
 mod progress;
 pub mod report_cmd;
-mod run;
 mod sample;
 pub mod search_cmd;
 mod train_cmd;
 
 pub use bench::{BenchArgs, BenchReport, run_bench};
-pub use run::{RunFiles, Weights, load_denoiser};
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -94,13 +92,20 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<UserError>().is_some() {
-                2
-            } else {
-                1
-            }
+            exit_code(&e)
         }
     }
+}
+
+/// The exit code of a failed command, from the type of its error (the table above): bad input
+/// is 2, anything else 1.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    let bad_input = e.chain().any(|c| {
+        c.downcast_ref::<UserError>().is_some()
+            || c.downcast_ref::<crate::rundir::RunDirError>()
+                .is_some_and(|r| r.is_bad_input())
+    });
+    if bad_input { 2 } else { 1 }
 }
 
 /// An error in what the user gave us (exit code 2).
@@ -116,7 +121,7 @@ pub(crate) fn user_err(msg: impl Into<String>) -> anyhow::Error {
 /// variable), as opposed to clap's defaults: a resumed run refuses the ones that would change
 /// it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Given(Option<ArgMatches>);
+pub struct Given(Option<ArgMatches>);
 
 impl Given {
     /// The innermost subcommand's flags.
@@ -148,7 +153,7 @@ fn dispatch(cli: Cli, given: Given) -> anyhow::Result<i32> {
         Command::Devices => devices().map(|_| 0),
         Command::Bench(a) => bench::run_cli(a).map(|_| 0),
         Command::Eval(c) => eval_cmd::run_eval(c),
-        Command::Search(c) => search_cmd::run(c),
+        Command::Search(c) => search_cmd::run(c, &given),
         Command::Report(a) => report_cmd::run(a),
         Command::Weights(c) => eval_cmd::run_weights(c),
         Command::Export(a) => export_cmd::run(a),

@@ -2,10 +2,10 @@
 //! one PNG per image. Image `i` of seed `s` is the same whatever the batch size.
 
 use super::progress::bar;
-use super::run::{Weights, load_denoiser};
 use super::user_err;
 use crate::device::{DeviceChoice, SelectedDevice};
 use crate::diffusion::{NoiseSchedule, SamplerKind, SamplingRun, make_sampler, to_pixels};
+use crate::rundir::{LoadedRun, Weights, load_denoiser};
 use anyhow::Context;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -49,7 +49,7 @@ impl SamplingArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
-    /// Run directory written by `diffnas train`.
+    /// Run directory: written by `diffnas train` or a search trial (RUN/trials/HASH).
     pub run_dir: PathBuf,
     /// Number of images.
     #[arg(long, default_value_t = 64)]
@@ -84,7 +84,12 @@ pub fn sample_run(a: &SampleArgs, selected: &SelectedDevice) -> anyhow::Result<O
         return Err(user_err("--n, --batch-size and --steps must be at least 1"));
     }
     let device = &selected.device;
-    let (model, genome, files, _) = load_denoiser(&a.run_dir, sa.weights, device)?;
+    let LoadedRun {
+        model,
+        genome,
+        files,
+        ..
+    } = load_denoiser(&a.run_dir, sa.weights, device)?;
     let schedule = NoiseSchedule::new(files.config.beta_schedule, files.config.timesteps)
         .map_err(|e| user_err(e.to_string()))?;
     if sa.steps > files.config.timesteps {

@@ -394,7 +394,7 @@ pub enum StrategySpec {
     Llm(LlmConfig, LlmSearchConfig),
 }
 
-pub fn run(cmd: SearchCmd) -> anyhow::Result<i32> {
+pub fn run(cmd: SearchCmd, given: &super::Given) -> anyhow::Result<i32> {
     let (common, spec) = match cmd {
         SearchCmd::ProxyCheck(a) => return proxy_check(a),
         SearchCmd::Block(a) => return super::block_cmd::run(a),
@@ -453,7 +453,7 @@ pub fn run(cmd: SearchCmd) -> anyhow::Result<i32> {
         .run_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/search-{name}")));
-    search(&dir, name, &common, spec)
+    search(&dir, name, &common, spec, given)
 }
 
 fn read_config(dir: &Path) -> anyhow::Result<SearchConfig> {
@@ -463,7 +463,13 @@ fn read_config(dir: &Path) -> anyhow::Result<SearchConfig> {
     serde_json::from_str(&text).map_err(|e| user_err(format!("{}: {e}", p.display())))
 }
 
-fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow::Result<i32> {
+fn search(
+    dir: &Path,
+    name: &str,
+    a: &SearchArgs,
+    spec: StrategySpec,
+    given: &super::Given,
+) -> anyhow::Result<i32> {
     let selected = super::select_device(a.ext.device)?;
     eprintln!("device: {}", selected.info);
     let cfg_path = dir.join(CONFIG_FILE);
@@ -473,13 +479,40 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
             dir.display()
         )));
     }
-    let mut data = a
-        .data
-        .load(Split::Train)
-        .map_err(|e| user_err(e.to_string()))?;
     let d = a.scale.defaults(&selected.info);
-    let mut cfg = if a.resume {
+    let (mut cfg, mut data) = if a.resume {
         let mut c = read_config(dir)?;
+        // Flags that would change the search, given anyway: each must match what is stored.
+        let stored_in = dir.join(CONFIG_FILE);
+        let same = [
+            ("data", a.data.to_string(), c.data.to_string()),
+            ("seed", a.seed.to_string(), c.seed.to_string()),
+            (
+                "evaluator",
+                format!("{:?}", a.evaluator),
+                format!("{:?}", c.evaluator),
+            ),
+            (
+                "trial_batch_size",
+                a.trial_batch_size.to_string(),
+                c.trial.train.batch_size.to_string(),
+            ),
+            (
+                "max_images",
+                format!("{:?}", a.max_images),
+                format!("{:?}", c.max_images),
+            ),
+        ];
+        for (id, asked, stored) in same {
+            if given.has(id) && asked != stored {
+                return Err(user_err(format!(
+                    "--{} {asked} differs from the {stored} in {}, and a resumed search keeps its \
+                     settings (only --trials and --max-minutes may change)",
+                    id.replace('_', "-"),
+                    stored_in.display()
+                )));
+            }
+        }
         let fixed = [
             ("--max-params", a.max_params, c.space.budget.max_params),
             ("--max-macs", a.max_macs, c.space.budget.max_macs),
@@ -529,8 +562,17 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
         if let Some(m) = a.max_minutes {
             c.limits.max_seconds = Some(m * 60.0);
         }
-        c
+        // The stored search's data, whatever --data's default says.
+        let data = c
+            .data
+            .load(Split::Train)
+            .map_err(|e| user_err(e.to_string()))?;
+        (c, data)
     } else {
+        let data = a
+            .data
+            .load(Split::Train)
+            .map_err(|e| user_err(e.to_string()))?;
         if data.height != data.width {
             return Err(user_err(format!(
                 "{}: images are {}x{}; the search space needs square images",
@@ -566,7 +608,7 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
             subset_size: score_n.min(1000),
             ..KidConfig::default()
         });
-        SearchConfig {
+        let cfg = SearchConfig {
             strategy: name.into(),
             seed: a.seed,
             data: a.data.clone(),
@@ -601,7 +643,8 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
             },
             metric: String::new(),
             extractor: None,
-        }
+        };
+        (cfg, data)
     };
     if let Some(m) = cfg.max_images {
         data.truncate(m);
@@ -693,15 +736,26 @@ fn search(dir: &Path, name: &str, a: &SearchArgs, spec: StrategySpec) -> anyhow:
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(b) = log.best() {
         eprintln!(
-            "best: [{}] {metric} {:.4} ({:.2} M params) -> {}",
+            "best: [{}] {metric} {:.4} ({:.2} M params), run directory {}",
             b.hash,
             b.score().unwrap_or(f64::NAN),
             b.outcome.params.unwrap_or(0) as f64 / 1e6,
-            dir.join("trials")
-                .join(&b.hash)
-                .join("genome.json")
-                .display()
+            dir.join(b.run_dir()).display()
         );
+    }
+    if status != SearchStatus::Interrupted {
+        let rejected = match cfg.llm {
+            Some(_) => crate::search::llm::rejections(dir)?,
+            None => Vec::new(),
+        };
+        let reasons = crate::search::unscored_reasons(&log.records, &rejected);
+        if !reasons.is_empty() {
+            return Err(anyhow::anyhow!(
+                "no trial of the search in {} was scored, so there is nothing to report:\n  {}",
+                dir.display(),
+                reasons.join("\n  ")
+            ));
+        }
     }
     let report = super::report_cmd::ReportArgs {
         run_dir: dir.to_path_buf(),
@@ -789,6 +843,11 @@ pub fn build_evaluator(
                 extractor: ext,
                 reference,
                 device: selected.device.clone(),
+                source: Some(crate::rundir::RunSource {
+                    data: cfg.data.clone(),
+                    max_images: cfg.max_images,
+                    device: selected.info.clone(),
+                }),
                 progress: Some(hook),
             })
         }

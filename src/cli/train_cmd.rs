@@ -3,13 +3,13 @@
 use super::Given;
 use super::genome_cmd::load_genome;
 use super::progress::{bar, note};
-use super::run::RunFiles;
 use super::sample::{SampleArgs, sample_run};
 use super::user_err;
 use crate::data::{DataSource, Split};
 use crate::device::DeviceChoice;
 use crate::diffusion::BetaSchedule;
 use crate::model::Unet;
+use crate::rundir::RunFiles;
 use crate::train::{
     LrSchedule, TrainConfig, TrainEvent, TrainOptions, TrainStatus, defaults, latest_checkpoint,
     train,

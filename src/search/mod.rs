@@ -24,6 +24,8 @@ use std::time::Instant;
 
 pub const TRIALS_FILE: &str = "trials.jsonl";
 pub const CONFIG_FILE: &str = "search.json";
+/// The folder of the trials' own folders, one per genome hash.
+pub const TRIALS_DIR: &str = "trials";
 
 /// One line of `trials.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,12 @@ impl TrialRecord {
         (self.outcome.status == TrialStatus::Ok)
             .then_some(self.outcome.score)
             .flatten()
+    }
+
+    /// The trial's folder, relative to the search's: a run directory when the evaluator
+    /// trained it.
+    pub fn run_dir(&self) -> PathBuf {
+        Path::new(TRIALS_DIR).join(&self.hash)
     }
 
     /// Whether it counts against the trial budget (it was trained or tried to be).
@@ -278,7 +286,7 @@ pub fn run_search(
                 hash: &hash,
                 origin: &p.origin,
             });
-            let tdir = dir.join("trials").join(&hash);
+            let tdir = dir.join(TRIALS_DIR).join(&hash);
             std::fs::create_dir_all(&tdir).map_err(|e| io_err(&tdir, e))?;
             std::fs::write(tdir.join("genome.json"), p.genome.to_json_pretty())
                 .map_err(|e| io_err(&tdir, e))?;
@@ -307,9 +315,20 @@ pub fn run_search(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
             };
+            let best_before = log.best().map(|b| b.hash.clone());
             log.append(rec)?;
-            // A finished trial keeps its final weights; its checkpoints were only for resuming.
-            let _ = std::fs::remove_dir_all(tdir.join("checkpoints"));
+            // A finished trial keeps its final weights. Its last checkpoint (optimizer state
+            // included) stays only while it is the best trial, so that the winner can be
+            // trained further with `train --resume --steps N`; the others' go.
+            let best_now = log.best().map(|b| b.hash.clone());
+            for h in [Some(hash.clone()), best_before] {
+                if let Some(h) = h
+                    && Some(&h) != best_now.as_ref()
+                {
+                    let _ =
+                        std::fs::remove_dir_all(dir.join(TRIALS_DIR).join(h).join("checkpoints"));
+                }
+            }
             on_event(SearchEvent::TrialDone(
                 log.records.last().expect("just added"),
             ));
@@ -318,6 +337,47 @@ pub fn run_search(
             }
         }
     }
+}
+
+/// Why a search has no scored trial, for its error message: the trials that ran and failed
+/// (by status, with their distinct reasons) and the candidates rejected before they became
+/// trials (by kind), each with how often it happened, most frequent first. Empty when some
+/// trial was scored.
+pub fn unscored_reasons(records: &[TrialRecord], rejected: &[llm::parse::Rejected]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    if records.iter().any(|r| r.score().is_some()) {
+        return Vec::new();
+    }
+    let mut out: Vec<(usize, String)> = Vec::new();
+    let mut trials: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for r in records {
+        let reason = r.outcome.reason.as_deref().unwrap_or("no reason given");
+        let first = reason.lines().next().unwrap_or_default().to_string();
+        let status = format!("{:?}", r.outcome.status).to_lowercase();
+        *trials.entry((status, first)).or_default() += 1;
+    }
+    for ((status, reason), n) in trials {
+        out.push((n, format!("{n} trial(s) {status}: {reason}")));
+    }
+    let mut kinds: BTreeMap<llm::parse::RejectKind, (usize, &str)> = BTreeMap::new();
+    for r in rejected {
+        let e = kinds.entry(r.kind).or_insert((0, r.error.as_str()));
+        e.0 += 1;
+    }
+    for (kind, (n, example)) in kinds {
+        out.push((
+            n,
+            format!(
+                "{n} LLM proposal(s) rejected as {} (e.g. {example})",
+                kind.describe()
+            ),
+        ));
+    }
+    if out.is_empty() {
+        out.push((0, "the strategy proposed no candidate".into()));
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.into_iter().map(|(_, s)| s).collect()
 }
 
 /// A seeded RNG for the `k`-th draw of a strategy after `n` log records: resuming replays it.

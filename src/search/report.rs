@@ -155,6 +155,21 @@ pub fn markdown(runs: &[RunSummary], charts: &[String]) -> String {
             b.origin,
             b.genome.to_json_pretty().trim_end()
         );
+        if main
+            .dir
+            .join(b.run_dir())
+            .join(crate::rundir::RUN_FILE)
+            .is_file()
+        {
+            let d = main.dir.join(b.run_dir());
+            let _ = writeln!(
+                s,
+                "Its run directory is `{0}`: `diffnas sample {0}`, `diffnas eval fid --run-dir {0}` \
+                 and `diffnas export {0}` open it, and `diffnas train --resume --run-dir {0} \
+                 --steps N` trains it further.\n",
+                d.display()
+            );
+        }
     }
     let front = pareto_front(&main.records);
     if !front.is_empty() {

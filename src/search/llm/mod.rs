@@ -65,6 +65,21 @@ pub fn round_path(dir: &Path, round: usize) -> PathBuf {
     dir.join("llm").join(format!("round-{round:03}.json"))
 }
 
+/// Every candidate the rounds written so far in `dir` rejected, in round order.
+pub fn rejections(dir: &Path) -> Result<Vec<Rejected>, SearchError> {
+    let mut out = Vec::new();
+    for r in 0.. {
+        let p = round_path(dir, r);
+        if !p.is_file() {
+            break;
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| super::io_err(&p, e))?;
+        let rf: RoundFile = serde_json::from_str(&text).map_err(|e| super::io_err(&p, e))?;
+        out.extend(rf.rejected);
+    }
+    Ok(out)
+}
+
 impl LlmSearch {
     fn read_round(&self, r: usize) -> Result<Option<RoundFile>, SearchError> {
         let p = round_path(&self.dir, r);

@@ -13,6 +13,42 @@ pub struct Rejected {
     /// The candidate as the model wrote it (compact JSON), or a note when there was none.
     pub candidate: String,
     pub error: String,
+    /// The kind of error, for counting (rounds written before kinds were recorded: `other`).
+    #[serde(default)]
+    pub kind: RejectKind,
+}
+
+/// Why a candidate was rejected, coarsely.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectKind {
+    /// The reply held no JSON at all.
+    NoJson,
+    /// JSON that is not a genome.
+    NotAGenome,
+    /// A genome with a knob outside the search space.
+    OutsideSpace,
+    /// A genome of the space over the parameter or MAC budget.
+    OverBudget,
+    /// A genome already evaluated or proposed.
+    Duplicate,
+    #[default]
+    Other,
+}
+
+impl RejectKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            RejectKind::NoJson => "replies with no JSON",
+            RejectKind::NotAGenome => "JSON that is not a genome",
+            RejectKind::OutsideSpace => "genomes outside the search space",
+            RejectKind::OverBudget => "genomes over the budget",
+            RejectKind::Duplicate => "duplicates",
+            RejectKind::Other => "other",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -57,36 +93,50 @@ pub fn parse_reply(reply: &str, space: &SearchSpace, seen: &HashSet<String>) -> 
         out.rejected.push(Rejected {
             candidate: "(none)".into(),
             error: "the reply holds no JSON array or object".into(),
+            kind: RejectKind::NoJson,
         });
         return out;
     };
     let mut fresh = HashSet::new();
     for (i, c) in candidates(v).into_iter().enumerate() {
         let text = c.to_string();
-        let reject = |e: String| Rejected {
+        let reject = |kind: RejectKind, e: String| Rejected {
             candidate: text.clone(),
             error: format!("candidate {i}: {e}"),
+            kind,
         };
         let g = match Genome::from_json(&text) {
             Ok(g) => g,
             Err(e) => {
-                out.rejected.push(reject(e.to_string()));
+                out.rejected
+                    .push(reject(RejectKind::NotAGenome, e.to_string()));
                 continue;
             }
         };
         if let Err(e) = space.validate(&g) {
-            out.rejected.push(reject(e.to_string()));
+            // Budget errors name the cost, `(cost).params` or `(cost).macs`; the budget is
+            // checked only once everything else is valid.
+            let kind = if e.0.iter().all(|x| x.path.starts_with("(cost)")) {
+                RejectKind::OverBudget
+            } else {
+                RejectKind::OutsideSpace
+            };
+            out.rejected.push(reject(kind, e.to_string()));
             continue;
         }
         let h = g.hash();
         if seen.contains(&h) {
-            out.rejected
-                .push(reject(format!("duplicate of evaluated genome {h}")));
+            out.rejected.push(reject(
+                RejectKind::Duplicate,
+                format!("duplicate of evaluated genome {h}"),
+            ));
             continue;
         }
         if !fresh.insert(h.clone()) {
-            out.rejected
-                .push(reject(format!("repeats genome {h} of this reply")));
+            out.rejected.push(reject(
+                RejectKind::Duplicate,
+                format!("repeats genome {h} of this reply"),
+            ));
             continue;
         }
         out.genomes.push(g);
