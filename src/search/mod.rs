@@ -376,7 +376,7 @@ pub fn unscored_reasons(records: &[TrialRecord], rejected: &[llm::parse::Rejecte
     if out.is_empty() {
         out.push((0, "the strategy proposed no candidate".into()));
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     out.into_iter().map(|(_, s)| s).collect()
 }
 
