@@ -397,7 +397,7 @@ pub enum StrategySpec {
 pub fn run(cmd: SearchCmd, given: &super::Given) -> anyhow::Result<i32> {
     let (common, spec) = match cmd {
         SearchCmd::ProxyCheck(a) => return proxy_check(a),
-        SearchCmd::Block(a) => return super::block_cmd::run(a),
+        SearchCmd::Block(a) => return super::block_cmd::run(a, given),
         SearchCmd::Random(a) => (a, StrategySpec::Random),
         SearchCmd::Evolution(e) => (
             e.common,

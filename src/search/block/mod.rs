@@ -11,6 +11,7 @@
 
 pub mod distill;
 pub mod local;
+pub mod pipeline;
 pub mod retrain;
 pub mod supernet;
 
