@@ -668,6 +668,24 @@ fn block_search_end_to_end_on_real_data() {
         "0",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A flag that would change the stored search is refused on --resume, naming the value.
+    let o = diffnas(&[
+        "search",
+        "block",
+        "--resume",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--gamma",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--gamma 2.0 differs from the 3.0 stored"),
+        "{err}"
+    );
     // Another gamma from the same supernets and tables: nothing of phases 1-2 reruns.
     let other = work.path().join("block-loose");
     let o = diffnas(&[
@@ -708,4 +726,180 @@ fn block_search_end_to_end_on_real_data() {
         Genome::from_json(&std::fs::read_to_string(other.join("student/genome.json")).unwrap())
             .unwrap();
     assert!(cost(&loose).unwrap().macs <= cost(&g).unwrap().macs);
+}
+
+/// The block search's phases as library calls, on the fixture teacher and a slice of real
+/// Fashion-MNIST: each returns what it made and leaves its files; a finished phase is read
+/// back rather than rerun; the student is an ordinary run directory; a stop is resumable.
+#[test]
+fn block_pipeline_phases_as_library_calls() {
+    use diffnas::eval::rfid::GenerationConfig;
+    use diffnas::rundir::{RunFiles, Weights, load_denoiser, weights_path};
+    use diffnas::search::block::local::LocalSearchConfig;
+    use diffnas::search::block::pipeline::{
+        self, BlockConfig, BlockError, BlockEvent, Phase, ReportInput, StudentInit, SupernetInit,
+        Teacher, short_schedule,
+    };
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let work = tempfile::tempdir().unwrap();
+    let Some(data) = crate::search::small_fashion_mnist(work.path(), 64, 16) else {
+        return;
+    };
+    let teacher_dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fmnist-tiny");
+    let (tg, tfiles) = RunFiles::read(&teacher_dir).unwrap();
+    let space = SearchSpace::for_image(tg.image);
+    let cfg = BlockConfig {
+        teacher: teacher_dir.clone(),
+        teacher_weights: weights_path(&teacher_dir, Weights::Ema).unwrap(),
+        data: data.parse().unwrap(),
+        max_images: None,
+        seed: 1,
+        supernet: short_schedule(&tfiles.config, 2, 4, 1e-3, 1),
+        supernet_init: SupernetInit::Fresh,
+        eval_batches: 1,
+        kernels: space.kernels.clone(),
+        hidden_mults: space.hidden_mults.clone(),
+        gamma: 3.0,
+        gamma_sweep: vec![1.0, 3.0, 100.0],
+        budget_macs: None,
+        local: LocalSearchConfig {
+            max_exhaustive: 40,
+            samples: 4,
+            rounds: 1,
+            children: 1,
+            seed: 1,
+        },
+        retrain: short_schedule(&tfiles.config, 2, 4, 5e-4, 1),
+        lambda: LambdaSchedule::parse("linear").unwrap(),
+        lambda_steps: 1,
+        student_init: StudentInit::Supernet,
+        ablation: false,
+        score: GenerationConfig {
+            n: 0,
+            steps: 2,
+            ..GenerationConfig::rfid()
+        },
+        latency_batch: 2,
+    };
+    let mut bad = cfg.clone();
+    bad.gamma = -1.0;
+    let e = bad.check().unwrap_err();
+    assert!(
+        e.is_bad_input() && e.to_string().contains("gamma -1"),
+        "{e}"
+    );
+
+    let dir = work.path().join("block");
+    cfg.start(&dir).unwrap();
+    let again = cfg.start(&dir).unwrap_err();
+    assert!(
+        matches!(&again, BlockError::Config(m) if m.contains("--resume")),
+        "{again}"
+    );
+    assert_eq!(
+        serde_json::to_value(BlockConfig::read(&dir).unwrap()).unwrap(),
+        serde_json::to_value(&cfg).unwrap()
+    );
+
+    let device = Device::flex();
+    let teacher = Teacher::load(&cfg, &device).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut distilled = 0;
+    let Phase::Done(nets) = pipeline::supernets(&cfg, &teacher, &dir, &device, &stop, &mut |e| {
+        if matches!(e, BlockEvent::Distill(..)) {
+            distilled += 1
+        }
+    })
+    .unwrap() else {
+        panic!("not stopped")
+    };
+    assert!(distilled > 0);
+    assert_eq!(nets.nets.len(), teacher.spaces.len());
+    // Finished: read back, not trained again.
+    let mut retrained = false;
+    let Phase::Done(back) = pipeline::supernets(&cfg, &teacher, &dir, &device, &stop, &mut |e| {
+        retrained |= matches!(e, BlockEvent::Distill(..))
+    })
+    .unwrap() else {
+        panic!("not stopped")
+    };
+    assert!(!retrained);
+    for (a, b) in nets.nets.iter().zip(&back.nets) {
+        assert!(crate::common::param_values(a) == crate::common::param_values(b));
+    }
+
+    let mut none = |_: BlockEvent| {};
+    let tables =
+        pipeline::local_search(&cfg, &teacher, &nets.nets, &dir, &device, &mut none).unwrap();
+    assert_eq!(tables.tables.len(), teacher.spaces.len());
+    assert!(tables.tables.iter().all(|t| !t.scored.is_empty()));
+    let frontier = pipeline::frontier(&cfg, &teacher, &tables, &dir).unwrap();
+    for w in frontier.windows(2) {
+        assert!(w[1].macs <= w[0].macs, "a looser gamma never costs more");
+    }
+    let choice = pipeline::choose(&cfg, &teacher, &tables, &dir).unwrap();
+    // Every block's teacher-shaped path is within gamma of itself, so the cheapest feasible
+    // choice costs at most the teacher.
+    assert!(choice.cost.macs <= teacher.cost.macs);
+    for f in [
+        pipeline::TABLES_FILE,
+        pipeline::FRONTIER_FILE,
+        pipeline::CHOICE_FILE,
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+
+    let info = diffnas::device::flex().info;
+    let student = pipeline::students(&cfg)[0];
+    let Phase::Done((sdir, secs)) = pipeline::retrain(
+        &cfg, &teacher, &nets.nets, &choice, student, &dir, &info, &device, &stop, &mut none,
+    )
+    .unwrap() else {
+        panic!("not stopped")
+    };
+    // The student is an ordinary run directory.
+    let run = load_denoiser(&sdir, Weights::Ema, &device).unwrap();
+    assert_eq!(run.genome, choice.genome);
+    assert_eq!(run.files.config, cfg.retrain);
+
+    let models = vec![
+        ("teacher".to_string(), teacher_dir.clone(), None),
+        ("student".to_string(), sdir, Some(secs)),
+    ];
+    let rows = pipeline::measure(&cfg, &models, None, &device, &mut none).unwrap();
+    assert_eq!(rows[0].macs, teacher.cost.macs);
+    assert_eq!(rows[1].macs, choice.cost.macs);
+    assert!(rows.iter().all(|r| r.latency_s > 0.0 && r.score.is_none()));
+    let md = pipeline::write_report(
+        &cfg,
+        &ReportInput {
+            rows: &rows,
+            frontier: &frontier,
+            supernet_seconds: nets.seconds,
+            search_seconds: tables.seconds,
+            device: "flex",
+        },
+        &dir,
+    )
+    .unwrap();
+    assert!(std::fs::read_to_string(md).unwrap().contains("| student |"));
+
+    // A stop request ends a retraining resumably, with a checkpoint.
+    stop.store(true, Ordering::SeqCst);
+    let stopped = pipeline::retrain(
+        &cfg,
+        &teacher,
+        &nets.nets,
+        &choice,
+        ("stopped", LambdaSchedule::DiffusionOnly),
+        &dir,
+        &info,
+        &device,
+        &stop,
+        &mut none,
+    )
+    .unwrap();
+    assert!(matches!(stopped, Phase::Stopped(s) if s < cfg.retrain.steps));
 }
