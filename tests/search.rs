@@ -601,3 +601,99 @@ fn random_search_finds_genomes_in_a_tight_budget() {
         space.validate(&p[0].genome).unwrap();
     }
 }
+
+/// The search configuration as library calls: the scale's defaults, the file's layout, and the
+/// resume check (only the budget may change; a given setting must match the stored one).
+#[test]
+fn search_config_resume_check() {
+    use diffnas::data::DataSource;
+    use diffnas::genome::ImageSpec;
+    use diffnas::search::SearchError;
+    use diffnas::search::config::{
+        EvaluatorKind, Scale, SearchConfig, SearchRequest, StrategyChoice, StrategyConfig,
+    };
+    let cpu = diffnas::device::flex().info;
+    let request = SearchRequest {
+        strategy: StrategyChoice::Evolution {
+            population: None,
+            sample: Some(3),
+            crossover: 0.0,
+        },
+        scale: Scale::Auto,
+        seed: 4,
+        data: DataSource::FashionMnist(None),
+        max_images: None,
+        evaluator: EvaluatorKind::Stub,
+        trials: None,
+        max_minutes: None,
+        max_params: None,
+        max_macs: Some(30_000_000),
+        trial_steps: None,
+        trial_batch_size: 16,
+        trial_lr: None,
+        score_n: None,
+        score_steps: None,
+    };
+    let image = ImageSpec {
+        channels: 1,
+        size: 28,
+    };
+    let cfg = SearchConfig::new(&request, image, &cpu);
+    // `auto` on a CPU is the small scale; given settings win over it.
+    let small = Scale::Small.defaults(&cpu);
+    assert_eq!(cfg.limits.max_trials, small.trials);
+    assert_eq!(cfg.trial.train.steps, small.trial_steps);
+    assert_eq!(cfg.space.budget.max_macs, Some(30_000_000));
+    assert_eq!(cfg.trial.train.batch_size, 16);
+    assert_eq!(
+        cfg.strategy,
+        StrategyConfig::Evolution(diffnas::search::evolution::EvolutionConfig {
+            population: small.population,
+            sample: 3,
+            crossover: 0.0,
+        })
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    assert!(matches!(
+        SearchConfig::read(dir),
+        Err(SearchError::NothingToResume { .. })
+    ));
+    SearchConfig::check_fresh(dir).unwrap();
+    cfg.write(dir).unwrap();
+    let e = SearchConfig::check_fresh(dir).unwrap_err();
+    assert!(matches!(e, SearchError::Exists { .. }) && e.is_bad_input());
+    // The file keeps the layout every version reads: the strategy's name and its section.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("search.json")).unwrap()).unwrap();
+    assert_eq!(json["strategy"], "evolution");
+    assert_eq!(json["evolution"]["sample"], 3);
+    assert_eq!(SearchConfig::read(dir).unwrap(), cfg);
+
+    // Resumed with another budget: taken. With a changed setting not given: the stored one.
+    let mut more = request.clone();
+    more.trials = Some(20);
+    more.trial_steps = Some(999);
+    let resumed = SearchConfig::resume(dir, &more, &[], &cpu).unwrap();
+    assert_eq!(resumed.limits.max_trials, 20);
+    assert_eq!(resumed.trial.train.steps, cfg.trial.train.steps);
+    // Given and equal: fine. Given and different: refused, naming both values and the file.
+    let same = SearchConfig::resume(dir, &request, &["seed", "max_macs"], &cpu).unwrap();
+    assert_eq!(same, cfg);
+    let e = SearchConfig::resume(dir, &more, &["trial_steps"], &cpu).unwrap_err();
+    let msg = e.to_string();
+    assert!(e.is_bad_input(), "{msg}");
+    assert!(
+        msg.contains("--trial-steps 999 differs from the 200") && msg.contains("search.json"),
+        "{msg}"
+    );
+    let mut other = request.clone();
+    other.strategy = StrategyChoice::Random;
+    let e = SearchConfig::resume(dir, &other, &[], &cpu).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("--strategy random differs from the evolution"),
+        "{e}"
+    );
+}

@@ -106,6 +106,8 @@ fn exit_code(e: &anyhow::Error) -> i32 {
                 .is_some_and(|r| r.is_bad_input())
             || c.downcast_ref::<crate::search::block::pipeline::BlockError>()
                 .is_some_and(|b| b.is_bad_input())
+            || c.downcast_ref::<crate::search::SearchError>()
+                .is_some_and(|s| s.is_bad_input())
     });
     if bad_input { 2 } else { 1 }
 }

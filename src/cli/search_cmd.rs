@@ -1,26 +1,27 @@
-//! `diffnas search random|evolution`: architecture search with the proxy evaluator
-//! (rapid-convergence training + reduced FID, or its classifier-space twin offline).
+//! `diffnas search random|evolution|llm|proxy-check|block`: architecture search with the proxy
+//! evaluator (rapid-convergence training + reduced FID, or its classifier-space twin offline).
+//! The configuration, its defaults and the resume rules are the library's
+//! (`search::config`); this maps flags to a [`SearchRequest`] and renders progress.
 //!
 //! The resolved configuration goes to `RUN_DIR/search.json` before the first trial; trials are
-//! appended to `RUN_DIR/trials.jsonl`; each trial's files live in `RUN_DIR/trials/<hash>/`.
-//! Ctrl-C (or a kill) stops it; `--resume` continues with no trial lost or repeated.
+//! appended to `RUN_DIR/trials.jsonl`; each trial's folder `RUN_DIR/trials/<hash>/` is a run
+//! directory. Ctrl-C (or a kill) stops it; `--resume` continues with no trial lost or repeated.
 
 use super::eval_cmd::{ExtractorArgs, cached_reference, extractor};
-use super::user_err;
+use super::{Given, user_err};
 use crate::data::{DataSource, Split};
-use crate::eval::rfid::{GenerationConfig, KidConfig};
-use crate::genome::{Budget, ImageSpec, SearchSpace};
-use crate::search::evolution::{Evolution, EvolutionConfig};
-use crate::search::llm::client::{ChatClient, LlmConfig};
+use crate::genome::ImageSpec;
+use crate::search::config::{
+    EvaluatorKind, FIXED_ON_RESUME, Scale, SearchConfig, SearchRequest, StrategyChoice, defaults,
+};
+use crate::search::llm::client::LlmConfig;
 use crate::search::llm::prompt::MemoryLimits;
-use crate::search::llm::{LlmSearch, LlmSearchConfig, RoundFile};
-use crate::search::random::RandomSearch;
-use crate::search::{CONFIG_FILE, Limits, SearchEvent, SearchStatus, Strategy, run_search};
-use crate::trial::{Evaluator, ProxyEvaluator, StubEvaluator, TrialConfig, TrialProgress};
-use clap::{Args, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
+use crate::search::llm::{LlmSearchConfig, RoundFile};
+use crate::search::rank::{long_config, proxy_check, spread_picks};
+use crate::search::{SearchEvent, SearchStatus, TrialLog, run_search};
+use crate::trial::{Evaluator, ProxyEvaluator, StubEvaluator, TrialProgress};
+use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 #[derive(Subcommand, Debug)]
 pub enum SearchCmd {
@@ -64,122 +65,6 @@ pub struct ProxyCheckArgs {
     pub ext: ExtractorArgs,
 }
 
-/// One line of `proxy-check/results.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProxyCheckRow {
-    pub hash: String,
-    pub proxy_score: f64,
-    pub long_score: Option<f64>,
-    pub long_seconds: f64,
-    pub proxy_seconds: f64,
-    pub reason: Option<String>,
-}
-
-fn proxy_check(a: ProxyCheckArgs) -> anyhow::Result<i32> {
-    let selected = super::select_device(a.ext.device)?;
-    eprintln!("device: {}", selected.info);
-    let mut cfg = read_config(&a.run_dir)?;
-    let log = crate::search::TrialLog::open(&a.run_dir).map_err(|e| user_err(e.to_string()))?;
-    let mut scored: Vec<&crate::search::TrialRecord> =
-        log.records.iter().filter(|r| r.score().is_some()).collect();
-    scored.sort_by(|x, y| x.score().partial_cmp(&y.score()).expect("finite"));
-    let k = a.architectures.min(scored.len());
-    if k < 2 {
-        return Err(user_err(format!(
-            "{}: {} scored trial(s); a rank correlation needs at least 2",
-            a.run_dir.display(),
-            scored.len()
-        )));
-    }
-    let picks: Vec<&crate::search::TrialRecord> = (0..k)
-        .map(|i| scored[i * (scored.len() - 1) / (k - 1)])
-        .collect();
-    let proxy_steps = cfg.trial.train.steps;
-    let t = &mut cfg.trial.train;
-    t.steps = a.steps;
-    t.warmup_steps = (a.steps / 20).max(1);
-    t.checkpoint_every = (a.steps / 4).max(1);
-    let mut data = cfg
-        .data
-        .load(Split::Train)
-        .map_err(|e| user_err(e.to_string()))?;
-    if let Some(m) = cfg.max_images {
-        data.truncate(m);
-    }
-    let mut evaluator = build_evaluator(&mut cfg, data, &a.ext, &selected)?;
-    let out = a.run_dir.join("proxy-check");
-    std::fs::create_dir_all(&out)?;
-    let rows_path = out.join("results.jsonl");
-    let mut rows: Vec<ProxyCheckRow> = std::fs::read_to_string(&rows_path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let stop = AtomicBool::new(false);
-    for (i, r) in picks.iter().enumerate() {
-        if rows.iter().any(|x| x.hash == r.hash) {
-            continue;
-        }
-        eprintln!(
-            "[{}/{k}] {} (proxy {} {:.4}): {} steps ...",
-            i + 1,
-            r.hash,
-            cfg.metric,
-            r.score().unwrap_or(f64::NAN),
-            a.steps
-        );
-        let o = evaluator.evaluate(&r.genome, Some(&out.join(&r.hash)), &stop);
-        let row = ProxyCheckRow {
-            hash: r.hash.clone(),
-            proxy_score: r.score().unwrap_or(f64::NAN),
-            long_score: o.score,
-            long_seconds: o.seconds,
-            proxy_seconds: r.outcome.seconds,
-            reason: o.reason,
-        };
-        eprintln!(
-            "  -> {} after {:.0} s (proxy trial took {:.0} s)",
-            row.long_score
-                .map_or("failed".into(), |s| format!("{s:.4}")),
-            row.long_seconds,
-            row.proxy_seconds
-        );
-        let mut line = serde_json::to_string(&row)?;
-        line.push('\n');
-        use std::io::Write as _;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&rows_path)?
-            .write_all(line.as_bytes())?;
-        rows.push(row);
-    }
-    let pairs: Vec<(f64, f64)> = rows
-        .iter()
-        .filter_map(|r| Some((r.proxy_score, r.long_score?)))
-        .collect();
-    let (p, l): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
-    let rho = crate::search::rank::spearman(&p, &l);
-    let summary = serde_json::json!({
-        "metric": cfg.metric,
-        "proxy_steps": proxy_steps,
-        "long_steps": a.steps,
-        "architectures": pairs.len(),
-        "spearman_rho": rho,
-        "rows": rows,
-    });
-    let text = serde_json::to_string_pretty(&summary)?;
-    crate::train::write_atomic(&out.join("summary.json"), text.as_bytes())?;
-    eprintln!(
-        "Spearman rho between proxy ({proxy_steps} steps) and long ({} steps) {}: {}",
-        a.steps,
-        cfg.metric,
-        rho.map_or("undefined".into(), |r| format!("{r:.3}"))
-    );
-    println!("{text}");
-    Ok(0)
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct LlmArgs {
     #[command(flatten)]
@@ -216,15 +101,6 @@ pub struct LlmArgs {
     pub memory_recent: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EvaluatorKind {
-    /// Train each candidate briefly and score its samples (the real thing).
-    Proxy,
-    /// A known function of the genome, no training: for dry runs of a search's mechanics.
-    Stub,
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct SearchArgs {
     /// Run directory [default: runs/search-<strategy>].
@@ -249,7 +125,7 @@ pub struct SearchArgs {
     /// Wall-clock budget across resumes, checked between trials.
     #[arg(long)]
     pub max_minutes: Option<f64>,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
     #[arg(long, value_enum, default_value = "proxy")]
     pub evaluator: EvaluatorKind,
@@ -264,7 +140,7 @@ pub struct SearchArgs {
     /// [default: 200 small, 300 standard].
     #[arg(long)]
     pub trial_steps: Option<u64>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = defaults::TRIAL_BATCH_SIZE)]
     pub trial_batch_size: usize,
     /// Peak learning rate of each trial [default: 1e-3 small (200 steps at 2e-4 leave the
     /// loss near 0.2), 2e-4 standard].
@@ -297,402 +173,295 @@ pub struct EvolutionArgs {
     #[arg(long)]
     pub sample: Option<usize>,
     /// Probability of crossing the winner with a second tournament's before mutating.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = defaults::CROSSOVER)]
     pub crossover: f64,
 }
 
-/// `search.json`: everything that determines the search.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SearchConfig {
-    pub strategy: String,
-    pub seed: u64,
-    pub data: DataSource,
-    pub max_images: Option<usize>,
-    pub evaluator: EvaluatorKind,
-    pub space: SearchSpace,
-    pub trial: TrialConfig,
-    pub limits: Limits,
-    pub evolution: Option<EvolutionConfig>,
-    /// The LLM endpoint (no key: only the name of its environment variable).
-    pub llm_endpoint: Option<LlmConfig>,
-    pub llm: Option<LlmSearchConfig>,
-    /// The score's name (`RFID`, `RFD-classifier`, `stub`) and the extractor behind it.
-    pub metric: String,
-    pub extractor: Option<crate::eval::ExtractorId>,
+fn run_proxy_check(a: ProxyCheckArgs) -> anyhow::Result<i32> {
+    let selected = super::select_device(a.ext.device)?;
+    eprintln!("device: {}", selected.info);
+    let cfg = SearchConfig::read(&a.run_dir)?;
+    let log = TrialLog::open(&a.run_dir)?;
+    let picks = spread_picks(&log, a.architectures);
+    if picks.len() < 2 {
+        return Err(user_err(format!(
+            "{}: {} scored trial(s); a rank correlation needs at least 2",
+            a.run_dir.display(),
+            picks.len()
+        )));
+    }
+    let proxy_steps = cfg.trial.train.steps;
+    let mut long = long_config(&cfg, a.steps);
+    let mut data = cfg
+        .data
+        .load(Split::Train)
+        .map_err(|e| user_err(e.to_string()))?;
+    if let Some(m) = cfg.max_images {
+        data.truncate(m);
+    }
+    let mut evaluator = build_evaluator(&mut long, data, &a.ext, &selected)?;
+    let k = picks.len();
+    let metric = cfg.metric.clone();
+    let summary = proxy_check(
+        &a.run_dir,
+        &metric,
+        proxy_steps,
+        a.steps,
+        &picks,
+        evaluator.as_mut(),
+        &mut |i, r| {
+            eprintln!(
+                "[{}/{k}] {} (proxy {metric} {:.4}): {} steps ...",
+                i + 1,
+                r.hash,
+                r.score().unwrap_or(f64::NAN),
+                a.steps
+            )
+        },
+        &mut |row| {
+            eprintln!(
+                "  -> {} after {:.0} s (proxy trial took {:.0} s)",
+                row.long_score
+                    .map_or("failed".into(), |s| format!("{s:.4}")),
+                row.long_seconds,
+                row.proxy_seconds
+            )
+        },
+    )?;
+    eprintln!(
+        "Spearman rho between proxy ({proxy_steps} steps) and long ({} steps) {}: {}",
+        a.steps,
+        cfg.metric,
+        summary
+            .spearman_rho
+            .map_or("undefined".into(), |r| format!("{r:.3}"))
+    );
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(0)
 }
 
-/// The size of search that the defaults describe (`--scale`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Scale {
-    /// `small` on a CPU device, `standard` on a GPU.
-    Auto,
-    /// Tiny genomes and short trials: a search of 8 trials takes about 11 minutes on a
-    /// 2-core CPU (5 of them training the offline classifier on first use).
-    Small,
-    /// The search the defaults of ALGORITHMS.md describe, for a GPU.
-    Standard,
-}
-
-/// The values `--scale` stands for; explicit flags override each one.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ScaleDefaults {
-    pub trials: usize,
-    pub max_params: u64,
-    pub max_macs: u64,
-    pub trial_steps: u64,
-    pub trial_lr: f64,
-    pub score_n: usize,
-    pub score_steps: usize,
-    pub population: usize,
-    pub sample: usize,
-}
-
-impl Scale {
-    /// The defaults for this scale on a device; `auto` looks at the device's type.
-    pub fn defaults(self, device: &crate::device::DeviceInfo) -> ScaleDefaults {
-        let small = match self {
-            Scale::Small => true,
-            Scale::Standard => false,
-            Scale::Auto => device.device_type == "Cpu",
-        };
-        if small {
-            ScaleDefaults {
-                trials: 8,
-                max_params: 1_000_000,
-                max_macs: 40_000_000,
-                trial_steps: 200,
-                trial_lr: 1e-3,
-                score_n: 500,
-                score_steps: 10,
-                population: 4,
-                sample: 2,
-            }
-        } else {
-            ScaleDefaults {
-                trials: 24,
-                max_params: 4_000_000,
-                max_macs: 200_000_000,
-                trial_steps: 300,
-                trial_lr: 2e-4,
-                score_n: 1000,
-                score_steps: 20,
-                population: 8,
-                sample: 3,
-            }
-        }
+/// The request the flags describe.
+fn request(a: &SearchArgs, strategy: StrategyChoice) -> SearchRequest {
+    SearchRequest {
+        strategy,
+        scale: a.scale,
+        seed: a.seed,
+        data: a.data.clone(),
+        max_images: a.max_images,
+        evaluator: a.evaluator,
+        trials: a.trials,
+        max_minutes: a.max_minutes,
+        max_params: a.max_params,
+        max_macs: a.max_macs,
+        trial_steps: a.trial_steps,
+        trial_batch_size: a.trial_batch_size,
+        trial_lr: a.trial_lr,
+        score_n: a.score_n,
+        score_steps: a.score_steps,
     }
 }
 
-/// Which strategy, with its own settings (evolution's P and S default by `--scale`).
-pub enum StrategySpec {
-    Random,
-    Evolution {
-        population: Option<usize>,
-        sample: Option<usize>,
-        crossover: f64,
-    },
-    Llm(LlmConfig, LlmSearchConfig),
+/// The LLM strategy the flags describe.
+fn llm_choice(l: &LlmArgs) -> anyhow::Result<StrategyChoice> {
+    let Some(base_url) = l.llm_base_url.clone() else {
+        return Err(user_err(
+            "no LLM endpoint configured: pass --llm-base-url (or set DIFFNAS_LLM_BASE_URL) \
+             to an OpenAI-compatible server. Offline, the baselines `diffnas search random` \
+             and `diffnas search evolution` need none.",
+        ));
+    };
+    if l.rounds == 0 || l.per_round == 0 {
+        return Err(user_err("--rounds and --per-round must be at least 1"));
+    }
+    let endpoint = LlmConfig {
+        base_url,
+        model: l.llm_model.clone(),
+        temperature: l.temperature,
+        max_tokens: l.max_tokens,
+        timeout_s: l.llm_timeout,
+        api_key_env: l.llm_api_key_env.clone(),
+        max_retries: l.llm_retries,
+        backoff_s: l.llm_backoff,
+    };
+    let search = LlmSearchConfig {
+        rounds: l.rounds,
+        per_round: l.per_round,
+        memory: MemoryLimits {
+            top: l.memory_top,
+            recent: l.memory_recent,
+            ..MemoryLimits::default()
+        },
+        dataset: l.common.data.to_string(),
+        metric: String::new(),
+    };
+    Ok(StrategyChoice::Llm(endpoint, search))
 }
 
-pub fn run(cmd: SearchCmd, given: &super::Given) -> anyhow::Result<i32> {
-    let (common, spec) = match cmd {
-        SearchCmd::ProxyCheck(a) => return proxy_check(a),
+pub fn run(cmd: SearchCmd, given: &Given) -> anyhow::Result<i32> {
+    let (common, choice) = match cmd {
+        SearchCmd::ProxyCheck(a) => return run_proxy_check(a),
         SearchCmd::Block(a) => return super::block_cmd::run(a, given),
-        SearchCmd::Random(a) => (a, StrategySpec::Random),
+        SearchCmd::Random(a) => (a, StrategyChoice::Random),
         SearchCmd::Evolution(e) => (
             e.common,
-            StrategySpec::Evolution {
+            StrategyChoice::Evolution {
                 population: e.population,
                 sample: e.sample,
                 crossover: e.crossover,
             },
         ),
         SearchCmd::Llm(l) => {
-            let Some(base_url) = l.llm_base_url.clone() else {
-                return Err(user_err(
-                    "no LLM endpoint configured: pass --llm-base-url (or set DIFFNAS_LLM_BASE_URL) \
-                     to an OpenAI-compatible server. Offline, the baselines `diffnas search random` \
-                     and `diffnas search evolution` need none.",
-                ));
-            };
-            if l.rounds == 0 || l.per_round == 0 {
-                return Err(user_err("--rounds and --per-round must be at least 1"));
-            }
-            let endpoint = LlmConfig {
-                base_url,
-                model: l.llm_model.clone(),
-                temperature: l.temperature,
-                max_tokens: l.max_tokens,
-                timeout_s: l.llm_timeout,
-                api_key_env: l.llm_api_key_env.clone(),
-                max_retries: l.llm_retries,
-                backoff_s: l.llm_backoff,
-            };
-            let search = LlmSearchConfig {
-                rounds: l.rounds,
-                per_round: l.per_round,
-                memory: MemoryLimits {
-                    top: l.memory_top,
-                    recent: l.memory_recent,
-                    ..MemoryLimits::default()
-                },
-                dataset: l.common.data.to_string(),
-                metric: String::new(),
-            };
-            let mut common = l.common;
-            common.trials = common.trials.or(Some(l.rounds * l.per_round));
-            (common, StrategySpec::Llm(endpoint, search))
+            let choice = llm_choice(&l)?;
+            (l.common, choice)
         }
     };
-    let name = match spec {
-        StrategySpec::Random => "random",
-        StrategySpec::Evolution { .. } => "evolution",
-        StrategySpec::Llm(..) => "llm",
-    };
-    let dir = common
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("runs/search-{name}")));
-    search(&dir, name, &common, spec, given)
+    search(&request(&common, choice), &common, given)
 }
 
-fn read_config(dir: &Path) -> anyhow::Result<SearchConfig> {
-    let p = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&p)
-        .map_err(|e| user_err(format!("{}: {e} (nothing to resume)", p.display())))?;
-    serde_json::from_str(&text).map_err(|e| user_err(format!("{}: {e}", p.display())))
-}
-
-fn search(
-    dir: &Path,
-    name: &str,
+/// The configuration: the stored one on `--resume`, else a fresh one for the data's images.
+fn resolve(
+    r: &SearchRequest,
     a: &SearchArgs,
-    spec: StrategySpec,
-    given: &super::Given,
-) -> anyhow::Result<i32> {
-    let selected = super::select_device(a.ext.device)?;
-    eprintln!("device: {}", selected.info);
-    let cfg_path = dir.join(CONFIG_FILE);
-    if !a.resume && cfg_path.exists() {
-        return Err(user_err(format!(
-            "{} already holds a search; continue it with --resume or pick another --run-dir",
-            dir.display()
-        )));
-    }
-    let d = a.scale.defaults(&selected.info);
-    let (mut cfg, mut data) = if a.resume {
-        let mut c = read_config(dir)?;
-        // Flags that would change the search, given anyway: each must match what is stored.
-        let stored_in = dir.join(CONFIG_FILE);
-        let same = [
-            ("data", a.data.to_string(), c.data.to_string()),
-            ("seed", a.seed.to_string(), c.seed.to_string()),
-            (
-                "evaluator",
-                format!("{:?}", a.evaluator),
-                format!("{:?}", c.evaluator),
-            ),
-            (
-                "trial_batch_size",
-                a.trial_batch_size.to_string(),
-                c.trial.train.batch_size.to_string(),
-            ),
-            (
-                "max_images",
-                format!("{:?}", a.max_images),
-                format!("{:?}", c.max_images),
-            ),
-        ];
-        for (id, asked, stored) in same {
-            if given.has(id) && asked != stored {
-                return Err(user_err(format!(
-                    "--{} {asked} differs from the {stored} in {}, and a resumed search keeps its \
-                     settings (only --trials and --max-minutes may change)",
-                    id.replace('_', "-"),
-                    stored_in.display()
-                )));
-            }
-        }
-        let fixed = [
-            ("--max-params", a.max_params, c.space.budget.max_params),
-            ("--max-macs", a.max_macs, c.space.budget.max_macs),
-            ("--trial-steps", a.trial_steps, Some(c.trial.train.steps)),
-            (
-                "--score-n",
-                a.score_n.map(|v| v as u64),
-                Some(c.trial.score.n as u64),
-            ),
-            (
-                "--score-steps",
-                a.score_steps.map(|v| v as u64),
-                Some(c.trial.score.steps as u64),
-            ),
-        ];
-        for (flag, given, stored) in fixed {
-            if given.is_some() && given != stored {
-                return Err(user_err(format!(
-                    "{flag} {} differs from the {} in {}, and a resumed search keeps its \
-                     settings (only --trials and --max-minutes may change)",
-                    given.unwrap_or_default(),
-                    stored.map_or("none".into(), |v| v.to_string()),
-                    dir.join(CONFIG_FILE).display()
-                )));
-            }
-        }
-        if let Some(lr) = a.trial_lr
-            && lr != c.trial.train.lr
-        {
-            return Err(user_err(format!(
-                "--trial-lr {lr} differs from the {} in {}, and a resumed search keeps its \
-                 settings (only --trials and --max-minutes may change)",
-                c.trial.train.lr,
-                dir.join(CONFIG_FILE).display()
-            )));
-        }
-        if c.strategy != name {
-            return Err(user_err(format!(
-                "{} holds a {} search, not {name}",
-                dir.display(),
-                c.strategy
-            )));
-        }
-        if let Some(t) = a.trials {
-            c.limits.max_trials = t;
-        }
-        if let Some(m) = a.max_minutes {
-            c.limits.max_seconds = Some(m * 60.0);
-        }
+    dir: &Path,
+    given: &Given,
+    device: &crate::device::DeviceInfo,
+) -> anyhow::Result<(SearchConfig, crate::data::Dataset)> {
+    if a.resume {
+        let named: Vec<&str> = FIXED_ON_RESUME
+            .iter()
+            .copied()
+            .filter(|id| given.has(id))
+            .collect();
+        let c = SearchConfig::resume(dir, r, &named, device)?;
         // The stored search's data, whatever --data's default says.
         let data = c
             .data
             .load(Split::Train)
             .map_err(|e| user_err(e.to_string()))?;
-        (c, data)
-    } else {
-        let data = a
-            .data
-            .load(Split::Train)
-            .map_err(|e| user_err(e.to_string()))?;
-        if data.height != data.width {
-            return Err(user_err(format!(
-                "{}: images are {}x{}; the search space needs square images",
-                a.data, data.height, data.width
-            )));
-        }
-        let image = ImageSpec {
-            channels: data.channels,
-            size: data.height,
-        };
-        let mut space = SearchSpace::for_image(image).with_budget(Budget {
-            max_params: Some(a.max_params.unwrap_or(d.max_params)),
-            max_macs: Some(a.max_macs.unwrap_or(d.max_macs)),
-            min_params: None,
-        });
-        let mut trial =
-            TrialConfig::rapid(a.trial_steps.unwrap_or(d.trial_steps), a.trial_batch_size);
-        trial.train.lr = a.trial_lr.unwrap_or(d.trial_lr);
-        trial.train.seed = a.seed;
-        if let Some(p) = trial.proxy_dropout {
-            // Trials train with the proxy dropout whatever the genome says, so genomes that
-            // differ only in dropout would score the same: dropout is not searched (set it
-            // for the full training of the winner).
-            space.dropouts = vec![p];
-        }
-        let score_n = a.score_n.unwrap_or(d.score_n);
-        trial.score = GenerationConfig {
-            n: score_n,
-            steps: a.score_steps.unwrap_or(d.score_steps),
-            ..GenerationConfig::rfid()
-        };
-        trial.kid = Some(KidConfig {
-            subset_size: score_n.min(1000),
-            ..KidConfig::default()
-        });
-        let cfg = SearchConfig {
-            strategy: name.into(),
-            seed: a.seed,
-            data: a.data.clone(),
-            max_images: a.max_images,
-            evaluator: a.evaluator,
-            space,
-            trial,
-            limits: Limits {
-                max_trials: a.trials.unwrap_or(d.trials),
-                max_seconds: a.max_minutes.map(|m| m * 60.0),
-                max_stale: 200,
-            },
-            evolution: match &spec {
-                StrategySpec::Evolution {
-                    population,
-                    sample,
-                    crossover,
-                } => Some(EvolutionConfig {
-                    population: population.unwrap_or(d.population),
-                    sample: sample.unwrap_or(d.sample),
-                    crossover: *crossover,
-                }),
-                _ => None,
-            },
-            llm_endpoint: match &spec {
-                StrategySpec::Llm(e, _) => Some(e.clone()),
-                _ => None,
-            },
-            llm: match &spec {
-                StrategySpec::Llm(_, l) => Some(l.clone()),
-                _ => None,
-            },
-            metric: String::new(),
-            extractor: None,
-        };
-        (cfg, data)
+        return Ok((c, data));
+    }
+    SearchConfig::check_fresh(dir)?;
+    let data = r
+        .data
+        .load(Split::Train)
+        .map_err(|e| user_err(e.to_string()))?;
+    if data.height != data.width {
+        return Err(user_err(format!(
+            "{}: images are {}x{}; the search space needs square images",
+            r.data, data.height, data.width
+        )));
+    }
+    let image = ImageSpec {
+        channels: data.channels,
+        size: data.height,
     };
+    Ok((SearchConfig::new(r, image, device), data))
+}
+
+fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i32> {
+    let selected = super::select_device(a.ext.device)?;
+    eprintln!("device: {}", selected.info);
+    let name = match r.strategy {
+        StrategyChoice::Random => "random",
+        StrategyChoice::Evolution { .. } => "evolution",
+        StrategyChoice::Llm(..) => "llm",
+    };
+    let dir = a
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/search-{name}")));
+    let (mut cfg, mut data) = resolve(r, a, &dir, given, &selected.info)?;
     if let Some(m) = cfg.max_images {
         data.truncate(m);
     }
     let mut evaluator = build_evaluator(&mut cfg, data, &a.ext, &selected)?;
-    cfg.metric = evaluator.metric();
-    if let Some(l) = &mut cfg.llm {
-        l.metric = cfg.metric.clone();
+    cfg.set_metric(evaluator.metric());
+    cfg.write(&dir)?;
+    if let crate::search::config::StrategyConfig::Llm(endpoint, l) = &cfg.strategy {
+        eprintln!(
+            "LLM: {} at {} ({} rounds x {})",
+            endpoint.model, endpoint.base_url, l.rounds, l.per_round
+        );
     }
-    std::fs::create_dir_all(dir).map_err(|e| user_err(format!("{}: {e}", dir.display())))?;
-    crate::train::write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-    let mut strategy: Box<dyn Strategy> = match (&cfg.evolution, &cfg.llm_endpoint, &cfg.llm) {
-        (Some(e), _, _) => {
-            Box::new(Evolution::new(cfg.seed, *e).map_err(|e| user_err(e.to_string()))?)
-        }
-        (None, Some(endpoint), Some(l)) => {
-            let mut client =
-                ChatClient::new(endpoint.clone()).map_err(|e| user_err(e.to_string()))?;
-            client.on_retry = Some(Box::new(|attempt, wait, why: &str| {
-                eprintln!("  LLM request failed ({why}); retry {attempt} in {wait:.1} s")
-            }));
+    let mut strategy = cfg.strategy(
+        &dir,
+        Some(Box::new(|attempt, wait, why: &str| {
+            eprintln!("  LLM request failed ({why}); retry {attempt} in {wait:.1} s")
+        })),
+        Some(Box::new(|rf: &RoundFile| {
             eprintln!(
-                "LLM: {} at {} ({} rounds x {})",
-                endpoint.model, endpoint.base_url, l.rounds, l.per_round
+                "LLM round {}: {} proposal(s), {} rejected",
+                rf.round,
+                rf.proposals.len(),
+                rf.rejected.len()
             );
-            Box::new(LlmSearch {
-                chat: Box::new(client),
-                cfg: l.clone(),
-                dir: dir.to_path_buf(),
-                on_round: Some(Box::new(|rf: &RoundFile| {
-                    eprintln!(
-                        "LLM round {}: {} proposal(s), {} rejected",
-                        rf.round,
-                        rf.proposals.len(),
-                        rf.rejected.len()
-                    );
-                    for r in &rf.rejected {
-                        eprintln!("  rejected: {}", r.error);
-                    }
-                })),
-            })
-        }
-        _ => Box::new(RandomSearch::new(cfg.seed)),
-    };
+            for r in &rf.rejected {
+                eprintln!("  rejected: {}", r.error);
+            }
+        })),
+    )?;
     let stop = super::progress::stop_on_ctrlc("stopping the current trial at a checkpoint");
     let metric = cfg.metric.clone();
     let max = cfg.limits.max_trials;
-    let mut on_event = |e: SearchEvent| match e {
+    let mut on_event = |e: SearchEvent| render(e, name, &dir, &metric, max);
+    let (status, log) = run_search(
+        &dir,
+        &cfg.space,
+        &cfg.limits,
+        strategy.as_mut(),
+        evaluator.as_mut(),
+        &stop,
+        &mut on_event,
+    )?;
+    if let Some(b) = log.best() {
+        eprintln!(
+            "best: [{}] {metric} {:.4} ({:.2} M params), run directory {}",
+            b.hash,
+            b.score().unwrap_or(f64::NAN),
+            b.outcome.params.unwrap_or(0) as f64 / 1e6,
+            dir.join(b.run_dir()).display()
+        );
+    }
+    if status != SearchStatus::Interrupted {
+        let rejected = match cfg.strategy {
+            crate::search::config::StrategyConfig::Llm(..) => crate::search::llm::rejections(&dir)?,
+            _ => Vec::new(),
+        };
+        let reasons = crate::search::unscored_reasons(&log.records, &rejected);
+        if !reasons.is_empty() {
+            return Err(anyhow::anyhow!(
+                "no trial of the search in {} was scored, so there is nothing to report:\n  {}",
+                dir.display(),
+                reasons.join("\n  ")
+            ));
+        }
+    }
+    let report = super::report_cmd::ReportArgs {
+        run_dir: dir.clone(),
+        compare: Vec::new(),
+        out: None,
+    };
+    if let Err(e) = super::report_cmd::run(report) {
+        eprintln!("warning: report not written: {e:#}");
+    }
+    match status {
+        SearchStatus::Interrupted => {
+            eprintln!("stopped; continue with --resume");
+            Ok(130)
+        }
+        SearchStatus::Exhausted => {
+            eprintln!(
+                "stopped: the strategy has no new candidate (rounds done, or the space is exhausted)"
+            );
+            Ok(0)
+        }
+        SearchStatus::Finished | SearchStatus::TimeUp => Ok(0),
+    }
+}
+
+/// One line of progress per search event.
+fn render(e: SearchEvent, name: &str, dir: &Path, metric: &str, max: usize) {
+    match e {
         SearchEvent::Started { done, max_trials } => {
             eprintln!(
                 "{name} search in {}: {done}/{max_trials} trials done",
@@ -723,60 +492,6 @@ fn search(
                 r.index + 1
             );
         }
-    };
-    let (status, log) = run_search(
-        dir,
-        &cfg.space,
-        &cfg.limits,
-        strategy.as_mut(),
-        evaluator.as_mut(),
-        &stop,
-        &mut on_event,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(b) = log.best() {
-        eprintln!(
-            "best: [{}] {metric} {:.4} ({:.2} M params), run directory {}",
-            b.hash,
-            b.score().unwrap_or(f64::NAN),
-            b.outcome.params.unwrap_or(0) as f64 / 1e6,
-            dir.join(b.run_dir()).display()
-        );
-    }
-    if status != SearchStatus::Interrupted {
-        let rejected = match cfg.llm {
-            Some(_) => crate::search::llm::rejections(dir)?,
-            None => Vec::new(),
-        };
-        let reasons = crate::search::unscored_reasons(&log.records, &rejected);
-        if !reasons.is_empty() {
-            return Err(anyhow::anyhow!(
-                "no trial of the search in {} was scored, so there is nothing to report:\n  {}",
-                dir.display(),
-                reasons.join("\n  ")
-            ));
-        }
-    }
-    let report = super::report_cmd::ReportArgs {
-        run_dir: dir.to_path_buf(),
-        compare: Vec::new(),
-        out: None,
-    };
-    if let Err(e) = super::report_cmd::run(report) {
-        eprintln!("warning: report not written: {e:#}");
-    }
-    match status {
-        SearchStatus::Interrupted => {
-            eprintln!("stopped; continue with --resume");
-            Ok(130)
-        }
-        SearchStatus::Exhausted => {
-            eprintln!(
-                "stopped: the strategy has no new candidate (rounds done, or the space is exhausted)"
-            );
-            Ok(0)
-        }
-        SearchStatus::Finished | SearchStatus::TimeUp => Ok(0),
     }
 }
 

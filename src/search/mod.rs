@@ -8,6 +8,7 @@
 //! running resumes from its own checkpoints. No trial is lost or run twice.
 
 pub mod block;
+pub mod config;
 pub mod evolution;
 pub mod llm;
 pub mod random;
@@ -83,6 +84,30 @@ pub enum SearchError {
     Exists { dir: PathBuf },
     #[error("{dir}: no {CONFIG_FILE} to resume from")]
     NothingToResume { dir: PathBuf },
+    #[error(
+        "--{} {given} differs from the {stored} in {}, and a resumed search keeps its settings \
+         (only --trials and --max-minutes may change)",
+        setting.replace('_', "-"),
+        path.display()
+    )]
+    Changed {
+        setting: String,
+        given: String,
+        stored: String,
+        path: PathBuf,
+    },
+}
+
+impl SearchError {
+    /// Whether the user asked for something that cannot be (as opposed to a failure).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            SearchError::Exists { .. }
+                | SearchError::NothingToResume { .. }
+                | SearchError::Changed { .. }
+        )
+    }
 }
 
 pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> SearchError {
@@ -90,6 +115,21 @@ pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> SearchError {
         path: path.to_path_buf(),
         message: e.to_string(),
     }
+}
+
+/// Append `value` as one JSON line to `path` (created if needed) and flush it to disk before
+/// returning: a kill leaves at most a torn last line, which the readers drop.
+pub fn append_line<T: Serialize>(path: &Path, value: &T) -> Result<(), SearchError> {
+    let mut line = serde_json::to_string(value).expect("serialises");
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    f.write_all(line.as_bytes())
+        .and_then(|_| f.sync_data())
+        .map_err(|e| io_err(path, e))
 }
 
 /// The append-only trial log.
@@ -139,16 +179,7 @@ impl TrialLog {
 
     /// Append one record and flush it to disk before returning.
     pub fn append(&mut self, r: TrialRecord) -> Result<(), SearchError> {
-        let mut line = serde_json::to_string(&r).expect("record serialises");
-        line.push('\n');
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| io_err(&self.path, e))?;
-        f.write_all(line.as_bytes())
-            .and_then(|_| f.sync_data())
-            .map_err(|e| io_err(&self.path, e))?;
+        append_line(&self.path, &r)?;
         self.records.push(r);
         Ok(())
     }

@@ -1,0 +1,470 @@
+//! `search.json`: everything that determines a search, resolved once from what the user asked
+//! for and the `--scale` defaults, written before the first trial and read back on resume.
+//!
+//! A resumed search keeps its configuration: only the budget (`trials`, `max_minutes`) may
+//! change; any other setting the user gives must match the stored one
+//! ([`SearchConfig::resume`]).
+
+use super::evolution::{Evolution, EvolutionConfig};
+use super::llm::client::{ChatClient, LlmConfig, RetryHook};
+use super::llm::{LlmSearch, LlmSearchConfig, RoundHook};
+use super::random::RandomSearch;
+use super::{CONFIG_FILE, Limits, SearchError, Strategy, io_err};
+use crate::data::DataSource;
+use crate::device::DeviceInfo;
+use crate::eval::rfid::{GenerationConfig, KidConfig};
+use crate::genome::{Budget, ImageSpec, SearchSpace};
+use crate::trial::TrialConfig;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Settings a search takes without `--scale`: one source for the CLI's defaults.
+pub mod defaults {
+    pub const SEED: u64 = 0;
+    pub const TRIAL_BATCH_SIZE: usize = 32;
+    pub const CROSSOVER: f64 = 0.0;
+    /// Proposals in a row that were all duplicates or invalid before the search gives up.
+    pub const MAX_STALE: usize = 200;
+}
+
+/// Which evaluator scores the trials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvaluatorKind {
+    /// Train each candidate briefly and score its samples (the real thing).
+    Proxy,
+    /// A known function of the genome, no training: for dry runs of a search's mechanics.
+    Stub,
+}
+
+/// The strategy and its own settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StrategyConfig {
+    Random,
+    Evolution(EvolutionConfig),
+    /// The endpoint (no key: only the name of its environment variable) and the search's
+    /// rounds and memory.
+    Llm(LlmConfig, LlmSearchConfig),
+}
+
+impl StrategyConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StrategyConfig::Random => "random",
+            StrategyConfig::Evolution(_) => "evolution",
+            StrategyConfig::Llm(..) => "llm",
+        }
+    }
+}
+
+/// The strategy a user asked for, before the scale fills in what they left out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StrategyChoice {
+    Random,
+    Evolution {
+        population: Option<usize>,
+        sample: Option<usize>,
+        crossover: f64,
+    },
+    Llm(LlmConfig, LlmSearchConfig),
+}
+
+/// `search.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "SearchFile", into = "SearchFile")]
+pub struct SearchConfig {
+    pub strategy: StrategyConfig,
+    pub seed: u64,
+    pub data: DataSource,
+    pub max_images: Option<usize>,
+    pub evaluator: EvaluatorKind,
+    pub space: SearchSpace,
+    pub trial: TrialConfig,
+    pub limits: Limits,
+    /// The score's name (`RFID`, `RFD-classifier`, `stub`) and the extractor behind it, set
+    /// once the evaluator exists.
+    pub metric: String,
+    pub extractor: Option<crate::eval::ExtractorId>,
+}
+
+/// The file's layout (the strategy's name and one optional section per strategy), which
+/// searches of every version share.
+#[derive(Serialize, Deserialize)]
+struct SearchFile {
+    strategy: String,
+    seed: u64,
+    data: DataSource,
+    max_images: Option<usize>,
+    evaluator: EvaluatorKind,
+    space: SearchSpace,
+    trial: TrialConfig,
+    limits: Limits,
+    evolution: Option<EvolutionConfig>,
+    llm_endpoint: Option<LlmConfig>,
+    llm: Option<LlmSearchConfig>,
+    metric: String,
+    extractor: Option<crate::eval::ExtractorId>,
+}
+
+impl From<SearchFile> for SearchConfig {
+    fn from(f: SearchFile) -> SearchConfig {
+        let strategy = match (f.evolution, f.llm_endpoint, f.llm) {
+            (Some(e), _, _) => StrategyConfig::Evolution(e),
+            (None, Some(endpoint), Some(l)) => StrategyConfig::Llm(endpoint, l),
+            _ => StrategyConfig::Random,
+        };
+        SearchConfig {
+            strategy,
+            seed: f.seed,
+            data: f.data,
+            max_images: f.max_images,
+            evaluator: f.evaluator,
+            space: f.space,
+            trial: f.trial,
+            limits: f.limits,
+            metric: f.metric,
+            extractor: f.extractor,
+        }
+    }
+}
+
+impl From<SearchConfig> for SearchFile {
+    fn from(c: SearchConfig) -> SearchFile {
+        let name = c.strategy.name().to_string();
+        let (evolution, llm_endpoint, llm) = match c.strategy {
+            StrategyConfig::Random => (None, None, None),
+            StrategyConfig::Evolution(e) => (Some(e), None, None),
+            StrategyConfig::Llm(endpoint, l) => (None, Some(endpoint), Some(l)),
+        };
+        SearchFile {
+            strategy: name,
+            seed: c.seed,
+            data: c.data,
+            max_images: c.max_images,
+            evaluator: c.evaluator,
+            space: c.space,
+            trial: c.trial,
+            limits: c.limits,
+            evolution,
+            llm_endpoint,
+            llm,
+            metric: c.metric,
+            extractor: c.extractor,
+        }
+    }
+}
+
+/// The size of search that the defaults describe (`--scale`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scale {
+    /// `small` on a CPU device, `standard` on a GPU.
+    Auto,
+    /// Tiny genomes and short trials: a search of 8 trials takes about 11 minutes on a
+    /// 2-core CPU (5 of them training the offline classifier on first use).
+    Small,
+    /// The search the defaults of ALGORITHMS.md describe, for a GPU.
+    Standard,
+}
+
+/// The values `--scale` stands for; explicit settings override each one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScaleDefaults {
+    pub trials: usize,
+    pub max_params: u64,
+    pub max_macs: u64,
+    pub trial_steps: u64,
+    pub trial_lr: f64,
+    pub score_n: usize,
+    pub score_steps: usize,
+    pub population: usize,
+    pub sample: usize,
+}
+
+impl Scale {
+    /// The defaults for this scale on a device; `auto` looks at the device's type.
+    pub fn defaults(self, device: &DeviceInfo) -> ScaleDefaults {
+        let small = match self {
+            Scale::Small => true,
+            Scale::Standard => false,
+            Scale::Auto => device.device_type == "Cpu",
+        };
+        if small {
+            ScaleDefaults {
+                trials: 8,
+                max_params: 1_000_000,
+                max_macs: 40_000_000,
+                trial_steps: 200,
+                // 200 steps at 2e-4 leave the loss near 0.2.
+                trial_lr: 1e-3,
+                score_n: 500,
+                score_steps: 10,
+                population: 4,
+                sample: 2,
+            }
+        } else {
+            let e = EvolutionConfig::default();
+            ScaleDefaults {
+                trials: 24,
+                max_params: 4_000_000,
+                max_macs: 200_000_000,
+                trial_steps: 300,
+                trial_lr: 2e-4,
+                score_n: 1000,
+                score_steps: 20,
+                population: e.population,
+                sample: e.sample,
+            }
+        }
+    }
+}
+
+/// What the user asked for; `None` takes the scale's default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest {
+    pub strategy: StrategyChoice,
+    pub scale: Scale,
+    pub seed: u64,
+    pub data: DataSource,
+    pub max_images: Option<usize>,
+    pub evaluator: EvaluatorKind,
+    pub trials: Option<usize>,
+    pub max_minutes: Option<f64>,
+    pub max_params: Option<u64>,
+    pub max_macs: Option<u64>,
+    pub trial_steps: Option<u64>,
+    pub trial_batch_size: usize,
+    pub trial_lr: Option<f64>,
+    pub score_n: Option<usize>,
+    pub score_steps: Option<usize>,
+}
+
+/// The settings of a [`SearchRequest`] that a resume may not change, by name (the CLI's
+/// argument ids).
+pub const FIXED_ON_RESUME: [&str; 11] = [
+    "data",
+    "max_images",
+    "seed",
+    "evaluator",
+    "max_params",
+    "max_macs",
+    "trial_steps",
+    "trial_batch_size",
+    "trial_lr",
+    "score_n",
+    "score_steps",
+];
+
+impl SearchConfig {
+    /// A fresh search for images of `image` on `device`.
+    pub fn new(r: &SearchRequest, image: ImageSpec, device: &DeviceInfo) -> SearchConfig {
+        let d = r.scale.defaults(device);
+        let mut space = SearchSpace::for_image(image).with_budget(Budget {
+            max_params: Some(r.max_params.unwrap_or(d.max_params)),
+            max_macs: Some(r.max_macs.unwrap_or(d.max_macs)),
+            min_params: None,
+        });
+        let mut trial =
+            TrialConfig::rapid(r.trial_steps.unwrap_or(d.trial_steps), r.trial_batch_size);
+        trial.train.lr = r.trial_lr.unwrap_or(d.trial_lr);
+        trial.train.seed = r.seed;
+        if let Some(p) = trial.proxy_dropout {
+            // Trials train with the proxy dropout whatever the genome says, so genomes that
+            // differ only in dropout would score the same: dropout is not searched (set it
+            // for the full training of the winner).
+            space.dropouts = vec![p];
+        }
+        let score_n = r.score_n.unwrap_or(d.score_n);
+        trial.score = GenerationConfig {
+            n: score_n,
+            steps: r.score_steps.unwrap_or(d.score_steps),
+            ..GenerationConfig::rfid()
+        };
+        trial.kid = Some(KidConfig {
+            subset_size: score_n.min(1000),
+            ..KidConfig::default()
+        });
+        let strategy = match &r.strategy {
+            StrategyChoice::Random => StrategyConfig::Random,
+            StrategyChoice::Evolution {
+                population,
+                sample,
+                crossover,
+            } => StrategyConfig::Evolution(EvolutionConfig {
+                population: population.unwrap_or(d.population),
+                sample: sample.unwrap_or(d.sample),
+                crossover: *crossover,
+            }),
+            StrategyChoice::Llm(e, l) => StrategyConfig::Llm(e.clone(), l.clone()),
+        };
+        let trials = match &strategy {
+            StrategyConfig::Llm(_, l) => r.trials.unwrap_or(l.rounds * l.per_round),
+            _ => r.trials.unwrap_or(d.trials),
+        };
+        SearchConfig {
+            strategy,
+            seed: r.seed,
+            data: r.data.clone(),
+            max_images: r.max_images,
+            evaluator: r.evaluator,
+            space,
+            trial,
+            limits: Limits {
+                max_trials: trials,
+                max_seconds: r.max_minutes.map(|m| m * 60.0),
+                max_stale: defaults::MAX_STALE,
+            },
+            metric: String::new(),
+            extractor: None,
+        }
+    }
+
+    /// Name the score (once the evaluator is built), in the configuration and in the LLM's
+    /// prompt.
+    pub fn set_metric(&mut self, metric: String) {
+        if let StrategyConfig::Llm(_, l) = &mut self.strategy {
+            l.metric = metric.clone();
+        }
+        self.metric = metric;
+    }
+
+    /// The stored configuration of the search in `dir`.
+    pub fn read(dir: &Path) -> Result<SearchConfig, SearchError> {
+        let p = dir.join(CONFIG_FILE);
+        if !p.is_file() {
+            return Err(SearchError::NothingToResume {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
+        serde_json::from_str(&text).map_err(|e| io_err(&p, e))
+    }
+
+    /// Refuses to start a search in a folder that holds one.
+    pub fn check_fresh(dir: &Path) -> Result<(), SearchError> {
+        if dir.join(CONFIG_FILE).exists() {
+            return Err(SearchError::Exists {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Write `search.json` into `dir` (created if needed).
+    pub fn write(&self, dir: &Path) -> Result<(), SearchError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let p = dir.join(CONFIG_FILE);
+        let text = serde_json::to_string_pretty(self).expect("serialises");
+        crate::train::write_atomic(&p, text.as_bytes()).map_err(|e| io_err(&p, e))
+    }
+
+    /// The search in `dir`, resumed: its stored configuration with the budget of `r` applied
+    /// (`trials`, `max_minutes`). Every setting named in `given` (of [`FIXED_ON_RESUME`]) must
+    /// match the stored one, and the strategy must be the same.
+    pub fn resume(
+        dir: &Path,
+        r: &SearchRequest,
+        given: &[&str],
+        device: &DeviceInfo,
+    ) -> Result<SearchConfig, SearchError> {
+        let mut c = SearchConfig::read(dir)?;
+        let wanted = match &r.strategy {
+            StrategyChoice::Random => "random",
+            StrategyChoice::Evolution { .. } => "evolution",
+            StrategyChoice::Llm(..) => "llm",
+        };
+        if c.strategy.name() != wanted {
+            return Err(SearchError::Changed {
+                setting: "strategy".into(),
+                given: wanted.into(),
+                stored: c.strategy.name().into(),
+                path: dir.join(CONFIG_FILE),
+            });
+        }
+        // What the request would have made, compared setting by setting with what is stored.
+        let asked = SearchConfig::new(r, c.space.image, device);
+        let show = |v: Option<u64>| v.map_or("none".into(), |v| v.to_string());
+        for &name in given {
+            let (given, stored) = match name {
+                "data" => (asked.data.to_string(), c.data.to_string()),
+                "max_images" => (
+                    format!("{:?}", asked.max_images),
+                    format!("{:?}", c.max_images),
+                ),
+                "seed" => (asked.seed.to_string(), c.seed.to_string()),
+                "evaluator" => (
+                    format!("{:?}", asked.evaluator),
+                    format!("{:?}", c.evaluator),
+                ),
+                "max_params" => (
+                    show(asked.space.budget.max_params),
+                    show(c.space.budget.max_params),
+                ),
+                "max_macs" => (
+                    show(asked.space.budget.max_macs),
+                    show(c.space.budget.max_macs),
+                ),
+                "trial_steps" => (
+                    asked.trial.train.steps.to_string(),
+                    c.trial.train.steps.to_string(),
+                ),
+                "trial_batch_size" => (
+                    asked.trial.train.batch_size.to_string(),
+                    c.trial.train.batch_size.to_string(),
+                ),
+                "trial_lr" => (
+                    asked.trial.train.lr.to_string(),
+                    c.trial.train.lr.to_string(),
+                ),
+                "score_n" => (asked.trial.score.n.to_string(), c.trial.score.n.to_string()),
+                "score_steps" => (
+                    asked.trial.score.steps.to_string(),
+                    c.trial.score.steps.to_string(),
+                ),
+                _ => continue,
+            };
+            if given != stored {
+                return Err(SearchError::Changed {
+                    setting: name.into(),
+                    given,
+                    stored,
+                    path: dir.join(CONFIG_FILE),
+                });
+            }
+        }
+        if let Some(t) = r.trials {
+            c.limits.max_trials = t;
+        }
+        if let Some(m) = r.max_minutes {
+            c.limits.max_seconds = Some(m * 60.0);
+        }
+        Ok(c)
+    }
+
+    /// The strategy, ready to propose. An LLM search talks to its endpoint through a
+    /// [`ChatClient`], telling `on_retry` about failed requests and `on_round` about each
+    /// round's proposals; it keeps its rounds in `dir`.
+    pub fn strategy(
+        &self,
+        dir: &Path,
+        on_retry: Option<RetryHook>,
+        on_round: Option<RoundHook>,
+    ) -> Result<Box<dyn Strategy>, SearchError> {
+        Ok(match &self.strategy {
+            StrategyConfig::Random => Box::new(RandomSearch::new(self.seed)),
+            StrategyConfig::Evolution(e) => Box::new(
+                Evolution::new(self.seed, *e).map_err(|e| SearchError::Strategy(e.to_string()))?,
+            ),
+            StrategyConfig::Llm(endpoint, l) => {
+                let mut client = ChatClient::new(endpoint.clone())
+                    .map_err(|e| SearchError::Strategy(e.to_string()))?;
+                client.on_retry = on_retry;
+                Box::new(LlmSearch {
+                    chat: Box::new(client),
+                    cfg: l.clone(),
+                    dir: dir.to_path_buf(),
+                    on_round,
+                })
+            }
+        })
+    }
+}
