@@ -416,12 +416,7 @@ pub fn run(a: BlockArgs, given: &Given) -> anyhow::Result<i32> {
         let ext = extractor(&a.ext, &cfg.data, &selected)?;
         let image = teacher.genome.image;
         let spec = [image.channels, image.size, image.size];
-        let reference = cached_reference(
-            ext.as_ref(),
-            &cfg.data,
-            super::eval_cmd::SplitArg::Train,
-            spec,
-        )?;
+        let reference = cached_reference(ext.as_ref(), &cfg.data, crate::data::Split::Train, spec)?;
         Some((ext, reference))
     } else {
         None

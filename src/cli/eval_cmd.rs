@@ -7,58 +7,20 @@ use super::user_err;
 use crate::data::{DataSource, Dataset, Split, read_image_folder};
 use crate::device::{DeviceChoice, SelectedDevice};
 use crate::diffusion::NoiseSchedule;
-use crate::eval::classifier::{
-    ClassifierEvent, ClassifierMeta, ClassifierTraining, LabelledImages, train_classifier,
-};
-use crate::eval::extract::{
-    ClassifierExtractor, FeatureExtractor, INCEPTION_FILE, INCEPTION_SHA256_PREFIX,
-    InceptionExtractor, dataset_source, summarise,
-};
+use crate::eval::classifier::{ClassifierEvent, ClassifierTraining};
+use crate::eval::extract::{FeatureExtractor, INCEPTION_SHA256_PREFIX, dataset_source};
 use crate::eval::fetch::{INCEPTION_URL, download};
 use crate::eval::reference::Reference;
 use crate::eval::rfid::{GenerationConfig, KidConfig, Score, score_denoiser, score_images};
+pub use crate::eval::setup::ExtractorChoice;
+use crate::eval::setup::{
+    self, ClassifierRequest, ExtractorSpec, SetupEvent, default_inception_path, home,
+};
 use crate::rundir::{LoadedRun, RunFiles, load_denoiser};
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Where diffnas keeps downloaded weights, classifiers and statistics: `$DIFFNAS_HOME`, else
-/// `$XDG_CACHE_HOME/diffnas`, else `~/.cache/diffnas`.
-pub fn home() -> PathBuf {
-    if let Some(h) = std::env::var_os("DIFFNAS_HOME") {
-        return PathBuf::from(h);
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(x).join("diffnas");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache").join("diffnas")
-}
-
-/// Default location of pytorch-fid's Inception weights.
-pub fn default_inception_path() -> PathBuf {
-    home().join("weights").join(INCEPTION_FILE)
-}
-
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Default location of a dataset's classifier.
-pub fn default_classifier_path(data: &DataSource) -> PathBuf {
-    home()
-        .join("classifiers")
-        .join(format!("{}.bpk", slug(&data.to_string())))
-}
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCmd {
@@ -103,18 +65,6 @@ pub struct FetchArgs {
     pub timeout: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExtractorChoice {
-    /// Inception when its weights are found, else the dataset's classifier.
-    Auto,
-    /// pytorch-fid's Inception-v3: FID.
-    Inception,
-    /// The dataset's classifier (`eval train-classifier`): FD-classifier.
-    Classifier,
-    /// Inception with formula weights, for testing and benchmarks only: FD-synthetic.
-    Synthetic,
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct ExtractorArgs {
     /// Feature space.
@@ -140,7 +90,7 @@ pub struct StatsArgs {
     #[arg(long, default_value = "fashion-mnist")]
     pub data: DataSource,
     #[arg(long, value_enum, default_value = "train")]
-    pub split: SplitArg,
+    pub split: Split,
     /// Convert images to this many channels first (as a genome's image spec would).
     #[arg(long)]
     pub channels: Option<usize>,
@@ -160,27 +110,6 @@ pub struct StatsArgs {
     pub ext: ExtractorArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SplitArg {
-    Train,
-    Test,
-}
-
-impl SplitArg {
-    fn split(self) -> Split {
-        match self {
-            SplitArg::Train => Split::Train,
-            SplitArg::Test => Split::Test,
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            SplitArg::Train => "train",
-            SplitArg::Test => "test",
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct FidArgs {
     /// Run directory written by `diffnas train`: its samples are generated and scored.
@@ -193,7 +122,7 @@ pub struct FidArgs {
     pub data: Option<DataSource>,
     /// Split for --data.
     #[arg(long, value_enum, default_value = "test")]
-    pub split: SplitArg,
+    pub split: Split,
     /// Number of images (generated, or the first N of the folder/split).
     #[arg(long, default_value_t = 10_000)]
     pub n: usize,
@@ -207,7 +136,7 @@ pub struct FidArgs {
     #[arg(long)]
     pub ref_data: Option<DataSource>,
     #[arg(long, value_enum, default_value = "train")]
-    pub ref_split: SplitArg,
+    pub ref_split: Split,
     /// KID subsets and rows per subset (FID.md: 100 x 1,000); --kid-subsets 0 skips KID.
     #[arg(long, default_value_t = 100)]
     pub kid_subsets: usize,
@@ -225,13 +154,13 @@ pub struct TrainClassifierArgs {
     /// A labelled dataset: fashion-mnist[:DIR], mnist:DIR or cifar10:PATH.
     #[arg(long, default_value = "fashion-mnist")]
     pub data: DataSource,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = setup::defaults::CLASSIFIER_EPOCHS)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = setup::defaults::CLASSIFIER_BATCH_SIZE)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = setup::defaults::CLASSIFIER_LR)]
     pub lr: f64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = setup::defaults::CLASSIFIER_SEED)]
     pub seed: u64,
     /// Use only the first N training images (quick checks).
     #[arg(long)]
@@ -302,68 +231,25 @@ pub fn run_weights(cmd: WeightsCmd) -> anyhow::Result<i32> {
     }
 }
 
+impl ExtractorArgs {
+    /// The library's description of the extractor the flags ask for.
+    pub fn spec(&self) -> ExtractorSpec {
+        ExtractorSpec {
+            choice: self.extractor,
+            inception: self.inception.clone(),
+            classifier: self.classifier.clone(),
+            batch: self.extract_batch,
+        }
+    }
+}
+
 /// Build the extractor for `data` (used to find its classifier) per the flags.
 pub fn extractor(
     a: &ExtractorArgs,
     data: &DataSource,
     selected: &SelectedDevice,
 ) -> anyhow::Result<Box<dyn FeatureExtractor>> {
-    let device = &selected.device;
-    let inception = a.inception.clone().unwrap_or_else(default_inception_path);
-    let converted = inception.with_extension("bpk");
-    let classifier = a
-        .classifier
-        .clone()
-        .unwrap_or_else(|| default_classifier_path(data));
-    let have_inception = inception.is_file() || converted.is_file();
-    let choice = match a.extractor {
-        ExtractorChoice::Auto if have_inception => ExtractorChoice::Inception,
-        ExtractorChoice::Auto if classifier.is_file() => ExtractorChoice::Classifier,
-        ExtractorChoice::Auto => {
-            return Err(user_err(format!(
-                "no feature extractor: neither the Inception weights ({}) nor a classifier for \
-                 {data} ({}) exist.\n  Run `diffnas weights fetch inception` (FID), or \
-                 `diffnas eval train-classifier --data {data}` (FD-classifier, works offline).",
-                inception.display(),
-                classifier.display()
-            )));
-        }
-        c => c,
-    };
-    let ext: Box<dyn FeatureExtractor> = match choice {
-        ExtractorChoice::Inception => {
-            let path = if inception.is_file() {
-                inception
-            } else if converted.is_file() {
-                converted
-            } else {
-                return Err(user_err(format!(
-                    "{}: no such file; run `diffnas weights fetch inception` or pass --inception",
-                    inception.display()
-                )));
-            };
-            let e = InceptionExtractor::load(&path, device).map_err(|e| user_err(e.to_string()))?;
-            Box::new(match a.extract_batch {
-                Some(b) => e.with_batch_size(b),
-                None => e,
-            })
-        }
-        ExtractorChoice::Classifier => {
-            Box::new(ClassifierExtractor::load(&classifier, device).map_err(|e| {
-                user_err(format!(
-                    "{e}\n  (train one with `diffnas eval train-classifier --data {data}`)"
-                ))
-            })?)
-        }
-        ExtractorChoice::Synthetic => {
-            let e = InceptionExtractor::synthetic(device);
-            Box::new(match a.extract_batch {
-                Some(b) => e.with_batch_size(b),
-                None => e,
-            })
-        }
-        ExtractorChoice::Auto => unreachable!("resolved above"),
-    };
+    let ext = setup::extractor(&a.spec(), data, &selected.device)?;
     eprintln!("features: {}", ext.id());
     Ok(ext)
 }
@@ -372,36 +258,66 @@ fn load_split(data: &DataSource, split: Split) -> anyhow::Result<Dataset> {
     data.load(split).map_err(|e| user_err(e.to_string()))
 }
 
-/// Compute the statistics of a dataset split with `ext`, at image spec `[c, h, w]`.
-pub fn compute_reference(
+/// Renders the progress of scoring's setup: one bar at a time.
+#[derive(Default)]
+struct SetupProgress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl SetupProgress {
+    fn event(&mut self, e: SetupEvent) {
+        match e {
+            SetupEvent::Features { done, total } => {
+                let pb = self.bar.get_or_insert_with(|| bar(total, "features"));
+                pb.set_position(done);
+            }
+            SetupEvent::ReferenceCached(p) => eprintln!("reference: {}", p.display()),
+            SetupEvent::ComputingReference(p) => eprintln!(
+                "reference statistics not cached yet; computing them once -> {}",
+                p.display()
+            ),
+            SetupEvent::TrainingClassifier { steps } => {
+                self.bar = Some(bar(steps, "classifier"));
+            }
+            SetupEvent::Classifier(e) => {
+                let Some(pb) = &self.bar else { return };
+                match e {
+                    ClassifierEvent::Step { step, loss, .. } => {
+                        pb.set_position(*step as u64);
+                        pb.set_message(format!("loss {loss:.4}"));
+                    }
+                    ClassifierEvent::Epoch {
+                        epoch,
+                        test_accuracy,
+                    } => note(
+                        pb,
+                        format!("epoch {epoch}: test accuracy {:.2}%", 100.0 * test_accuracy),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for SetupProgress {
+    fn drop(&mut self) {
+        if let Some(pb) = self.bar.take() {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+/// [`setup::cached_reference`] with its progress rendered.
+pub fn cached_reference(
     ext: &dyn FeatureExtractor,
     data: &DataSource,
-    split: SplitArg,
-    spec: Option<[usize; 2]>,
-    max_images: Option<usize>,
-    keep: usize,
+    split: Split,
+    spec: [usize; 3],
 ) -> anyhow::Result<Reference> {
-    let mut d = load_split(data, split.split())?;
-    if let Some([c, s]) = spec {
-        d = d.to_spec(c, s).map_err(|e| user_err(e.to_string()))?;
-    }
-    if let Some(m) = max_images {
-        d.truncate(m);
-    }
-    let pb = bar(d.len as u64, "features");
-    let mut next = dataset_source(&d, 0);
-    let s = summarise(ext, d.len, keep, &mut next, &mut |k| {
-        pb.set_position(k as u64)
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    pb.finish_and_clear();
-    Ok(Reference::from_summary(
-        s,
-        ext.id(),
-        &data.to_string(),
-        split.name(),
-        [d.channels, d.height, d.width],
-    ))
+    let mut p = SetupProgress::default();
+    Ok(setup::cached_reference(ext, data, split, spec, &mut |e| {
+        p.event(e)
+    })?)
 }
 
 fn stats(a: StatsArgs) -> anyhow::Result<()> {
@@ -411,11 +327,21 @@ fn stats(a: StatsArgs) -> anyhow::Result<()> {
     let spec = match (a.channels, a.size) {
         (None, None) => None,
         (c, s) => {
-            let d = load_split(&a.data, a.split.split())?;
+            let d = load_split(&a.data, a.split)?;
             Some([c.unwrap_or(d.channels), s.unwrap_or(d.height)])
         }
     };
-    let r = compute_reference(ext.as_ref(), &a.data, a.split, spec, a.max_images, a.keep)?;
+    let mut p = SetupProgress::default();
+    let r = setup::compute_reference(
+        ext.as_ref(),
+        &a.data,
+        a.split,
+        spec,
+        a.max_images,
+        a.keep,
+        &mut |e| p.event(e),
+    )?;
+    drop(p);
     let out = a.out.unwrap_or_else(|| {
         home().join("stats").join(Reference::file_name(
             &r.meta.data,
@@ -438,33 +364,6 @@ fn stats(a: StatsArgs) -> anyhow::Result<()> {
         }))?
     );
     Ok(())
-}
-
-/// The reference for (data, split, spec, extractor): the cached file, else computed and cached.
-pub fn cached_reference(
-    ext: &dyn FeatureExtractor,
-    data: &DataSource,
-    split: SplitArg,
-    spec: [usize; 3],
-) -> anyhow::Result<Reference> {
-    let path = home().join("stats").join(Reference::file_name(
-        &data.to_string(),
-        split.name(),
-        spec,
-        ext.id(),
-    ));
-    if path.is_file() {
-        eprintln!("reference: {}", path.display());
-        return Ok(Reference::load(&path, Some(ext.id()))?);
-    }
-    eprintln!(
-        "reference statistics for {data} ({}) not cached yet; computing them once -> {}",
-        split.name(),
-        path.display()
-    );
-    let r = compute_reference(ext, data, split, Some([spec[0], spec[1]]), None, 10_000)?;
-    r.save(&path)?;
-    Ok(r)
 }
 
 fn fid(a: FidArgs) -> anyhow::Result<()> {
@@ -538,7 +437,7 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
             let d = read_image_folder(dir).map_err(|e| user_err(e.to_string()))?;
             (d, dir.display().to_string())
         } else if let Some(data) = &a.data {
-            let d = load_split(data, a.split.split())?;
+            let d = load_split(data, a.split)?;
             (d, format!("{data} ({})", a.split.name()))
         } else {
             return Err(user_err(
@@ -594,146 +493,62 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// With `--extractor auto` and neither the Inception weights nor a classifier for `data` on
-/// disk, train the classifier now (once) when `data` has labels, so that a search works
-/// offline on built-in defaults. Does nothing otherwise.
+/// [`setup::ensure_extractor`]: train the dataset's classifier on first use, saying why.
 pub fn ensure_extractor(a: &ExtractorArgs, data: &DataSource) -> anyhow::Result<()> {
-    let inception = a.inception.clone().unwrap_or_else(default_inception_path);
-    let classifier = a
-        .classifier
-        .clone()
-        .unwrap_or_else(|| default_classifier_path(data));
-    if a.extractor != ExtractorChoice::Auto
-        || inception.is_file()
-        || inception.with_extension("bpk").is_file()
-        || classifier.is_file()
-    {
-        return Ok(());
+    let spec = a.spec();
+    let mut p = SetupProgress::default();
+    let mut said = false;
+    let selected = super::select_device(a.device)?;
+    let trained = setup::ensure_extractor(&spec, data, &selected.device, &mut |e| {
+        if !said && matches!(e, SetupEvent::TrainingClassifier { .. }) {
+            said = true;
+            eprintln!(
+                "no Inception weights and no classifier for {data}: training the classifier \
+                 once (scores will be FD-classifier; `diffnas weights fetch inception` gives FID)"
+            );
+        }
+        p.event(e)
+    })?;
+    drop(p);
+    if let Some(t) = trained {
+        eprintln!(
+            "test accuracy {:.2}%; saved {}",
+            100.0 * t.meta.test_accuracy,
+            t.path.display()
+        );
     }
-    let labelled = data
-        .load(Split::Test)
-        .map(|d| d.labels.is_some())
-        .unwrap_or(false);
-    if !labelled {
-        return Ok(());
-    }
-    eprintln!(
-        "no Inception weights ({}) and no classifier for {data}: training the classifier once \
-         (scores will be FD-classifier; `diffnas weights fetch inception` gives FID)",
-        inception.display()
-    );
-    classifier_cmd(TrainClassifierArgs {
-        data: data.clone(),
-        epochs: 4,
-        batch_size: 128,
-        lr: 1e-3,
-        seed: 0,
-        max_images: None,
-        out: Some(classifier),
-        device: a.device,
-    })
+    Ok(())
 }
 
 fn classifier_cmd(a: TrainClassifierArgs) -> anyhow::Result<()> {
     let selected = super::select_device(a.device)?;
     eprintln!("device: {}", selected.info);
-    let mut train = load_split(&a.data, Split::Train)?;
-    let test = load_split(&a.data, Split::Test)?;
-    let (Some(train_labels), Some(test_labels)) = (train.labels.clone(), test.labels.clone())
-    else {
-        return Err(user_err(format!(
-            "{}: the dataset has no labels; a classifier needs a labelled dataset",
-            a.data
-        )));
-    };
-    if let Some(m) = a.max_images {
-        train.truncate(m);
-    }
-    let classes = train_labels
-        .iter()
-        .chain(&test_labels)
-        .max()
-        .map_or(0, |m| *m as usize + 1);
-    let (c, h, w) = (train.channels, train.height, train.width);
-    // The network pools twice: pad to a multiple of 4 (28 -> 28, 30 -> 32).
-    let side = h.max(w).div_ceil(4) * 4;
-    let (train, test) = if (h, w) != (side, side) {
-        (
-            train
-                .to_spec(c, side)
-                .map_err(|e| user_err(e.to_string()))?,
-            test.to_spec(c, side).map_err(|e| user_err(e.to_string()))?,
-        )
-    } else {
-        (train, test)
-    };
-    let cfg = ClassifierTraining {
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        seed: a.seed,
-    };
-    if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.batch_size > train.len {
-        return Err(user_err(format!(
-            "--epochs must be at least 1 and --batch-size between 1 and {} (the training images)",
-            train.len
-        )));
-    }
-    let tl = &train_labels[..train.len];
-    let tr = LabelledImages {
-        pixels: &train.pixels,
-        labels: tl,
-        shape: [train.len, c, side, side],
-    };
-    let te = LabelledImages {
-        pixels: &test.pixels,
-        labels: &test_labels,
-        shape: [test.len, c, side, side],
+    let request = ClassifierRequest {
+        data: a.data.clone(),
+        training: ClassifierTraining {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            seed: a.seed,
+        },
+        max_images: a.max_images,
+        out: a.out.clone(),
     };
     let t0 = std::time::Instant::now();
-    let ad = selected.device.clone().autodiff();
-    let pb = bar(
-        ((train.len / cfg.batch_size) * cfg.epochs) as u64,
-        "classifier",
-    );
-    let (net, acc) = train_classifier(&tr, &te, classes, &cfg, &ad, &mut |e| match e {
-        ClassifierEvent::Step { step, loss, .. } => {
-            pb.set_position(*step as u64);
-            pb.set_message(format!("loss {loss:.4}"));
-        }
-        ClassifierEvent::Epoch {
-            epoch,
-            test_accuracy,
-        } => note(
-            &pb,
-            format!("epoch {epoch}: test accuracy {:.2}%", 100.0 * test_accuracy),
-        ),
-    });
-    pb.finish_and_clear();
-    let out = a.out.unwrap_or_else(|| default_classifier_path(&a.data));
-    let meta = ClassifierMeta {
-        input: [c, side, side],
-        classes,
-        data: a.data.to_string(),
-        train_images: train.len,
-        test_accuracy: acc,
-        epochs: cfg.epochs,
-        seed: cfg.seed,
-    };
-    let net = burn::module::Module::valid(&net);
-    let ext = ClassifierExtractor::save(net, meta.clone(), &out, &selected.device)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut p = SetupProgress::default();
+    let t = setup::train_dataset_classifier(&request, &selected.device, &mut |e| p.event(e))?;
+    drop(p);
     eprintln!(
         "test accuracy {:.2}% after {} epochs in {:.0} s; saved {}",
-        100.0 * acc,
-        cfg.epochs,
+        100.0 * t.meta.test_accuracy,
+        t.meta.epochs,
         t0.elapsed().as_secs_f64(),
-        out.display()
+        t.path.display()
     );
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
-            "path": out, "meta": meta, "extractor": ext.id(),
+            "path": t.path, "meta": t.meta, "extractor": t.extractor.id(),
         }))?
     );
     Ok(())

@@ -76,7 +76,7 @@ pub fn main() -> i32 {
     #[cfg(feature = "kernel-cache")]
     {
         let dir = std::env::var_os("DIFFNAS_KERNEL_CACHE").map_or_else(
-            || eval_cmd::home().join("kernel-cache"),
+            || crate::eval::setup::home().join("kernel-cache"),
             std::path::PathBuf::from,
         );
         crate::device::set_kernel_cache_dir(&dir);
@@ -107,6 +107,8 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             || c.downcast_ref::<crate::search::block::pipeline::BlockError>()
                 .is_some_and(|b| b.is_bad_input())
             || c.downcast_ref::<crate::search::SearchError>()
+                .is_some_and(|s| s.is_bad_input())
+            || c.downcast_ref::<crate::eval::setup::SetupError>()
                 .is_some_and(|s| s.is_bad_input())
     });
     if bad_input { 2 } else { 1 }

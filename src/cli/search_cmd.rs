@@ -524,12 +524,8 @@ pub fn build_evaluator(
                 cfg.space.image.size,
                 cfg.space.image.size,
             ];
-            let reference = cached_reference(
-                ext.as_ref(),
-                &cfg.data,
-                super::eval_cmd::SplitArg::Train,
-                spec,
-            )?;
+            let reference =
+                cached_reference(ext.as_ref(), &cfg.data, crate::data::Split::Train, spec)?;
             let data = data
                 .to_spec(spec[0], spec[1])
                 .map_err(|e| user_err(e.to_string()))?;

@@ -65,11 +65,23 @@ pub struct Dataset {
 }
 
 /// Train or test split (image folders have only one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
     Test,
+}
+
+impl Split {
+    /// `train` or `test`, as in file names and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
 }
 
 /// Where a dataset comes from, as given on the command line.

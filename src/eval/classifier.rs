@@ -120,7 +120,7 @@ impl Classifier {
 }
 
 /// Settings of `eval train-classifier`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierTraining {
     pub epochs: usize,
     pub batch_size: usize,

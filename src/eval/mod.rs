@@ -23,6 +23,8 @@ pub mod reference;
 #[cfg(feature = "cli")]
 pub mod rfid;
 #[cfg(feature = "cli")]
+pub mod setup;
+#[cfg(feature = "cli")]
 pub mod stats;
 
 use serde::{Deserialize, Serialize};
