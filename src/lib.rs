@@ -23,7 +23,9 @@
 //! - `search` -> genome, trial (the `Evaluator` trait), the trial log.
 //! - `search::block` -> genome, model, diffusion, train (the one-shot exception: it trains
 //!   shared supernet weights and retrains the student through `train`'s `Objective`), data.
-//! - `cli` -> everything. `device` -> burn, wgpu.
+//! - `bench` -> genome, model, train, diffusion, eval, device: throughput, phase profiles and
+//!   memory of training and sampling (`diffnas bench`).
+//! - `cli` -> everything; it maps arguments to the configurations above and renders progress. `device` -> burn, wgpu.
 //!
 //! - `web` (the `diffnas-web` crate) -> genome, model, diffusion.
 //!
@@ -36,6 +38,8 @@ pub mod eval;
 pub mod genome;
 pub mod model;
 
+#[cfg(feature = "cli")]
+pub mod bench;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "cli")]

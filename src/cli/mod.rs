@@ -12,7 +12,7 @@ mod sample;
 pub mod search_cmd;
 mod train_cmd;
 
-pub use bench::{BenchArgs, BenchReport, run_bench};
+pub use bench::BenchArgs;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
