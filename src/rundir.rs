@@ -6,11 +6,18 @@
 //! - `train.json`: [`RunFiles`], the resolved training configuration, data and device;
 //! - `model.bpk` / `ema.bpk` once training finished, and `checkpoints/` while it runs (see
 //!   [`crate::train`]).
+//!
+//! What opens a run lives here too: [`load_denoiser`], [`sample`] (images, PNG grids) and
+//! [`export`] (a model bundle for the browser demo).
 
 use crate::data::DataSource;
 use crate::device::DeviceInfo;
 use crate::genome::Genome;
 use crate::model::Unet;
+use crate::model::bundle::{
+    BUNDLE_FORMAT, BundleIndex, BundleManifest, FileEntry, GENOME_FILE as BUNDLE_GENOME,
+    INDEX_FILE, IndexEntry, MANIFEST_FILE, WEIGHTS_FILE, WeightDType, weights_bytes,
+};
 use crate::train::{EMA_FILE, MODEL_FILE, TrainConfig, latest_checkpoint, write_atomic};
 use burn::module::Module;
 use burn::tensor::Device;
@@ -34,6 +41,9 @@ pub enum RunDirError {
     Invalid { path: PathBuf, message: String },
     #[error("{dir} has no {file} and no checkpoint yet")]
     NoWeights { dir: PathBuf, file: &'static str },
+    /// Settings that cannot work with this run.
+    #[error("{0}")]
+    Settings(String),
     /// Writing the run's files, or loading its weights, failed.
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
@@ -123,6 +133,80 @@ impl RunFiles {
     }
 }
 
+/// Where `diffnas train` puts a run by default: `runs/<the preset's name or the genome file's
+/// stem>`.
+pub fn default_dir(genome: &str) -> PathBuf {
+    let stem = Path::new(genome)
+        .file_stem()
+        .map_or("run".into(), |s| s.to_string_lossy().into_owned());
+    PathBuf::from("runs").join(stem)
+}
+
+/// Refuses to start a run in a folder that holds one.
+pub fn check_fresh(dir: &Path) -> Result<(), RunDirError> {
+    if dir.join(GENOME_FILE).exists() {
+        return Err(RunDirError::Settings(format!(
+            "{} already holds a run; pass --resume to continue it or choose another --run-dir",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Train the run in `dir` on `device` (an autodiff device): write its `genome.json` and
+/// `train.json`, load its data, then train from scratch or, with `resume`, from its newest
+/// checkpoint. `on_ready(data, cost)` is told once the data is loaded.
+#[allow(clippy::too_many_arguments)]
+pub fn train_run(
+    dir: &Path,
+    genome: &Genome,
+    files: &RunFiles,
+    resume: bool,
+    device: &Device,
+    stop: &std::sync::atomic::AtomicBool,
+    stop_at: Option<u64>,
+    on_ready: &mut dyn FnMut(&crate::data::Dataset, &crate::genome::Cost),
+    on_event: &mut dyn FnMut(&crate::train::TrainEvent),
+) -> Result<crate::train::TrainOutcome<Unet>, RunDirError> {
+    if resume && latest_checkpoint(dir).is_none() {
+        return Err(RunDirError::Settings(format!(
+            "--resume: {} has no checkpoint to resume from",
+            dir.display()
+        )));
+    }
+    files.config.check().map_err(RunDirError::Settings)?;
+    let data = files
+        .data
+        .load_for(
+            crate::data::Split::Train,
+            files.max_images,
+            genome.image.channels,
+            genome.image.size,
+        )
+        .map_err(|e| RunDirError::Settings(e.to_string()))?;
+    let invalid = |e: crate::genome::GenomeErrors| RunDirError::Invalid {
+        path: dir.join(GENOME_FILE),
+        message: e.to_string(),
+    };
+    let cost = crate::genome::cost(genome).map_err(invalid)?;
+    on_ready(&data, &cost);
+    files.write(dir, genome)?;
+    device.seed(files.config.seed);
+    let model = Unet::new(genome, device).map_err(invalid)?;
+    let opts = crate::train::TrainOptions {
+        run_dir: Some(dir),
+        resume,
+        stop: Some(stop),
+        stop_at,
+    };
+    crate::train::train(model, &data, &files.config, device, opts, on_event).map_err(|e| {
+        RunDirError::Io {
+            path: dir.to_path_buf(),
+            message: format!("training failed: {e}"),
+        }
+    })
+}
+
 /// What to do with a trial directory of a search made before trials were complete runs (a
 /// genome and weights, no `train.json`).
 fn old_trial_hint(dir: &Path) -> String {
@@ -203,4 +287,324 @@ pub fn load_denoiser(
         files,
         weights,
     })
+}
+
+/// Score `g.n` images drawn from the run in `dir` against `reference` with `ext` (and KID with
+/// `kid`); `on_images(k)` is told as images are scored. The score names the run and weights.
+#[allow(clippy::too_many_arguments)]
+pub fn score_run(
+    dir: &Path,
+    which: Weights,
+    g: &crate::eval::rfid::GenerationConfig,
+    ext: &dyn crate::eval::extract::FeatureExtractor,
+    reference: &crate::eval::reference::Reference,
+    kid: Option<crate::eval::rfid::KidConfig>,
+    device: &Device,
+    on_images: &mut dyn FnMut(usize),
+) -> Result<crate::eval::rfid::Score, RunDirError> {
+    let run = load_denoiser(dir, which, device)?;
+    let c = &run.files.config;
+    let schedule =
+        crate::diffusion::NoiseSchedule::new(c.beta_schedule, c.timesteps).map_err(|e| {
+            RunDirError::Invalid {
+                path: dir.join(RUN_FILE),
+                message: e.to_string(),
+            }
+        })?;
+    let image = run.genome.image;
+    let mut s = crate::eval::rfid::score_denoiser(
+        &run.model,
+        schedule,
+        [image.channels, image.size, image.size],
+        g,
+        ext,
+        reference,
+        kid,
+        device,
+        on_images,
+    )
+    .map_err(|e| RunDirError::Io {
+        path: run.weights.clone(),
+        message: format!("scoring: {e}"),
+    })?;
+    s.images = Some(format!(
+        "{} ({which:?} weights: {})",
+        dir.display(),
+        run.weights.display()
+    ));
+    Ok(s)
+}
+
+/// Images drawn from a run: `n` CHW images of `shape`, 8 bits per channel.
+pub struct Samples {
+    pub pixels: Vec<u8>,
+    pub n: usize,
+    pub shape: [usize; 3],
+}
+
+/// Draw `g.n` images from the run in `dir` with its `which` weights on `device`, in batches of
+/// `g.batch_size`. Image `i` of seed `g.seed` is the same whatever the batch size.
+/// `on_images(k)` is told after each denoising step of a batch of `k` images.
+pub fn sample(
+    dir: &Path,
+    which: Weights,
+    g: &crate::eval::rfid::GenerationConfig,
+    device: &Device,
+    on_images: &mut dyn FnMut(u64),
+) -> Result<Samples, RunDirError> {
+    use crate::diffusion::{NoiseSchedule, SamplingRun, make_sampler, to_pixels};
+    let bad = |message: String| RunDirError::Invalid {
+        path: dir.join(RUN_FILE),
+        message,
+    };
+    if g.n == 0 || g.batch_size == 0 || g.steps == 0 {
+        return Err(RunDirError::Settings(
+            "the number of images, the batch size and the steps must be at least 1".into(),
+        ));
+    }
+    let LoadedRun {
+        model,
+        genome,
+        files,
+        ..
+    } = load_denoiser(dir, which, device)?;
+    let schedule = NoiseSchedule::new(files.config.beta_schedule, files.config.timesteps)
+        .map_err(|e| bad(e.to_string()))?;
+    if g.steps > files.config.timesteps {
+        return Err(RunDirError::Settings(format!(
+            "{} sampling steps exceed the run's {} training timesteps",
+            g.steps, files.config.timesteps
+        )));
+    }
+    let sampler = make_sampler(g.sampler, schedule, g.steps, g.eta);
+    let shape = [genome.image.channels, genome.image.size, genome.image.size];
+    let mut pixels = Vec::with_capacity(g.n * shape.iter().product::<usize>());
+    let mut first = 0;
+    while first < g.n {
+        let count = g.batch_size.min(g.n - first);
+        let run = SamplingRun::new(sampler.as_ref(), g.seed, first as u64, count, shape, device);
+        let x = run.run(&model, &mut |_, _| on_images(count as u64));
+        let data = x
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| RunDirError::Io {
+                path: dir.to_path_buf(),
+                message: format!("reading samples: {e:?}"),
+            })?;
+        pixels.extend(to_pixels(&data));
+        first += count;
+    }
+    Ok(Samples {
+        pixels,
+        n: g.n,
+        shape,
+    })
+}
+
+impl Samples {
+    /// Denoising steps times images: the length of a progress bar over [`sample`].
+    pub fn work(g: &crate::eval::rfid::GenerationConfig) -> u64 {
+        (g.n * g.steps) as u64
+    }
+
+    /// One PNG per image, `000000.png` onwards, into `dir`.
+    pub fn save_each(&self, dir: &Path) -> Result<(), RunDirError> {
+        std::fs::create_dir_all(dir).map_err(|e| RunDirError::Io {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let per: usize = self.shape.iter().product();
+        for i in 0..self.n {
+            let p = dir.join(format!("{i:06}.png"));
+            save_png(&p, &self.pixels[i * per..][..per], 1, self.shape, 1)?;
+        }
+        Ok(())
+    }
+
+    /// All images as one grid PNG, as square as it gets.
+    pub fn save_grid(&self, path: &Path) -> Result<(), RunDirError> {
+        let cols = (self.n as f64).sqrt().ceil() as usize;
+        save_png(path, &self.pixels, self.n, self.shape, cols)
+    }
+}
+
+/// Write `n` CHW images of `[c, h, w]` as a grid of `cols` columns with a 2-pixel border.
+pub fn save_png(
+    path: &Path,
+    pixels: &[u8],
+    n: usize,
+    [c, h, w]: [usize; 3],
+    cols: usize,
+) -> Result<(), RunDirError> {
+    let cols = cols.max(1);
+    let rows = n.div_ceil(cols);
+    let pad = if n > 1 { 2 } else { 0 };
+    let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
+    let mut rgb = vec![0u8; gw * gh * 3];
+    let per = c * h * w;
+    for i in 0..n {
+        let (r0, c0) = ((i / cols) * (h + pad) + pad, (i % cols) * (w + pad) + pad);
+        let img = &pixels[i * per..(i + 1) * per];
+        for y in 0..h {
+            for x in 0..w {
+                for ch in 0..3 {
+                    let src = if c == 1 { 0 } else { ch.min(c - 1) };
+                    rgb[((r0 + y) * gw + c0 + x) * 3 + ch] = img[src * h * w + y * w + x];
+                }
+            }
+        }
+    }
+    let io = |e: &dyn std::fmt::Display| RunDirError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| io(&e))?;
+    }
+    if c == 1 {
+        let gray: Vec<u8> = rgb.chunks_exact(3).map(|p| p[0]).collect();
+        image::GrayImage::from_raw(gw as u32, gh as u32, gray)
+            .expect("buffer has gw * gh pixels")
+            .save(path)
+    } else {
+        image::RgbImage::from_raw(gw as u32, gh as u32, rgb)
+            .expect("buffer has gw * gh * 3 bytes")
+            .save(path)
+    }
+    .map_err(|e| io(&e))
+}
+
+// Bundles: a run's weights for the browser demo (`model::bundle`):
+// OUT/NAME/{model.json, genome.json, weights.bpk}, listed in OUT/index.json.
+
+/// What `export` wrote.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    pub dir: PathBuf,
+    pub manifest: BundleManifest,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// How to export a run as a bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportRequest {
+    pub run_dir: PathBuf,
+    /// The folder of bundles (for the demo: `web/models`).
+    pub out: PathBuf,
+    /// The bundle's name (None: the run directory's name).
+    pub name: Option<String>,
+    pub dtype: WeightDType,
+    pub weights: Weights,
+    /// DDIM steps the page suggests for this model.
+    pub default_steps: usize,
+}
+
+/// Write the bundle of `a.run_dir` into `a.out/NAME/` and update the folder's index. The
+/// weights are read on the CPU: exporting never needs a GPU.
+pub fn export(a: &ExportRequest) -> Result<Exported, RunDirError> {
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => a
+            .run_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into()),
+    };
+    if !valid_name(&name) {
+        return Err(RunDirError::Settings(format!(
+            "--name {name:?}: use letters, digits, '.', '_' and '-' only (it becomes a folder and a URL path)"
+        )));
+    }
+    if a.default_steps == 0 {
+        return Err(RunDirError::Settings(
+            "--default-steps must be at least 1".into(),
+        ));
+    }
+    let (genome, files) = RunFiles::read(&a.run_dir)?;
+    if a.default_steps > files.config.timesteps {
+        return Err(RunDirError::Settings(format!(
+            "--default-steps {} exceeds the run's {} training timesteps",
+            a.default_steps, files.config.timesteps
+        )));
+    }
+    let device = crate::device::flex().device;
+    let LoadedRun {
+        model: unet,
+        weights: weights_path,
+        ..
+    } = load_denoiser(&a.run_dir, a.weights, &device)?;
+    let weights = weights_bytes(unet, a.dtype).map_err(|e| RunDirError::Io {
+        path: weights_path.clone(),
+        message: e.to_string(),
+    })?;
+    let genome_json = genome.to_json_pretty();
+    let c = crate::genome::cost(&genome).map_err(|e| RunDirError::Invalid {
+        path: a.run_dir.join(GENOME_FILE),
+        message: e.to_string(),
+    })?;
+    let manifest = BundleManifest {
+        format: BUNDLE_FORMAT,
+        name: name.clone(),
+        genome: FileEntry::of(BUNDLE_GENOME, genome_json.as_bytes()),
+        weights: FileEntry::of(WEIGHTS_FILE, &weights),
+        dtype: a.dtype,
+        beta_schedule: files.config.beta_schedule,
+        timesteps: files.config.timesteps,
+        image: genome.image,
+        params: c.params,
+        macs: c.macs,
+        source: weights_path.display().to_string(),
+        default_steps: a.default_steps,
+    };
+    let dir = a.out.join(&name);
+    std::fs::create_dir_all(&dir).map_err(|e| io_at(&dir, e))?;
+    let write = |p: PathBuf, bytes: &[u8]| write_atomic(&p, bytes).map_err(|e| io_at(&p, e));
+    write(dir.join(BUNDLE_GENOME), genome_json.as_bytes())?;
+    write(dir.join(WEIGHTS_FILE), &weights)?;
+    // The manifest last: a bundle with a manifest is complete.
+    let text = serde_json::to_string_pretty(&manifest).expect("serialises");
+    write(dir.join(MANIFEST_FILE), text.as_bytes())?;
+    update_index(&a.out, &manifest)?;
+    Ok(Exported { dir, manifest })
+}
+
+fn io_at(path: &Path, e: impl std::fmt::Display) -> RunDirError {
+    RunDirError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+fn update_index(out: &Path, m: &BundleManifest) -> Result<(), RunDirError> {
+    let path = out.join(INDEX_FILE);
+    let mut index: BundleIndex = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| RunDirError::Invalid {
+            path: path.clone(),
+            message: format!("{e} (not an index written by `diffnas export`; move it away)"),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BundleIndex::default(),
+        Err(e) => return Err(io_at(&path, e)),
+    };
+    index.upsert(IndexEntry {
+        name: m.name.clone(),
+        manifest: format!("{}/{MANIFEST_FILE}", m.name),
+        image: m.image,
+        params: m.params,
+        bytes: m.genome.bytes + m.weights.bytes,
+        dtype: m.dtype,
+    });
+    let text = serde_json::to_string_pretty(&index).expect("serialises");
+    write_atomic(&path, text.as_bytes()).map_err(|e| io_at(&path, e))
 }

@@ -145,6 +145,45 @@ pub struct ProxyEvaluator {
 }
 
 impl ProxyEvaluator {
+    /// The evaluator of a search over `space`: `data` (its training images) fitted to the
+    /// space's image size, trials trained per `cfg` and scored with `extractor` against
+    /// `reference`. A search scored before with another extractor (`scored_with`) refuses:
+    /// its scores would not compare.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_search(
+        space: SearchSpace,
+        cfg: TrialConfig,
+        data: Dataset,
+        extractor: Box<dyn FeatureExtractor>,
+        reference: Reference,
+        scored_with: Option<&crate::eval::ExtractorId>,
+        device: Device,
+        source: RunSource,
+    ) -> Result<ProxyEvaluator, String> {
+        if let Some(id) = scored_with
+            && id != extractor.id()
+        {
+            return Err(format!(
+                "this search was scored with {id}; now {} would be used. Pass the same \
+                 --extractor/--inception/--classifier as when it started",
+                extractor.id()
+            ));
+        }
+        let data = data
+            .to_spec(space.image.channels, space.image.size)
+            .map_err(|e| e.to_string())?;
+        Ok(ProxyEvaluator {
+            space,
+            data,
+            cfg,
+            extractor,
+            reference,
+            device,
+            source: Some(source),
+            progress: None,
+        })
+    }
+
     /// `R` + the extractor's distance: `RFID` for Inception features, `RFD-classifier` for the
     /// classifier's, so a reduced score is never mistaken for a full one.
     pub fn metric_name(ext: &dyn FeatureExtractor) -> String {

@@ -6,17 +6,16 @@ use super::sample::SamplingArgs;
 use super::user_err;
 use crate::data::{DataSource, Dataset, Split, read_image_folder};
 use crate::device::{DeviceChoice, SelectedDevice};
-use crate::diffusion::NoiseSchedule;
 use crate::eval::classifier::{ClassifierEvent, ClassifierTraining};
 use crate::eval::extract::{FeatureExtractor, INCEPTION_SHA256_PREFIX, dataset_source};
 use crate::eval::fetch::{INCEPTION_URL, download};
 use crate::eval::reference::Reference;
-use crate::eval::rfid::{GenerationConfig, KidConfig, Score, score_denoiser, score_images};
+use crate::eval::rfid::{KidConfig, Score, score_images};
 pub use crate::eval::setup::ExtractorChoice;
 use crate::eval::setup::{
     self, ClassifierRequest, ExtractorSpec, SetupEvent, default_inception_path, home,
 };
-use crate::rundir::{LoadedRun, RunFiles, load_denoiser};
+use crate::rundir::RunFiles;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -389,48 +388,24 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
         .unwrap_or(DataSource::FashionMnist(None));
     let ext = extractor(&a.ext, &ref_data, &selected)?;
     let score: Score = if let Some(dir) = &a.run_dir {
-        let (genome, files) = run.expect("read above");
+        let (genome, _) = run.expect("read above");
         let spec = [genome.image.channels, genome.image.size, genome.image.size];
         let reference = match &a.reference {
             Some(p) => Reference::load(p, Some(ext.id()))?,
             None => cached_reference(ext.as_ref(), &ref_data, a.ref_split, spec)?,
         };
-        let LoadedRun {
-            model,
-            weights: wpath,
-            ..
-        } = load_denoiser(dir, a.sampling.weights, &selected.device)?;
-        eprintln!("model: {}", wpath.display());
-        let schedule = NoiseSchedule::new(files.config.beta_schedule, files.config.timesteps)
-            .map_err(|e| user_err(e.to_string()))?;
-        let cfg = GenerationConfig {
-            n: a.n,
-            sampler: a.sampling.sampler,
-            steps: a.sampling.steps,
-            eta: a.sampling.eta,
-            seed: a.sampling.seed,
-            batch_size: a.sampling.batch_size,
-        };
         let pb = bar(a.n as u64, "generate+score");
-        let s = score_denoiser(
-            &model,
-            schedule,
-            spec,
-            &cfg,
+        let s = crate::rundir::score_run(
+            dir,
+            a.sampling.weights,
+            &a.sampling.generation(a.n),
             ext.as_ref(),
             &reference,
             kid_cfg,
             &selected.device,
             &mut |k| pb.set_position(k as u64),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        )?;
         pb.finish_and_clear();
-        let mut s = s;
-        s.images = Some(format!(
-            "{} ({:?} weights)",
-            dir.display(),
-            a.sampling.weights
-        ));
         s
     } else {
         let (d, what) = if let Some(dir) = &a.images {

@@ -436,13 +436,14 @@ fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i3
             ));
         }
     }
-    let report = super::report_cmd::ReportArgs {
-        run_dir: dir.clone(),
-        compare: Vec::new(),
-        out: None,
-    };
-    if let Err(e) = super::report_cmd::run(report) {
-        eprintln!("warning: report not written: {e:#}");
+    match crate::search::report::write_report(&dir, &[], &dir) {
+        Ok(w) => {
+            for warning in &w.warnings {
+                eprintln!("warning: {warning}");
+            }
+            eprintln!("report: {}", w.markdown.display());
+        }
+        Err(e) => eprintln!("warning: report not written: {e}"),
     }
     match status {
         SearchStatus::Interrupted => {
@@ -510,57 +511,50 @@ pub fn build_evaluator(
         EvaluatorKind::Proxy => {
             super::eval_cmd::ensure_extractor(ext_args, &cfg.data)?;
             let ext = extractor(ext_args, &cfg.data, selected)?;
-            if let Some(id) = &cfg.extractor
-                && id != ext.id()
-            {
-                return Err(user_err(format!(
-                    "this search was scored with {id}; now {} would be used. Pass the same \
-                 --extractor/--inception/--classifier as when it started",
-                    ext.id()
-                )));
-            }
-            let spec = [
-                cfg.space.image.channels,
-                cfg.space.image.size,
-                cfg.space.image.size,
-            ];
+            let image = cfg.space.image;
+            let spec = [image.channels, image.size, image.size];
             let reference =
                 cached_reference(ext.as_ref(), &cfg.data, crate::data::Split::Train, spec)?;
-            let data = data
-                .to_spec(spec[0], spec[1])
-                .map_err(|e| user_err(e.to_string()))?;
-            cfg.extractor = Some(ext.id().clone());
-            let pb = super::progress::bar(0, "trial");
-            let hook: crate::trial::ProgressHook = Box::new(move |p| {
-                let (what, done, total) = match p {
-                    TrialProgress::Train { done, total } => ("train", done, total),
-                    TrialProgress::Score { done, total } => ("score", done, total),
-                };
-                if pb.length() != Some(total) || pb.message() != what {
-                    pb.set_length(total);
-                    pb.set_message(what);
-                    pb.reset_eta();
-                }
-                pb.set_position(done);
-                if done >= total && what == "score" {
-                    pb.finish_and_clear();
-                    pb.reset();
-                }
-            });
-            Box::new(ProxyEvaluator {
-                space: cfg.space.clone(),
+            let id = ext.id().clone();
+            let mut evaluator = ProxyEvaluator::for_search(
+                cfg.space.clone(),
+                cfg.trial.clone(),
                 data,
-                cfg: cfg.trial.clone(),
-                extractor: ext,
+                ext,
                 reference,
-                device: selected.device.clone(),
-                source: Some(crate::rundir::RunSource {
+                cfg.extractor.as_ref(),
+                selected.device.clone(),
+                crate::rundir::RunSource {
                     data: cfg.data.clone(),
                     max_images: cfg.max_images,
                     device: selected.info.clone(),
-                }),
-                progress: Some(hook),
-            })
+                },
+            )
+            .map_err(user_err)?;
+            cfg.extractor = Some(id);
+            evaluator.progress = Some(trial_bar());
+            Box::new(evaluator)
+        }
+    })
+}
+
+/// One progress bar for the running trial: its training steps, then its scored images.
+fn trial_bar() -> crate::trial::ProgressHook {
+    let pb = super::progress::bar(0, "trial");
+    Box::new(move |p| {
+        let (what, done, total) = match p {
+            TrialProgress::Train { done, total } => ("train", done, total),
+            TrialProgress::Score { done, total } => ("score", done, total),
+        };
+        if pb.length() != Some(total) || pb.message() != what {
+            pb.set_length(total);
+            pb.set_message(what);
+            pb.reset_eta();
+        }
+        pb.set_position(done);
+        if done >= total && what == "score" {
+            pb.finish_and_clear();
+            pb.reset();
         }
     })
 }

@@ -3,18 +3,11 @@
 use super::Given;
 use super::genome_cmd::load_genome;
 use super::progress::{bar, note};
-use super::sample::{SampleArgs, sample_run};
 use super::user_err;
-use crate::data::{DataSource, Split};
 use crate::device::DeviceChoice;
 use crate::diffusion::BetaSchedule;
-use crate::model::Unet;
-use crate::rundir::RunFiles;
-use crate::train::{
-    LrSchedule, TrainConfig, TrainEvent, TrainOptions, TrainStatus, defaults, latest_checkpoint,
-    train,
-};
-use anyhow::Context;
+use crate::rundir::{self, RunFiles, Weights};
+use crate::train::{LrSchedule, TrainConfig, TrainEvent, TrainStatus, defaults};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -170,14 +163,12 @@ fn resumed_config(
         ));
     }
     // The stored configuration with the given flags' values put in.
-    let mut asked = serde_json::to_value(&files.config)?;
-    let flags = serde_json::to_value(config_from(a))?;
-    for (id, field) in SETTINGS {
-        if given.has(id) {
-            asked[field] = flags[field].clone();
-        }
-    }
-    let asked: TrainConfig = serde_json::from_value(asked)?;
+    let fields: Vec<&str> = SETTINGS
+        .iter()
+        .filter(|(id, _)| given.has(id))
+        .map(|(_, f)| *f)
+        .collect();
+    let asked = files.config.with_fields_of(&config_from(a), &fields);
     files.config.resumed_as(&asked).map_err(|c| {
         let id = SETTINGS
             .iter()
@@ -188,77 +179,96 @@ fn resumed_config(
 }
 
 pub fn run(a: TrainArgs, given: &Given) -> anyhow::Result<i32> {
-    let run_dir = a.run_dir.clone().unwrap_or_else(|| {
-        let stem = std::path::Path::new(&a.genome)
-            .file_stem()
-            .map_or("run".into(), |s| s.to_string_lossy().into_owned());
-        PathBuf::from("runs").join(stem)
-    });
+    let run_dir = a
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| rundir::default_dir(&a.genome));
     let selected = super::select_device(a.device)?;
     let (genome, files) = if a.resume {
         let (genome, mut files) = RunFiles::read(&run_dir)?;
-        if latest_checkpoint(&run_dir).is_none() {
-            return Err(user_err(format!(
-                "--resume: {} has no checkpoint to resume from",
-                run_dir.display()
-            )));
-        }
         files.config = resumed_config(&a, given, &run_dir, &genome, &files)?;
         (genome, files)
     } else {
-        if run_dir.join("genome.json").exists() {
-            return Err(user_err(format!(
-                "{} already holds a run; pass --resume to continue it or choose another --run-dir",
-                run_dir.display()
-            )));
-        }
-        let genome = load_genome(&a.genome)?;
-        let data: DataSource = a.data.parse().map_err(user_err)?;
-        let cfg = config_from(&a);
-        cfg.check().map_err(user_err)?;
+        rundir::check_fresh(&run_dir)?;
         let files = RunFiles {
-            config: cfg,
-            data,
+            config: config_from(&a),
+            data: a.data.parse().map_err(user_err)?,
             max_images: a.max_images,
             device: selected.info.clone(),
         };
-        (genome, files)
+        (load_genome(&a.genome)?, files)
     };
     eprintln!("device: {}", selected.info);
-    let data = files
-        .data
-        .load_for(
-            Split::Train,
-            files.max_images,
-            genome.image.channels,
-            genome.image.size,
-        )
-        .map_err(|e| user_err(e.to_string()))?;
-    eprintln!(
-        "data: {} ({} images, {}x{}x{})",
-        files.data, data.len, data.channels, data.height, data.width
-    );
-    let cost = crate::genome::cost(&genome).map_err(|e| user_err(e.to_string()))?;
-    eprintln!(
-        "genome {}: {:.3} M params, {:.3} GMACs per image",
-        genome.hash(),
-        cost.params as f64 / 1e6,
-        cost.macs as f64 / 1e9
-    );
-    files.write(&run_dir, &genome)?;
-
-    let device = selected.device.clone().autodiff();
-    device.seed(files.config.seed);
-    let model = Unet::new(&genome, &device).map_err(|e| user_err(e.to_string()))?;
-
     let stop = super::progress::stop_on_ctrlc("writing a checkpoint");
     let pb = bar(files.config.steps, "train");
-    let mut on_event = |e: &TrainEvent| match e {
+    let outcome = rundir::train_run(
+        &run_dir,
+        &genome,
+        &files,
+        a.resume,
+        &selected.device.clone().autodiff(),
+        &stop,
+        a.stop_at,
+        &mut |data, cost| {
+            note(
+                &pb,
+                format!(
+                    "data: {} ({} images, {}x{}x{})\ngenome {}: {:.3} M params, {:.3} GMACs per image",
+                    files.data,
+                    data.len,
+                    data.channels,
+                    data.height,
+                    data.width,
+                    genome.hash(),
+                    cost.params as f64 / 1e6,
+                    cost.macs as f64 / 1e9
+                ),
+            )
+        },
+        &mut |e| render(&pb, e),
+    )?;
+    pb.finish_and_clear();
+    let state = &outcome.state;
+    eprintln!(
+        "{} at step {} of {} ({:.1} s), last loss {}",
+        match outcome.status {
+            TrainStatus::Finished => "finished",
+            TrainStatus::Interrupted => "stopped",
+        },
+        state.step,
+        files.config.steps,
+        state.elapsed_s,
+        state.last_loss.map_or("n/a".into(), |l| format!("{l:.5}"))
+    );
+    if outcome.status == TrainStatus::Interrupted {
+        eprintln!(
+            "resume with: diffnas train --resume --run-dir {}",
+            run_dir.display()
+        );
+        return Ok(130);
+    }
+    if a.samples > 0 {
+        let g = super::sample::SamplingArgs::ddim(a.sample_steps).generation(a.samples);
+        let pb = bar(rundir::Samples::work(&g), "sample");
+        let samples = rundir::sample(&run_dir, Weights::Ema, &g, &selected.device, &mut |k| {
+            pb.inc(k)
+        })?;
+        pb.finish_and_clear();
+        let out = run_dir.join("samples.png");
+        samples.save_grid(&out)?;
+        eprintln!("samples: {}", out.display());
+    }
+    Ok(0)
+}
+
+/// A training event on the progress bar (and as a log line when the bar is hidden).
+fn render(pb: &indicatif::ProgressBar, e: &TrainEvent) {
+    match e {
         TrainEvent::Started { step, resumed, .. } => {
             pb.set_position(*step);
             pb.reset_eta();
             if *resumed {
-                note(&pb, format!("resumed at step {step}"));
+                note(pb, format!("resumed at step {step}"));
             }
         }
         TrainEvent::Step { step } => pb.set_position(*step),
@@ -274,61 +284,8 @@ pub fn run(a: TrainArgs, given: &Given) -> anyhow::Result<i32> {
                 );
             }
         }
-        TrainEvent::Checkpoint { step, path } => note(
-            &pb,
-            format!("checkpoint at step {step}: {}", path.display()),
-        ),
-    };
-    let outcome = train(
-        model,
-        &data,
-        &files.config,
-        &device,
-        TrainOptions {
-            run_dir: Some(&run_dir),
-            resume: a.resume,
-            stop: Some(&stop),
-            stop_at: a.stop_at,
-        },
-        &mut on_event,
-    )
-    .context("training failed")?;
-    pb.finish_and_clear();
-    eprintln!(
-        "{} at step {} of {} ({:.1} s), last loss {}",
-        match outcome.status {
-            TrainStatus::Finished => "finished",
-            TrainStatus::Interrupted => "stopped",
-        },
-        outcome.state.step,
-        files.config.steps,
-        outcome.state.elapsed_s,
-        outcome
-            .state
-            .last_loss
-            .map_or("n/a".into(), |l| format!("{l:.5}"))
-    );
-    if outcome.status == TrainStatus::Interrupted {
-        eprintln!(
-            "resume with: diffnas train --resume --run-dir {}",
-            run_dir.display()
-        );
-        return Ok(130);
+        TrainEvent::Checkpoint { step, path } => {
+            note(pb, format!("checkpoint at step {step}: {}", path.display()))
+        }
     }
-    if a.samples > 0 {
-        let out = run_dir.join("samples.png");
-        sample_run(
-            &SampleArgs {
-                run_dir: run_dir.clone(),
-                n: a.samples,
-                sampling: super::sample::SamplingArgs::ddim(a.sample_steps),
-                out: Some(out.clone()),
-                individual: None,
-                device: DeviceChoice::Flex,
-            },
-            &selected,
-        )?;
-        eprintln!("samples: {}", out.display());
-    }
-    Ok(0)
 }

@@ -84,6 +84,8 @@ pub enum SearchError {
     Exists { dir: PathBuf },
     #[error("{dir}: no {CONFIG_FILE} to resume from")]
     NothingToResume { dir: PathBuf },
+    #[error("{dir}: no {TRIALS_FILE} (is it a search run directory?)")]
+    NothingToReport { dir: PathBuf },
     #[error(
         "--{} {given} differs from the {stored} in {}, and a resumed search keeps its settings \
          (only --trials and --max-minutes may change)",

@@ -359,3 +359,64 @@ pub fn chart_score_vs_macs(runs: &[RunSummary], path: &Path) -> ChartResult {
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
     finish(&mut chart, &root)
 }
+
+/// What [`write_report`] wrote.
+pub struct Written {
+    pub markdown: PathBuf,
+    /// The charts drawn, by file name.
+    pub charts: Vec<String>,
+    /// Charts that could not be drawn, with why, and other things the reader should know.
+    pub warnings: Vec<String>,
+}
+
+/// `report.md` and the PNG charts of the search in `dir` (others in `compare` overlaid) into
+/// `out`.
+pub fn write_report(
+    dir: &Path,
+    compare: &[PathBuf],
+    out: &Path,
+) -> Result<Written, super::SearchError> {
+    let mut runs = Vec::new();
+    for d in std::iter::once(&dir.to_path_buf()).chain(compare) {
+        if !d.join(super::TRIALS_FILE).is_file() {
+            return Err(super::SearchError::NothingToReport {
+                dir: d.to_path_buf(),
+            });
+        }
+        runs.push(RunSummary::load(d)?);
+    }
+    let mut warnings = Vec::new();
+    let metrics: std::collections::BTreeSet<&str> =
+        runs.iter().map(|r| r.metric.as_str()).collect();
+    if metrics.len() > 1 {
+        warnings.push(format!(
+            "the runs use different scores ({metrics:?}); their numbers are not comparable"
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| super::io_err(out, e))?;
+    let mut charts = Vec::new();
+    for name in [
+        "best_vs_trials.png",
+        "best_vs_time.png",
+        "score_vs_macs.png",
+    ] {
+        let p = out.join(name);
+        let drawn = match name {
+            "best_vs_trials.png" => chart_best_so_far(&runs, &p, false),
+            "best_vs_time.png" => chart_best_so_far(&runs, &p, true),
+            _ => chart_score_vs_macs(&runs, &p),
+        };
+        match drawn {
+            Ok(()) => charts.push(name.to_string()),
+            Err(e) => warnings.push(format!("chart {name} not drawn: {e}")),
+        }
+    }
+    let md = markdown(&runs, &charts);
+    let path = out.join("report.md");
+    crate::train::write_atomic(&path, md.as_bytes()).map_err(|e| super::io_err(&path, e))?;
+    Ok(Written {
+        markdown: path,
+        charts,
+        warnings,
+    })
+}

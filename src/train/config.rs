@@ -149,6 +149,16 @@ impl TrainConfig {
         Ok(new.clone())
     }
 
+    /// This configuration with the named `fields` (as in `train.json`) taken from `other`.
+    pub fn with_fields_of(&self, other: &TrainConfig, fields: &[&str]) -> TrainConfig {
+        let mut mine = serde_json::to_value(self).expect("serialises");
+        let theirs = serde_json::to_value(other).expect("serialises");
+        for f in fields {
+            mine[*f] = theirs[*f].clone();
+        }
+        serde_json::from_value(mine).expect("fields of a TrainConfig make a TrainConfig")
+    }
+
     /// A few hundred steps of the test preset: for tests and smoke runs.
     pub fn tiny() -> Self {
         TrainConfig::new()
