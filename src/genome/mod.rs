@@ -216,7 +216,23 @@ impl Genome {
     /// space is [`SearchSpace::validate`]'s job.) Errors carry JSON paths.
     pub fn check(&self) -> Result<(), GenomeErrors> {
         let mut errs = Vec::new();
-        let mut e = |path: String, msg: String| errs.push(GenomeError::new(path, msg));
+        {
+            let mut e = |path: String, msg: String| errs.push(GenomeError::new(path, msg));
+            self.check_knobs(&mut e);
+            self.check_levels(&mut e);
+        }
+        if errs.is_empty() {
+            self.check_widths(&mut errs);
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(GenomeErrors(errs))
+        }
+    }
+
+    /// The image, the global widths, dropout, the level count and attention.
+    fn check_knobs(&self, e: &mut dyn FnMut(String, String)) {
         if !(1..=4).contains(&self.image.channels) {
             e(
                 "image.channels".into(),
@@ -286,6 +302,11 @@ impl Genome {
                 "0 channels per head".into(),
             );
         }
+    }
+
+    /// Every level's multiplier and ResBlocks, and the decoder's shape against the encoder's.
+    fn check_levels(&self, e: &mut dyn FnMut(String, String)) {
+        let levels = self.encoder.len();
         let check_block = |path: String, b: &ResBlockGene, e: &mut dyn FnMut(String, String)| {
             for (k, ks) in b.kernels.iter().enumerate() {
                 if *ks == 0 || ks % 2 == 0 {
@@ -316,11 +337,11 @@ impl Genome {
                 );
             }
             for (b, rb) in level.res_blocks.iter().enumerate() {
-                check_block(format!("encoder[{l}].res_blocks[{b}]"), rb, &mut e);
+                check_block(format!("encoder[{l}].res_blocks[{b}]"), rb, &mut *e);
             }
         }
         for (b, rb) in self.middle.res_blocks.iter().enumerate() {
-            check_block(format!("middle.res_blocks[{b}]"), rb, &mut e);
+            check_block(format!("middle.res_blocks[{b}]"), rb, &mut *e);
         }
         if self.decoder.len() != levels {
             e(
@@ -347,47 +368,44 @@ impl Genome {
                 }
             }
             for (b, rb) in level.res_blocks.iter().enumerate() {
-                check_block(format!("decoder[{d}].res_blocks[{b}]"), rb, &mut e);
+                check_block(format!("decoder[{d}].res_blocks[{b}]"), rb, &mut *e);
             }
         }
-        // Widths must divide into GroupNorm groups and attention heads.
-        if errs.is_empty() {
-            let layout = self.layout_unchecked();
-            let mut seen = Vec::new();
-            let all = layout
-                .encoder
-                .iter()
-                .chain(layout.decoder.iter())
-                .flat_map(|(blocks, _)| blocks.iter())
-                .chain(layout.middle.iter());
-            for s in all {
-                for c in [s.in_channels, s.out_channels, s.hidden_channels] {
-                    if c % self.norm_groups != 0 && !seen.contains(&c) {
-                        seen.push(c);
-                        errs.push(GenomeError::new(
-                            "norm_groups",
-                            format!("{} does not divide the derived width {c}", self.norm_groups),
-                        ));
-                    }
-                }
-                if s.attention {
-                    let heads = self.heads_for(s.out_channels);
-                    if heads == 0 || s.out_channels % heads != 0 {
-                        errs.push(GenomeError::new(
-                            "attention.heads",
-                            format!(
-                                "{heads} heads do not divide the width {} at resolution {}",
-                                s.out_channels, s.resolution
-                            ),
-                        ));
-                    }
+    }
+
+    /// Widths must divide into GroupNorm groups and attention heads (on a structurally valid
+    /// genome).
+    fn check_widths(&self, errs: &mut Vec<GenomeError>) {
+        let layout = self.layout_unchecked();
+        let mut seen = Vec::new();
+        let all = layout
+            .encoder
+            .iter()
+            .chain(layout.decoder.iter())
+            .flat_map(|(blocks, _)| blocks.iter())
+            .chain(layout.middle.iter());
+        for s in all {
+            for c in [s.in_channels, s.out_channels, s.hidden_channels] {
+                if c % self.norm_groups != 0 && !seen.contains(&c) {
+                    seen.push(c);
+                    errs.push(GenomeError::new(
+                        "norm_groups",
+                        format!("{} does not divide the derived width {c}", self.norm_groups),
+                    ));
                 }
             }
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(GenomeErrors(errs))
+            if s.attention {
+                let heads = self.heads_for(s.out_channels);
+                if heads == 0 || s.out_channels % heads != 0 {
+                    errs.push(GenomeError::new(
+                        "attention.heads",
+                        format!(
+                            "{heads} heads do not divide the width {} at resolution {}",
+                            s.out_channels, s.resolution
+                        ),
+                    ));
+                }
+            }
         }
     }
 

@@ -347,6 +347,77 @@ where
     train_objective(model, data, cfg, device, opts, &EpsObjective, on_event)
 }
 
+/// Where a run starts: fresh, or its newest checkpoint (weights, EMA, optimizer, state, log).
+struct Restored<M: Module> {
+    model: M,
+    ema: M,
+    optim: ModuleOptimizer,
+    state: TrainState,
+    log: Vec<LogRecord>,
+    resumed: bool,
+}
+
+fn restore<M: Module>(
+    model: M,
+    cfg: &TrainConfig,
+    opts: &TrainOptions<'_>,
+) -> Result<Restored<M>, TrainError> {
+    let ema = model.valid();
+    let optim = optimizer(cfg);
+    if let (Some(dir), true) = (opts.run_dir, opts.resume)
+        && let Some(ck) = checkpoint::latest(dir)
+    {
+        let (model, ema, optim, state) = load_checkpoint(&ck, model, ema, optim)?;
+        if state.seed != cfg.seed {
+            return Err(TrainError::Config(format!(
+                "{}: the checkpoint was trained with seed {} but the configuration says {}",
+                ck.display(),
+                state.seed,
+                cfg.seed
+            )));
+        }
+        let log = read_log(&dir.join("log.jsonl"), state.step);
+        return Ok(Restored {
+            model,
+            ema,
+            optim,
+            state,
+            log,
+            resumed: true,
+        });
+    }
+    Ok(Restored {
+        model,
+        ema,
+        optim,
+        state: TrainState::start(cfg.seed),
+        log: Vec::new(),
+        resumed: false,
+    })
+}
+
+/// A finished run's final weights and state, beside its checkpoints.
+fn save_final<M: Module>(
+    dir: &Path,
+    model: &M,
+    ema: &M,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let rec = |e: burn::store::RecordError, f: &str| checkpoint::io_err(&dir.join(f), e);
+    model
+        .clone()
+        .save_file(dir.join(MODEL_FILE))
+        .map_err(|e| rec(e, MODEL_FILE))?;
+    ema.clone()
+        .save_file(dir.join(EMA_FILE))
+        .map_err(|e| rec(e, EMA_FILE))?;
+    write_atomic(
+        &dir.join(STATE_FILE),
+        &serde_json::to_vec_pretty(state).expect("state serialises"),
+    )?;
+    Ok(())
+}
+
 /// [`train`] with any [`Objective`] (checkpoints, EMA, logs and resume unchanged).
 pub fn train_objective<M: Module>(
     model: M,
@@ -363,28 +434,14 @@ pub fn train_objective<M: Module>(
     }
     let schedule = NoiseSchedule::new(cfg.beta_schedule, cfg.timesteps)
         .map_err(|e| TrainError::Config(e.to_string()))?;
-    let mut model = model;
-    let mut ema = model.valid();
-    let mut optim = optimizer(cfg);
-    let mut state = TrainState::start(cfg.seed);
-    let mut log = Vec::new();
-    let mut resumed = false;
-    if let (Some(dir), true) = (opts.run_dir, opts.resume)
-        && let Some(ck) = checkpoint::latest(dir)
-    {
-        let (m, e, o, s) = load_checkpoint(&ck, model, ema, optim)?;
-        if s.seed != cfg.seed {
-            return Err(TrainError::Config(format!(
-                "{}: the checkpoint was trained with seed {} but the configuration says {}",
-                ck.display(),
-                s.seed,
-                cfg.seed
-            )));
-        }
-        (model, ema, optim, state) = (m, e, o, s);
-        log = read_log(&dir.join("log.jsonl"), state.step);
-        resumed = true;
-    }
+    let Restored {
+        mut model,
+        mut ema,
+        mut optim,
+        mut state,
+        mut log,
+        resumed,
+    } = restore(model, cfg, &opts)?;
     if let Some(dir) = opts.run_dir {
         std::fs::create_dir_all(dir).map_err(|e| checkpoint::io_err(dir, e))?;
         write_log(&dir.join("log.jsonl"), &log)?;
@@ -495,18 +552,7 @@ pub fn train_objective<M: Module>(
     }
     state.elapsed_s = base_elapsed + start.elapsed().as_secs_f64();
     if let (Some(dir), TrainStatus::Finished) = (opts.run_dir, status) {
-        let rec = |e: burn::store::RecordError, f: &str| checkpoint::io_err(&dir.join(f), e);
-        model
-            .clone()
-            .save_file(dir.join(MODEL_FILE))
-            .map_err(|e| rec(e, MODEL_FILE))?;
-        ema.clone()
-            .save_file(dir.join(EMA_FILE))
-            .map_err(|e| rec(e, EMA_FILE))?;
-        write_atomic(
-            &dir.join(STATE_FILE),
-            &serde_json::to_vec_pretty(&state).expect("state serialises"),
-        )?;
+        save_final(dir, &model, &ema, &state)?;
     }
     Ok(TrainOutcome {
         model,
