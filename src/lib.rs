@@ -15,17 +15,27 @@
 //!   `Objective`; the default objective is the DDPM epsilon loss of a `Denoiser`).
 //! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
 //!   `model::conv` (the CPU convolution for its extractors), f64 linear algebra (faer).
-//! - `rundir` -> genome, model, train, data, device: the run-directory format (`genome.json`,
-//!   `train.json`, weights) that `train`, every search trial and every command that opens a
-//!   model share.
+//!   `eval::setup` finds or makes what scoring needs on disk: the home folder, the extractor,
+//!   the reference-statistics cache, the classifier (trained on first use).
+//! - `rundir` -> genome, model, train, data, device, eval: the run-directory format
+//!   (`genome.json`, `train.json`, weights) that `train`, every search trial, the block
+//!   search's students and every command that opens a model share; training, sampling,
+//!   scoring and exporting a run directory.
 //! - `trial` -> genome, model, train, diffusion, eval, data, rundir: genome -> trained, scored
 //!   trial, its folder a complete run directory.
-//! - `search` -> genome, trial (the `Evaluator` trait), the trial log.
+//! - `search` -> genome, trial (the `Evaluator` trait), the trial log. `search::config` is
+//!   `search.json` (the typed strategy, the `--scale` defaults, the resume check);
+//!   `search::rank` the proxy check; `search::report` the report and charts.
 //! - `search::block` -> genome, model, diffusion, train (the one-shot exception: it trains
-//!   shared supernet weights and retrains the student through `train`'s `Objective`), data.
+//!   shared supernet weights and retrains the student through `train`'s `Objective`), data,
+//!   rundir, eval. `search::block::pipeline` is the search as phases with typed results.
 //! - `bench` -> genome, model, train, diffusion, eval, device: throughput, phase profiles and
 //!   memory of training and sampling (`diffnas bench`).
-//! - `cli` -> everything; it maps arguments to the configurations above and renders progress. `device` -> burn, wgpu.
+//! - `device` -> burn, wgpu.
+//! - `cli` -> everything, and nothing points back at it. It only maps arguments to the
+//!   library's configurations (whose defaults it shows from the library's `defaults`
+//!   modules) and renders progress from the library's events. Library errors are typed; the
+//!   exit code is decided once, from the error's type, in `cli::main`.
 //!
 //! - `web` (the `diffnas-web` crate) -> genome, model, diffusion.
 //!
