@@ -377,6 +377,18 @@ fn killed_search_resumes_with_every_trial_once() {
         err.contains("resumed at step 40") && err.contains("at step 50 of 50"),
         "{err}"
     );
+
+    // A trial folder of a search made by an older version (no train.json) says what to do.
+    let old = after.iter().find(|r| r.hash != best.hash).unwrap();
+    let od = dir.join(old.run_dir());
+    std::fs::remove_file(od.join("train.json")).unwrap();
+    let o = run(&["sample", od.to_str().unwrap(), "--device", "flex"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("made by an older diffnas") && err.contains("diffnas train --genome"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -100,7 +100,7 @@ pub struct StatsArgs {
     #[arg(long)]
     pub max_images: Option<usize>,
     /// Feature rows kept for KID.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = setup::defaults::REFERENCE_KEEP)]
     pub keep: usize,
     /// Output file [default: $DIFFNAS_HOME/stats/<data>-<split>-<CxHxW>-<extractor>.safetensors].
     #[arg(long)]
@@ -137,9 +137,9 @@ pub struct FidArgs {
     #[arg(long, value_enum, default_value = "train")]
     pub ref_split: Split,
     /// KID subsets and rows per subset (FID.md: 100 x 1,000); --kid-subsets 0 skips KID.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = KidConfig::SUBSETS)]
     pub kid_subsets: usize,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = KidConfig::SUBSET_SIZE)]
     pub kid_subset_size: usize,
     /// Write the JSON result here too (it is always printed on stdout).
     #[arg(long)]

@@ -16,7 +16,7 @@ use crate::search::config::{
 };
 use crate::search::llm::client::LlmConfig;
 use crate::search::llm::prompt::MemoryLimits;
-use crate::search::llm::{LlmSearchConfig, RoundFile};
+use crate::search::llm::{LlmSearchConfig, RoundFile, defaults as llm_defaults};
 use crate::search::rank::{long_config, proxy_check, spread_picks};
 use crate::search::{SearchEvent, SearchStatus, TrialLog, run_search};
 use crate::trial::{Evaluator, ProxyEvaluator, StubEvaluator, TrialProgress};
@@ -72,32 +72,32 @@ pub struct LlmArgs {
     /// OpenAI-compatible base URL (the part before /chat/completions).
     #[arg(long, env = "DIFFNAS_LLM_BASE_URL")]
     pub llm_base_url: Option<String>,
-    #[arg(long, env = "DIFFNAS_LLM_MODEL", default_value = "gpt-4o")]
+    #[arg(long, env = "DIFFNAS_LLM_MODEL", default_value = llm_defaults::MODEL)]
     pub llm_model: String,
     /// Environment variable holding the API key (the key is never written or printed).
-    #[arg(long, default_value = "OPENAI_API_KEY")]
+    #[arg(long, default_value = llm_defaults::API_KEY_ENV)]
     pub llm_api_key_env: String,
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = llm_defaults::TEMPERATURE)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = llm_defaults::MAX_TOKENS)]
     pub max_tokens: usize,
     /// Seconds per request.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, default_value_t = llm_defaults::TIMEOUT_S)]
     pub llm_timeout: f64,
     /// Retries on 429, 5xx and timeouts (exponential backoff from --llm-backoff seconds).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = llm_defaults::RETRIES)]
     pub llm_retries: usize,
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = llm_defaults::BACKOFF_S)]
     pub llm_backoff: f64,
     /// Rounds R of K proposals each.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = llm_defaults::ROUNDS)]
     pub rounds: usize,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = llm_defaults::PER_ROUND)]
     pub per_round: usize,
     /// Search memory in the prompt: the best N trials plus the M most recent.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = llm_defaults::MEMORY_TOP)]
     pub memory_top: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = llm_defaults::MEMORY_RECENT)]
     pub memory_recent: usize,
 }
 

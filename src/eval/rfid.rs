@@ -51,11 +51,17 @@ pub struct KidConfig {
     pub seed: u64,
 }
 
+impl KidConfig {
+    /// FID.md's KID: 100 subsets of 1,000 rows.
+    pub const SUBSETS: usize = 100;
+    pub const SUBSET_SIZE: usize = 1000;
+}
+
 impl Default for KidConfig {
     fn default() -> Self {
         KidConfig {
-            subsets: 100,
-            subset_size: 1000,
+            subsets: Self::SUBSETS,
+            subset_size: Self::SUBSET_SIZE,
             seed: 0,
         }
     }

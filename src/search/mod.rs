@@ -18,7 +18,6 @@ pub mod report;
 use crate::genome::{Genome, SearchSpace};
 use crate::trial::{Evaluator, TrialOutcome, TrialStatus};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -119,19 +118,9 @@ pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> SearchError {
     }
 }
 
-/// Append `value` as one JSON line to `path` (created if needed) and flush it to disk before
-/// returning: a kill leaves at most a torn last line, which the readers drop.
+/// [`crate::train::checkpoint::append_jsonl`], as a search error.
 pub fn append_line<T: Serialize>(path: &Path, value: &T) -> Result<(), SearchError> {
-    let mut line = serde_json::to_string(value).expect("serialises");
-    line.push('\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| io_err(path, e))?;
-    f.write_all(line.as_bytes())
-        .and_then(|_| f.sync_data())
-        .map_err(|e| io_err(path, e))
+    crate::train::checkpoint::append_jsonl(path, value).map_err(|e| io_err(path, e))
 }
 
 /// The append-only trial log.

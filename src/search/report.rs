@@ -164,7 +164,7 @@ pub fn markdown(runs: &[RunSummary], charts: &[String]) -> String {
             let d = main.dir.join(b.run_dir());
             let _ = writeln!(
                 s,
-                "Its run directory is `{0}`: `diffnas sample {0}`, `diffnas eval fid --run-dir {0}` \
+                "Its run directory is `{0}`: `diffnas sample {0}`, `diffnas eval fid {0}` \
                  and `diffnas export {0}` open it, and `diffnas train --resume --run-dir {0} \
                  --steps N` trains it further.\n",
                 d.display()

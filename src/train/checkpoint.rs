@@ -69,6 +69,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }
 
+/// Append `value` as one JSON line to `path` (created if needed) and flush it to disk before
+/// returning: a kill leaves at most a torn last line, which the readers drop. The one writer of
+/// every `.jsonl` file (training and distillation logs, the trial log, proxy-check rows).
+pub fn append_jsonl<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), CheckpointError> {
+    use std::io::Write as _;
+    let mut line = serde_json::to_string(value).expect("serialises");
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    f.write_all(line.as_bytes())
+        .and_then(|_| f.sync_data())
+        .map_err(|e| io_err(path, e))
+}
+
 /// Create the folder for a new checkpoint (as `.tmp`); the caller fills it and calls
 /// [`publish`].
 pub fn begin(run_dir: &Path, step: u64) -> Result<PathBuf, CheckpointError> {

@@ -22,7 +22,6 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -462,15 +461,7 @@ pub fn train_objective<M: Module>(
     let mut status = TrainStatus::Finished;
     let stop_at = opts.stop_at.unwrap_or(cfg.steps).min(cfg.steps);
 
-    let mut log_file = match opts.run_dir {
-        Some(dir) => Some(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(dir.join("log.jsonl"))
-                .map_err(|e| checkpoint::io_err(&dir.join("log.jsonl"), e))?,
-        ),
-        None => None,
-    };
+    let log_file = opts.run_dir.map(|d| d.join("log.jsonl"));
 
     while state.step < stop_at {
         let step = state.step;
@@ -508,9 +499,8 @@ pub fn train_objective<M: Module>(
                 elapsed_s: base_elapsed + start.elapsed().as_secs_f64(),
                 steps_per_s: rate,
             };
-            if let Some(f) = &mut log_file {
-                let line = serde_json::to_string(&rec).expect("log record serialises");
-                writeln!(f, "{line}").map_err(|e| checkpoint::io_err(Path::new("log.jsonl"), e))?;
+            if let Some(p) = &log_file {
+                checkpoint::append_jsonl(p, &rec)?;
             }
             on_event(&TrainEvent::Log(rec.clone()));
             log.push(rec);

@@ -250,14 +250,7 @@ pub fn train_supernets(
                 elapsed_s: base + start.elapsed().as_secs_f64(),
             };
             if let Some(p) = &log_path {
-                use std::io::Write as _;
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(p)
-                    .map_err(|e| checkpoint::io_err(p, e))?;
-                writeln!(f, "{}", serde_json::to_string(&rec).expect("serialises"))
-                    .map_err(|e| checkpoint::io_err(p, e))?;
+                checkpoint::append_jsonl(p, &rec)?;
             }
             on_event(&DistillEvent::Log(rec.clone()));
             log.push(rec);

@@ -7,6 +7,24 @@
 //! key). A round file is written once the round's proposals are final, so a resumed search
 //! replays it instead of asking again: no trial is lost, repeated or paid for twice.
 
+/// The defaults of an LLM-guided search (`diffnas search llm` shows them in its help).
+pub mod defaults {
+    pub const MODEL: &str = "gpt-4o";
+    pub const API_KEY_ENV: &str = "OPENAI_API_KEY";
+    pub const TEMPERATURE: f64 = 0.7;
+    pub const MAX_TOKENS: usize = 4096;
+    pub const TIMEOUT_S: f64 = 120.0;
+    pub const RETRIES: usize = 4;
+    pub const BACKOFF_S: f64 = 2.0;
+    pub const ROUNDS: usize = 10;
+    pub const PER_ROUND: usize = 2;
+    /// The search memory in the prompt: the best trials, the most recent ones, the rejected
+    /// proposals.
+    pub const MEMORY_TOP: usize = 20;
+    pub const MEMORY_RECENT: usize = 10;
+    pub const MEMORY_REJECTED: usize = 10;
+}
+
 pub mod client;
 pub mod parse;
 pub mod prompt;

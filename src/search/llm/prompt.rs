@@ -21,9 +21,9 @@ pub struct MemoryLimits {
 impl Default for MemoryLimits {
     fn default() -> Self {
         MemoryLimits {
-            top: 20,
-            recent: 10,
-            rejected: 10,
+            top: super::defaults::MEMORY_TOP,
+            recent: super::defaults::MEMORY_RECENT,
+            rejected: super::defaults::MEMORY_REJECTED,
         }
     }
 }
