@@ -86,7 +86,7 @@ impl BenchArgs {
 pub fn run_cli(a: BenchArgs) -> anyhow::Result<()> {
     let selected = super::select_device(a.device)?;
     eprintln!("device: {}", selected.info);
-    let report = run_bench(&a.config()?, &selected).map_err(|e| user_err(e.to_string()))?;
+    let report = run_bench(&a.config()?, &selected)?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(p) = &a.json {
         std::fs::write(p, &json)?;

@@ -254,7 +254,7 @@ pub fn extractor(
 }
 
 fn load_split(data: &DataSource, split: Split) -> anyhow::Result<Dataset> {
-    data.load(split).map_err(|e| user_err(e.to_string()))
+    Ok(data.load(split)?)
 }
 
 /// Renders the progress of scoring's setup: one bar at a time.
@@ -409,7 +409,7 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
         s
     } else {
         let (d, what) = if let Some(dir) = &a.images {
-            let d = read_image_folder(dir).map_err(|e| user_err(e.to_string()))?;
+            let d = read_image_folder(dir)?;
             (d, dir.display().to_string())
         } else if let Some(data) = &a.data {
             let d = load_split(data, a.split)?;

@@ -49,7 +49,7 @@ pub fn load_genome(arg: &str) -> anyhow::Result<Genome> {
 }
 
 fn print_cost(g: &Genome) -> anyhow::Result<()> {
-    let c = cost(g).map_err(|e| user_err(e.to_string()))?;
+    let c = cost(g)?;
     println!(
         "params: {} ({:.3} M)\nMACs per image: {} ({:.3} G)\nactivation estimate: {:.1} MiB per image (f32)",
         c.params,
@@ -80,7 +80,7 @@ pub fn run(cmd: GenomeCmd) -> anyhow::Result<i32> {
         GenomeCmd::Cost { genome, json } => {
             let g = load_genome(&genome)?;
             if json {
-                let c = cost(&g).map_err(|e| user_err(e.to_string()))?;
+                let c = cost(&g)?;
                 let out = serde_json::json!({
                     "hash": g.hash(),
                     "params": c.params,

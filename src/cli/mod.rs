@@ -91,10 +91,25 @@ pub fn main() -> i32 {
     match crate::cpu::run_in_pool(|| dispatch(cli, Given::of(&matches))) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             exit_code(&e)
         }
     }
+}
+
+/// An error and its causes, as `anyhow`'s `{:#}` prints them, but without a cause whose text
+/// the message already holds (typed errors often print their source themselves).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let text = c.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+    }
+    out
 }
 
 /// The exit code of a failed command, from the type of its error (the table above): bad input
@@ -110,6 +125,9 @@ fn exit_code(e: &anyhow::Error) -> i32 {
                 .is_some_and(|s| s.is_bad_input())
             || c.downcast_ref::<crate::eval::setup::SetupError>()
                 .is_some_and(|s| s.is_bad_input())
+            || c.is::<crate::data::DataError>()
+            || c.is::<crate::genome::GenomeErrors>()
+            || c.is::<crate::bench::BenchError>()
     });
     if bad_input { 2 } else { 1 }
 }

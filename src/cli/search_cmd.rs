@@ -192,10 +192,7 @@ fn run_proxy_check(a: ProxyCheckArgs) -> anyhow::Result<i32> {
     }
     let proxy_steps = cfg.trial.train.steps;
     let mut long = long_config(&cfg, a.steps);
-    let mut data = cfg
-        .data
-        .load(Split::Train)
-        .map_err(|e| user_err(e.to_string()))?;
+    let mut data = cfg.data.load(Split::Train)?;
     if let Some(m) = cfg.max_images {
         data.truncate(m);
     }
@@ -334,17 +331,11 @@ fn resolve(
             .collect();
         let c = SearchConfig::resume(dir, r, &named, device)?;
         // The stored search's data, whatever --data's default says.
-        let data = c
-            .data
-            .load(Split::Train)
-            .map_err(|e| user_err(e.to_string()))?;
+        let data = c.data.load(Split::Train)?;
         return Ok((c, data));
     }
     SearchConfig::check_fresh(dir)?;
-    let data = r
-        .data
-        .load(Split::Train)
-        .map_err(|e| user_err(e.to_string()))?;
+    let data = r.data.load(Split::Train)?;
     if data.height != data.width {
         return Err(user_err(format!(
             "{}: images are {}x{}; the search space needs square images",
