@@ -195,6 +195,18 @@ pub fn train_run(
     let cost = crate::genome::cost(genome).map_err(invalid)?;
     on_ready(&data, &cost);
     files.write(dir, genome)?;
+    if resume {
+        // Training on past the final weights (a larger --steps): they are stale from now on,
+        // and a stop before the new end must leave the newest checkpoint as the run's weights.
+        let at = latest_checkpoint(dir)
+            .and_then(|ck| crate::train::checkpoint::read_state(&ck).ok())
+            .map_or(0, |s| s.step);
+        if at < files.config.steps {
+            for f in [MODEL_FILE, EMA_FILE, crate::train::STATE_FILE] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+        }
+    }
     device.seed(files.config.seed);
     let model = Unet::new(genome, device).map_err(invalid)?;
     let opts = crate::train::TrainOptions {

@@ -271,14 +271,16 @@ fn killed_search_resumes_with_every_trial_once() {
         "{} trials before the kill",
         before.len()
     );
-    // Resumed with nothing but --resume and the folder: the stored search (its data, its
-    // budget, its trial schedule), not the flags' defaults.
+    // Resumed with nothing but --resume and the folder (and the device, as the first run's):
+    // the stored search (its data, its budget, its trial schedule), not the flags' defaults.
     let o = run(&[
         "search",
         "evolution",
         "--resume",
         "--run-dir",
         dir.to_str().unwrap(),
+        "--device",
+        "flex",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -361,22 +363,30 @@ fn killed_search_resumes_with_every_trial_once() {
     let models = work.path().join("models");
     let o = run(&["export", bd, "--out", models.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = run(&[
-        "train",
-        "--resume",
-        "--run-dir",
-        bd,
-        "--steps",
-        "50",
-        "--samples",
-        "0",
-    ]);
+    // Trained further and stopped before the new end: the stale final weights are gone, so
+    // the run's weights are its newest checkpoint's.
+    let further = |extra: &[&str]| {
+        let mut args = vec!["train", "--resume", "--run-dir", bd, "--steps", "50"];
+        args.extend_from_slice(&["--samples", "0"]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = further(&["--stop-at", "45"]);
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!best_dir.join("ema.bpk").exists());
+    let o = further(&[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
-        err.contains("resumed at step 40") && err.contains("at step 50 of 50"),
+        err.contains("resumed at step 45") && err.contains("at step 50 of 50"),
         "{err}"
     );
+    assert!(best_dir.join("ema.bpk").is_file());
 
     // A trial folder of a search made by an older version (no train.json) says what to do.
     let old = after.iter().find(|r| r.hash != best.hash).unwrap();
@@ -699,6 +709,20 @@ fn search_config_resume_check() {
     assert!(
         msg.contains("--trial-steps 999 differs from the 200") && msg.contains("search.json"),
         "{msg}"
+    );
+    let mut bigger = request.clone();
+    bigger.strategy = StrategyChoice::Evolution {
+        population: Some(9),
+        sample: Some(3),
+        crossover: 0.0,
+    };
+    let e = SearchConfig::resume(dir, &bigger, &["population"], &cpu).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!(
+            "--population 9 differs from the {}",
+            small.population
+        )),
+        "{e}"
     );
     let mut other = request.clone();
     other.strategy = StrategyChoice::Random;

@@ -113,7 +113,7 @@ pub struct BlockArgs {
 }
 
 /// Each flag that sets a field of `block.json`: (argument id, JSON path of the field).
-const SETTINGS: [(&str, &str); 22] = [
+const SETTINGS: [(&str, &str); 24] = [
     ("data", "data"),
     ("max_images", "max_images"),
     ("seed", "seed"),
@@ -136,6 +136,8 @@ const SETTINGS: [(&str, &str); 22] = [
     ("student_init", "student_init"),
     ("ablation", "ablation"),
     ("score_n", "score.n"),
+    ("score_steps", "score.steps"),
+    ("latency_batch", "latency_batch"),
 ];
 
 /// The configuration the flags describe, for the teacher in `a.teacher`.
@@ -182,6 +184,12 @@ fn config_from(a: &BlockArgs) -> anyhow::Result<BlockConfig> {
 /// refused), else the flags' (with `--reuse`'s supernets), written to `block.json`.
 fn resolve(a: &BlockArgs, given: &Given, dir: &Path) -> anyhow::Result<BlockConfig> {
     let asked = config_from(a)?;
+    if a.resume && a.reuse.is_some() {
+        return Err(user_err(
+            "--reuse starts a new search from another one's supernets; it does not go with \
+             --resume",
+        ));
+    }
     if a.resume {
         let stored =
             BlockConfig::read(dir).map_err(|e| user_err(format!("{e} (nothing to resume)")))?;

@@ -16,7 +16,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value = "ddim")]
     pub sampler: SamplerKind,
     /// Denoising steps (respaced evenly over the training timesteps).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = DEFAULT_STEPS)]
     pub steps: usize,
     /// DDIM eta (0: deterministic; 1: DDPM-like noise).
     #[arg(long, default_value_t = 0.0)]
@@ -28,9 +28,13 @@ pub struct SamplingArgs {
     #[arg(long, value_enum, default_value = "ema")]
     pub weights: Weights,
     /// Images generated per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
 }
+
+/// The sampling defaults of `sample` and `eval fid`.
+const DEFAULT_STEPS: usize = 50;
+const DEFAULT_BATCH_SIZE: usize = 64;
 
 impl SamplingArgs {
     /// DDIM-`steps` from the EMA weights, seed 0.
@@ -41,7 +45,7 @@ impl SamplingArgs {
             eta: 0.0,
             seed: 0,
             weights: Weights::Ema,
-            batch_size: 64,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 }

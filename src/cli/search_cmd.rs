@@ -367,7 +367,6 @@ fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i3
     }
     let mut evaluator = build_evaluator(&mut cfg, data, &a.ext, &selected)?;
     cfg.set_metric(evaluator.metric());
-    cfg.write(&dir)?;
     if let crate::search::config::StrategyConfig::Llm(endpoint, l) = &cfg.strategy {
         eprintln!(
             "LLM: {} at {} ({} rounds x {})",
@@ -391,6 +390,7 @@ fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i3
             }
         })),
     )?;
+    cfg.write(&dir)?;
     let stop = super::progress::stop_on_ctrlc("stopping the current trial at a checkpoint");
     let metric = cfg.metric.clone();
     let max = cfg.limits.max_trials;

@@ -33,7 +33,8 @@ pub struct TrainArgs {
     /// options of the final sample grid may be given; any other setting is refused.
     #[arg(long)]
     pub resume: bool,
-    /// auto: a hardware GPU through wgpu if present, else the CPU (flex).
+    /// auto: a hardware GPU through wgpu if present, else the CPU (flex). A resumed run that
+    /// started on the CPU stays there unless this is given.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     /// Optimizer steps. The defaults (4,000 steps of 32 images at LR 5e-4) suit the tiny
@@ -151,7 +152,11 @@ fn resumed_config(
     if given.has("genome") && load_genome(&a.genome)?.hash() != genome.hash() {
         return Err(refuse("genome", &a.genome, "genome"));
     }
-    if given.has("data") && a.data != files.data.to_string() {
+    let same_data = a
+        .data
+        .parse::<crate::data::DataSource>()
+        .is_ok_and(|d| d == files.data);
+    if given.has("data") && !same_data {
         return Err(refuse("data", &a.data, &files.data.to_string()));
     }
     if given.has("max_images") && a.max_images != files.max_images {
@@ -183,7 +188,17 @@ pub fn run(a: TrainArgs, given: &Given) -> anyhow::Result<i32> {
         .run_dir
         .clone()
         .unwrap_or_else(|| rundir::default_dir(&a.genome));
-    let selected = super::select_device(a.device)?;
+    // A resumed run stays on the CPU it started on unless --device says otherwise (a GPU
+    // would give other numbers).
+    let stored_on_cpu = a.resume
+        && !given.has("device")
+        && RunFiles::read(&run_dir).is_ok_and(|(_, f)| f.device.backend == "flex");
+    let choice = if stored_on_cpu {
+        DeviceChoice::Flex
+    } else {
+        a.device
+    };
+    let selected = super::select_device(choice)?;
     let (genome, files) = if a.resume {
         let (genome, mut files) = RunFiles::read(&run_dir)?;
         files.config = resumed_config(&a, given, &run_dir, &genome, &files)?;

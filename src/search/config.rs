@@ -240,7 +240,7 @@ pub struct SearchRequest {
 
 /// The settings of a [`SearchRequest`] that a resume may not change, by name (the CLI's
 /// argument ids).
-pub const FIXED_ON_RESUME: [&str; 11] = [
+pub const FIXED_ON_RESUME: [&str; 14] = [
     "data",
     "max_images",
     "seed",
@@ -252,6 +252,9 @@ pub const FIXED_ON_RESUME: [&str; 11] = [
     "trial_lr",
     "score_n",
     "score_steps",
+    "population",
+    "sample",
+    "crossover",
 ];
 
 impl SearchConfig {
@@ -336,7 +339,11 @@ impl SearchConfig {
             });
         }
         let text = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
-        serde_json::from_str(&text).map_err(|e| io_err(&p, e))
+        serde_json::from_str(&text).map_err(|e| SearchError::Corrupt {
+            path: p.clone(),
+            line: e.line(),
+            message: e.to_string(),
+        })
     }
 
     /// Refuses to start a search in a folder that holds one.
@@ -383,13 +390,27 @@ impl SearchConfig {
         // What the request would have made, compared setting by setting with what is stored.
         let asked = SearchConfig::new(r, c.space.image, device);
         let show = |v: Option<u64>| v.map_or("none".into(), |v| v.to_string());
+        let evolution = |c: &SearchConfig| match &c.strategy {
+            StrategyConfig::Evolution(e) => Some(*e),
+            _ => None,
+        };
+        let (evo_asked, evo_stored) = (evolution(&asked), evolution(&c));
+        let knob = |f: fn(&EvolutionConfig) -> String| {
+            (
+                evo_asked.as_ref().map_or("none".into(), f),
+                evo_stored.as_ref().map_or("none".into(), f),
+            )
+        };
         for &name in given {
             let (given, stored) = match name {
                 "data" => (asked.data.to_string(), c.data.to_string()),
                 "max_images" => (
-                    format!("{:?}", asked.max_images),
-                    format!("{:?}", c.max_images),
+                    show(asked.max_images.map(|v| v as u64)),
+                    show(c.max_images.map(|v| v as u64)),
                 ),
+                "population" => knob(|e| e.population.to_string()),
+                "sample" => knob(|e| e.sample.to_string()),
+                "crossover" => knob(|e| e.crossover.to_string()),
                 "seed" => (asked.seed.to_string(), c.seed.to_string()),
                 "evaluator" => (
                     format!("{:?}", asked.evaluator),
@@ -452,7 +473,7 @@ impl SearchConfig {
         Ok(match &self.strategy {
             StrategyConfig::Random => Box::new(RandomSearch::new(self.seed)),
             StrategyConfig::Evolution(e) => Box::new(
-                Evolution::new(self.seed, *e).map_err(|e| SearchError::Strategy(e.to_string()))?,
+                Evolution::new(self.seed, *e).map_err(|e| SearchError::Setting(e.to_string()))?,
             ),
             StrategyConfig::Llm(endpoint, l) => {
                 let mut client = ChatClient::new(endpoint.clone())

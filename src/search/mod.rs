@@ -77,6 +77,9 @@ pub enum SearchError {
     },
     #[error("{0}")]
     Strategy(String),
+    /// A strategy's setting that cannot work.
+    #[error("{0}")]
+    Setting(String),
     #[error(
         "{dir} already holds a search ({CONFIG_FILE}); continue it with --resume or pick another --run-dir"
     )]
@@ -106,7 +109,10 @@ impl SearchError {
             self,
             SearchError::Exists { .. }
                 | SearchError::NothingToResume { .. }
+                | SearchError::NothingToReport { .. }
                 | SearchError::Changed { .. }
+                | SearchError::Corrupt { .. }
+                | SearchError::Setting(_)
         )
     }
 }
