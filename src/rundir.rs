@@ -108,6 +108,40 @@ impl RunFiles {
         Ok(())
     }
 
+    /// This run's configuration, resumed as `asked` describes: the genome, data and image
+    /// count given (None: not given) must be the stored ones, and the given `fields` of
+    /// `asked.config` are taken where [`TrainConfig::resumed_as`] allows it. The first setting
+    /// that differs is refused.
+    pub fn resumed(
+        &self,
+        genome: &Genome,
+        asked: &ResumeRequest<'_>,
+    ) -> Result<TrainConfig, crate::train::ChangedSetting> {
+        let changed = |field: &str, given: String, stored: String| crate::train::ChangedSetting {
+            field: field.into(),
+            stored,
+            given,
+        };
+        if let Some(g) = asked.genome
+            && g.hash() != genome.hash()
+        {
+            return Err(changed("genome", g.hash(), genome.hash()));
+        }
+        if let Some(d) = asked.data
+            && *d != self.data
+        {
+            return Err(changed("data", d.to_string(), self.data.to_string()));
+        }
+        if let Some(m) = asked.max_images
+            && m != self.max_images
+        {
+            let show = |v: Option<usize>| v.map_or("all".into(), |v| v.to_string());
+            return Err(changed("max_images", show(m), show(self.max_images)));
+        }
+        let wanted = self.config.with_fields_of(&asked.config, &asked.fields);
+        self.config.resumed_as(&wanted)
+    }
+
     /// Read a run directory's genome and configuration.
     pub fn read(dir: &Path) -> Result<(Genome, RunFiles), RunDirError> {
         let gp = dir.join(GENOME_FILE);
@@ -144,6 +178,12 @@ pub fn default_dir(genome: &str) -> PathBuf {
         .file_stem()
         .map_or("run".into(), |s| s.to_string_lossy().into_owned());
     PathBuf::from("runs").join(stem)
+}
+
+/// Whether the run in `dir` started on the CPU: resumed there, it stays there (a GPU would give
+/// other numbers).
+pub fn started_on_cpu(dir: &Path) -> bool {
+    RunFiles::read(dir).is_ok_and(|(_, f)| f.device.backend == "flex")
 }
 
 /// Refuses to start a run in a folder that holds one.
@@ -244,6 +284,17 @@ fn old_trial_hint(dir: &Path) -> String {
     } else {
         String::new()
     }
+}
+
+/// What a resume was asked for (see [`RunFiles::resumed`]).
+pub struct ResumeRequest<'a> {
+    pub genome: Option<&'a Genome>,
+    pub data: Option<&'a DataSource>,
+    pub max_images: Option<Option<usize>>,
+    /// The configuration the flags describe, and the fields (as in `train.json`) the user
+    /// gave.
+    pub config: TrainConfig,
+    pub fields: Vec<&'a str>,
 }
 
 /// Which weights of a run to load.

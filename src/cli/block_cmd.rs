@@ -191,36 +191,19 @@ fn resolve(a: &BlockArgs, given: &Given, dir: &Path) -> anyhow::Result<BlockConf
         ));
     }
     if a.resume {
-        let stored =
-            BlockConfig::read(dir).map_err(|e| user_err(format!("{e} (nothing to resume)")))?;
-        let same = |p: &Path| std::fs::canonicalize(p).ok();
-        if same(&a.teacher) != same(&stored.teacher) {
-            return Err(user_err(format!(
-                "--teacher {} is not the teacher {} stored in {}, and a resumed search keeps \
-                 its settings",
-                a.teacher.display(),
-                stored.teacher.display(),
-                dir.join(pipeline::CONFIG_FILE).display()
-            )));
-        }
         let fields: Vec<&str> = SETTINGS
             .iter()
             .filter(|(id, _)| given.has(id))
             .map(|(_, f)| *f)
             .collect();
-        if let Some((field, was, now)) = stored.first_difference(&asked, &fields) {
+        let flag = |field: &str| {
             let id = SETTINGS
                 .iter()
                 .find(|(_, f)| *f == field)
-                .map_or("?", |(id, _)| id);
-            return Err(user_err(format!(
-                "--{} {now} differs from the {was} stored in {}, and a resumed search keeps its \
-                 settings",
-                id.replace('_', "-"),
-                dir.join(pipeline::CONFIG_FILE).display()
-            )));
-        }
-        return Ok(stored);
+                .map_or(field, |(id, _)| id);
+            format!("--{}", id.replace('_', "-"))
+        };
+        return Ok(BlockConfig::resume(dir, &asked, &fields, flag)?);
     }
     asked.check()?;
     let c = match &a.reuse {

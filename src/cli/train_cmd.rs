@@ -140,46 +140,39 @@ fn resumed_config(
     genome: &crate::genome::Genome,
     files: &RunFiles,
 ) -> anyhow::Result<TrainConfig> {
-    let stored_in = dir.join("train.json");
-    let refuse = |f: &str, given: &str, stored: &str| {
-        user_err(format!(
-            "{} {given} differs from the {stored} stored in {}, and a resumed run keeps its \
-             settings (only --steps may grow; --checkpoint-every and --log-every may change)",
-            flag(f),
-            stored_in.display()
-        ))
+    let asked_genome = given
+        .has("genome")
+        .then(|| load_genome(&a.genome))
+        .transpose()?;
+    let asked_data = given
+        .has("data")
+        .then(|| a.data.parse())
+        .transpose()
+        .map_err(user_err)?;
+    let request = rundir::ResumeRequest {
+        genome: asked_genome.as_ref(),
+        data: asked_data.as_ref(),
+        max_images: given.has("max_images").then_some(a.max_images),
+        config: config_from(a),
+        fields: SETTINGS
+            .iter()
+            .filter(|(id, _)| given.has(id))
+            .map(|(_, f)| *f)
+            .collect(),
     };
-    if given.has("genome") && load_genome(&a.genome)?.hash() != genome.hash() {
-        return Err(refuse("genome", &a.genome, "genome"));
-    }
-    let same_data = a
-        .data
-        .parse::<crate::data::DataSource>()
-        .is_ok_and(|d| d == files.data);
-    if given.has("data") && !same_data {
-        return Err(refuse("data", &a.data, &files.data.to_string()));
-    }
-    if given.has("max_images") && a.max_images != files.max_images {
-        let show = |v: Option<usize>| v.map_or("all".into(), |v| v.to_string());
-        return Err(refuse(
-            "max_images",
-            &show(a.max_images),
-            &show(files.max_images),
-        ));
-    }
-    // The stored configuration with the given flags' values put in.
-    let fields: Vec<&str> = SETTINGS
-        .iter()
-        .filter(|(id, _)| given.has(id))
-        .map(|(_, f)| *f)
-        .collect();
-    let asked = files.config.with_fields_of(&config_from(a), &fields);
-    files.config.resumed_as(&asked).map_err(|c| {
+    files.resumed(genome, &request).map_err(|c| {
         let id = SETTINGS
             .iter()
             .find(|(_, f)| *f == c.field)
             .map_or(c.field.as_str(), |(id, _)| id);
-        refuse(id, &c.given, &c.stored)
+        user_err(format!(
+            "{} {} differs from the {} stored in {}, and a resumed run keeps its settings (only \
+             --steps may grow; --checkpoint-every and --log-every may change)",
+            flag(id),
+            c.given,
+            c.stored,
+            dir.join(rundir::RUN_FILE).display()
+        ))
     })
 }
 
@@ -188,16 +181,9 @@ pub fn run(a: TrainArgs, given: &Given) -> anyhow::Result<i32> {
         .run_dir
         .clone()
         .unwrap_or_else(|| rundir::default_dir(&a.genome));
-    // A resumed run stays on the CPU it started on unless --device says otherwise (a GPU
-    // would give other numbers).
-    let stored_on_cpu = a.resume
-        && !given.has("device")
-        && RunFiles::read(&run_dir).is_ok_and(|(_, f)| f.device.backend == "flex");
-    let choice = if stored_on_cpu {
-        DeviceChoice::Flex
-    } else {
-        a.device
-    };
+    // A resumed run stays on the CPU it started on unless --device says otherwise.
+    let cpu = a.resume && !given.has("device") && rundir::started_on_cpu(&run_dir);
+    let choice = if cpu { DeviceChoice::Flex } else { a.device };
     let selected = super::select_device(choice)?;
     let (genome, files) = if a.resume {
         let (genome, mut files) = RunFiles::read(&run_dir)?;

@@ -222,6 +222,38 @@ impl BlockConfig {
         write_json(&dir.join(CONFIG_FILE), self)
     }
 
+    /// The search stored in `dir`, resumed: `asked` (what the flags describe) must name the same
+    /// teacher and match it in every field of `fields` (JSON paths such as `supernet.steps`,
+    /// the settings the user gave); a difference is refused, with `flag(field)` naming it.
+    pub fn resume(
+        dir: &Path,
+        asked: &BlockConfig,
+        fields: &[&str],
+        flag: impl Fn(&str) -> String,
+    ) -> Result<BlockConfig, BlockError> {
+        let stored = BlockConfig::read(dir)
+            .map_err(|e| BlockError::Config(format!("{e} (nothing to resume)")))?;
+        let same = |p: &Path| std::fs::canonicalize(p).ok();
+        let changed = if same(&asked.teacher) != same(&stored.teacher) {
+            Some((
+                "teacher".to_string(),
+                stored.teacher.display().to_string(),
+                asked.teacher.display().to_string(),
+            ))
+        } else {
+            stored.first_difference(asked, fields)
+        };
+        match changed {
+            None => Ok(stored),
+            Some((field, was, now)) => Err(BlockError::Config(format!(
+                "{} {now} differs from the {was} stored in {}, and a resumed search keeps its \
+                 settings",
+                flag(&field),
+                dir.join(CONFIG_FILE).display()
+            ))),
+        }
+    }
+
     /// The first field (a JSON path such as `supernet.steps`) where `other` differs from this
     /// configuration, with both values: a resumed search keeps its settings.
     pub fn first_difference(
