@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// Linear warm-up steps.
     #[arg(long, default_value_t = defaults::WARMUP_STEPS)]
     pub warmup: u64,
-    #[arg(long, default_value = "constant")]
+    #[arg(long, default_value_t = defaults::LR_SCHEDULE)]
     pub lr_schedule: LrSchedule,
     /// Cosine floor as a fraction of --lr.
     #[arg(long, default_value_t = defaults::MIN_LR_RATIO)]
@@ -67,7 +67,7 @@ pub struct TrainArgs {
     /// Diffusion steps T.
     #[arg(long, default_value_t = defaults::TIMESTEPS)]
     pub timesteps: usize,
-    #[arg(long, default_value = "linear")]
+    #[arg(long, default_value_t = defaults::BETA_SCHEDULE)]
     pub beta_schedule: BetaSchedule,
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,

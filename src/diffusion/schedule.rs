@@ -13,6 +13,16 @@ pub enum BetaSchedule {
     Cosine,
 }
 
+impl std::fmt::Display for BetaSchedule {
+    /// The name [`std::str::FromStr`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BetaSchedule::Linear => "linear",
+            BetaSchedule::Cosine => "cosine",
+        })
+    }
+}
+
 impl std::str::FromStr for BetaSchedule {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -22,6 +22,7 @@ use std::path::Path;
 pub mod defaults {
     pub const SEED: u64 = 0;
     pub const TRIAL_BATCH_SIZE: usize = 32;
+    /// Regularized evolution as published: no crossover.
     pub const CROSSOVER: f64 = 0.0;
     /// Proposals in a row that were all duplicates or invalid before the search gives up.
     pub const MAX_STALE: usize = 200;

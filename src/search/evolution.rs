@@ -31,7 +31,7 @@ impl Default for EvolutionConfig {
         EvolutionConfig {
             population: 8,
             sample: 3,
-            crossover: 0.0,
+            crossover: crate::search::config::defaults::CROSSOVER,
         }
     }
 }

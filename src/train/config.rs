@@ -15,6 +15,16 @@ pub enum LrSchedule {
     Cosine,
 }
 
+impl std::fmt::Display for LrSchedule {
+    /// The name [`std::str::FromStr`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
+        })
+    }
+}
+
 impl std::str::FromStr for LrSchedule {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -47,6 +57,9 @@ pub mod defaults {
     /// A kill loses at most this many steps.
     pub const CHECKPOINT_EVERY: u64 = 250;
     pub const LOG_EVERY: u64 = 50;
+    pub const LR_SCHEDULE: super::LrSchedule = super::LrSchedule::Constant;
+    pub const BETA_SCHEDULE: crate::diffusion::BetaSchedule =
+        crate::diffusion::BetaSchedule::Linear;
 }
 
 #[derive(Config, Debug, PartialEq)]
@@ -64,7 +77,7 @@ pub struct TrainConfig {
     #[config(default = "defaults::WARMUP_STEPS")]
     pub warmup_steps: u64,
     /// What the LR does after warm-up.
-    #[config(default = "LrSchedule::Constant")]
+    #[config(default = "defaults::LR_SCHEDULE")]
     pub lr_schedule: LrSchedule,
     /// Floor of the cosine schedule as a fraction of the peak rate.
     #[config(default = "defaults::MIN_LR_RATIO")]
@@ -94,7 +107,7 @@ pub struct TrainConfig {
     #[config(default = "defaults::TIMESTEPS")]
     pub timesteps: usize,
     /// Beta schedule.
-    #[config(default = "BetaSchedule::Linear")]
+    #[config(default = "defaults::BETA_SCHEDULE")]
     pub beta_schedule: BetaSchedule,
     /// Seed of everything random in the run (initial weights, batches, timesteps, noise, dropout).
     #[config(default = "defaults::SEED")]
