@@ -24,10 +24,6 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The file helpers every run, trial and search writes with: atomic whole-file writes and
-/// synced JSONL appends.
-pub use crate::train::checkpoint::{append_jsonl, write_atomic as write_file_atomic};
-
 pub const GENOME_FILE: &str = "genome.json";
 pub const RUN_FILE: &str = "train.json";
 

@@ -653,33 +653,21 @@ fn block_search_end_to_end_on_real_data() {
         md.contains("| teacher |") && md.contains("| student-diffusion-only |"),
         "{md}"
     );
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["search", "block", "--resume", "--teacher"];
+        args.extend([
+            teacher.to_str().unwrap(),
+            "--run-dir",
+            dir.to_str().unwrap(),
+        ]);
+        args.extend_from_slice(extra);
+        diffnas(&args)
+    };
     // Run again with --resume: nothing is retrained, the report is rewritten.
-    let o = diffnas(&[
-        "search",
-        "block",
-        "--resume",
-        "--teacher",
-        teacher.to_str().unwrap(),
-        "--run-dir",
-        dir.to_str().unwrap(),
-        "--device",
-        "flex",
-        "--score-n",
-        "0",
-    ]);
+    let o = resume(&["--device", "flex", "--score-n", "0"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // A flag that would change the stored search is refused on --resume, naming the value.
-    let o = diffnas(&[
-        "search",
-        "block",
-        "--resume",
-        "--teacher",
-        teacher.to_str().unwrap(),
-        "--run-dir",
-        dir.to_str().unwrap(),
-        "--gamma",
-        "2",
-    ]);
+    let o = resume(&["--gamma", "2"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
@@ -743,9 +731,9 @@ fn block_pipeline_phases_as_library_calls() {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let work = tempfile::tempdir().unwrap();
-    let Some(data) = crate::search::small_fashion_mnist(work.path(), 64, 16) else {
-        return;
-    };
+    // Fails rather than skips: CI installs Fashion-MNIST (`.ci/setup`).
+    let data = crate::search::small_fashion_mnist(work.path(), 64, 16)
+        .expect("Fashion-MNIST is needed (apt-get install dataset-fashion-mnist)");
     let teacher_dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fmnist-tiny");
     let (tg, tfiles) = RunFiles::read(&teacher_dir).unwrap();
