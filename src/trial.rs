@@ -11,6 +11,8 @@
 
 use crate::data::Dataset;
 use crate::diffusion::NoiseSchedule;
+use crate::diffusion::SamplerKind;
+use crate::eval::ExtractorId;
 use crate::eval::extract::FeatureExtractor;
 use crate::eval::reference::Reference;
 use crate::eval::rfid::{GenerationConfig, KidConfig, score_denoiser};
@@ -60,6 +62,93 @@ impl TrialConfig {
             kid: Some(KidConfig::default()),
         }
     }
+
+    /// The proxy these settings score with `extractor`'s features.
+    pub fn proxy(&self, extractor: &ExtractorId) -> Proxy {
+        Proxy {
+            metric: Proxy::metric_for(extractor),
+            extractor: extractor.clone(),
+            n: self.score.n,
+            sampler: self.score.sampler,
+            sampling_steps: self.score.steps,
+            train_steps: self.train.steps,
+            batch_size: self.train.batch_size,
+            lr: self.train.lr,
+        }
+    }
+}
+
+/// What a trial's score measures: the distance and its feature space, how many samples of
+/// which sampler at how many steps, after which training. Two scores rank against each other
+/// only when their proxies are equal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proxy {
+    /// `RFID` (Inception features) or `R` + the extractor's distance (`RFD-classifier`): a
+    /// reduced score is never mistaken for a full one.
+    pub metric: String,
+    pub extractor: ExtractorId,
+    pub n: usize,
+    pub sampler: SamplerKind,
+    pub sampling_steps: usize,
+    pub train_steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+}
+
+impl Proxy {
+    /// The Inception features' width: below this many samples their covariance is singular.
+    pub const INCEPTION_MIN_N: usize = 2048;
+
+    /// The score's name for a feature space: `RFID` for Inception features, else `R` + the
+    /// distance (`RFD-classifier`).
+    pub fn metric_for(ext: &ExtractorId) -> String {
+        if ext.distance == "FID" {
+            "RFID".into()
+        } else {
+            format!("R{}", ext.distance)
+        }
+    }
+
+    /// e.g. `RFD-classifier @ 500 x DDIM-10`: the label of every record, table and chart.
+    pub fn label(&self) -> String {
+        let sampler = match self.sampler {
+            SamplerKind::Ddim => "DDIM",
+            SamplerKind::Ddpm => "DDPM",
+        };
+        format!(
+            "{} @ {} x {sampler}-{}",
+            self.metric, self.n, self.sampling_steps
+        )
+    }
+
+    /// The label with the training it follows and the features' identity.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} after {} training steps (batch {}, peak LR {:e}); features: {}",
+            self.label(),
+            self.train_steps,
+            self.batch_size,
+            self.lr,
+            self.extractor
+        )
+    }
+
+    /// What a reader of the score should know: an Inception score from fewer than 2,048
+    /// samples.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.extractor.distance == "FID" && self.n < Self::INCEPTION_MIN_N {
+            w.push(format!(
+                "{} from {} samples, fewer than the Inception features' {} dimensions: their \
+                 covariance is singular and the value carries a large N-dependent bias; it \
+                 ranks trials scored the same way and is not an FID",
+                self.metric,
+                self.n,
+                Self::INCEPTION_MIN_N
+            ));
+        }
+        w
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +179,13 @@ pub struct TrialOutcome {
     pub score_seconds: f64,
     pub seconds: f64,
     pub reason: Option<String>,
+    /// How the score was made (None: a stub score, or a record from before proxies were
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Proxy>,
+    /// What a reader of the score should know (e.g. an Inception score from few samples).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl TrialOutcome {
@@ -106,13 +202,16 @@ impl TrialOutcome {
             score_seconds: 0.0,
             seconds: 0.0,
             reason: Some(reason),
+            proxy: None,
+            warnings: Vec::new(),
         }
     }
 }
 
 /// Scores genomes. Search strategies see only this.
 pub trait Evaluator {
-    /// Name of the score, e.g. `RFID` or `RFD-classifier`.
+    /// The score's label, e.g. `RFD-classifier @ 500 x DDIM-10` ([`Proxy::label`]), or
+    /// `stub`.
     fn metric(&self) -> String;
     /// Evaluate `genome`; `dir` (when given) holds the trial's files and checkpoints, so that an
     /// interrupted trial resumes. `stop` asks for an early, resumable stop.
@@ -184,15 +283,9 @@ impl ProxyEvaluator {
         })
     }
 
-    /// `R` + the extractor's distance: `RFID` for Inception features, `RFD-classifier` for the
-    /// classifier's, so a reduced score is never mistaken for a full one.
-    pub fn metric_name(ext: &dyn FeatureExtractor) -> String {
-        let d = &ext.id().distance;
-        if d == "FID" {
-            "RFID".into()
-        } else {
-            format!("R{d}")
-        }
+    /// The proxy every trial of this evaluator is scored with.
+    pub fn proxy(&self) -> Proxy {
+        self.cfg.proxy(self.extractor.id())
     }
 
     fn run(
@@ -201,7 +294,7 @@ impl ProxyEvaluator {
         dir: Option<&Path>,
         stop: &AtomicBool,
     ) -> Result<TrialOutcome, (TrialStatus, String)> {
-        let metric = self.metric();
+        let metric = self.proxy().metric;
         let t0 = Instant::now();
         self.space
             .validate(genome)
@@ -268,6 +361,9 @@ impl ProxyEvaluator {
         );
         self.progress = progress;
         let score = scored.map_err(|e| (TrialStatus::Failed, format!("scoring: {e}")))?;
+        let proxy = self.proxy();
+        let mut warnings = proxy.warnings();
+        warnings.extend(score.warnings);
         Ok(TrialOutcome {
             status: TrialStatus::Ok,
             score: Some(score.value),
@@ -280,18 +376,20 @@ impl ProxyEvaluator {
             score_seconds: t1.elapsed().as_secs_f64(),
             seconds: t0.elapsed().as_secs_f64(),
             reason: None,
+            proxy: Some(proxy),
+            warnings,
         })
     }
 }
 
 impl Evaluator for ProxyEvaluator {
     fn metric(&self) -> String {
-        Self::metric_name(self.extractor.as_ref())
+        self.proxy().label()
     }
 
     fn evaluate(&mut self, genome: &Genome, dir: Option<&Path>, stop: &AtomicBool) -> TrialOutcome {
         let t0 = Instant::now();
-        let metric = self.metric();
+        let metric = self.proxy().metric;
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(genome, dir, stop)));
         let (status, reason) = match result {
@@ -376,6 +474,8 @@ impl Evaluator for StubEvaluator {
             score_seconds: 0.0,
             seconds: 0.0,
             reason: None,
+            proxy: None,
+            warnings: Vec::new(),
         }
     }
 }

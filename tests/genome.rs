@@ -122,6 +122,52 @@ fn canonical_json_and_hash() {
     assert!(!c.contains(' '));
 }
 
+#[test]
+fn the_hash_names_the_network_that_is_built() {
+    // tiny: base 24, groups 8. At 24 channels, 0.5 and 0.75 both build 16 hidden channels
+    // (1.5 and 2.25 groups round to 2); at 48, they build 24 and 40.
+    let g = Genome::tiny();
+    let mut a = g.clone();
+    let mut b = g.clone();
+    assert_eq!(a.encoder[0].channel_mult * a.base_channels, 24);
+    a.encoder[0].res_blocks[0].hidden_mult = 0.5;
+    b.encoder[0].res_blocks[0].hidden_mult = 0.75;
+    let la = a.layout().unwrap();
+    let lb = b.layout().unwrap();
+    assert_eq!(la, lb, "the same network");
+    assert_eq!(a.hash(), b.hash());
+    // At 48 channels (level 1) the two differ, and so do the hashes.
+    let (mut c, mut d) = (g.clone(), g.clone());
+    assert_eq!(c.encoder[1].channel_mult * c.base_channels, 48);
+    c.encoder[1].res_blocks[0].hidden_mult = 0.5;
+    d.encoder[1].res_blocks[0].hidden_mult = 0.75;
+    assert_ne!(c.layout().unwrap(), d.layout().unwrap());
+    assert_ne!(c.hash(), d.hash());
+    // With head_channels set, `heads` builds nothing.
+    let mut e = g.clone();
+    e.attention.head_channels = Some(12);
+    let mut e2 = e.clone();
+    e2.attention.heads = 1;
+    assert_eq!(e.hash(), e2.hash());
+    // One it has does.
+    let mut f = g.clone();
+    f.attention.resolutions.push(14);
+    assert_ne!(f.hash(), g.hash());
+    // Heads, dropout and the timestep width are part of the network.
+    for change in [
+        |x: &mut Genome| x.attention.heads = 2,
+        |x: &mut Genome| x.dropout = 0.1,
+        |x: &mut Genome| x.time_embed_mult = 2,
+    ] {
+        let mut h = g.clone();
+        change(&mut h);
+        assert_ne!(h.hash(), g.hash());
+    }
+    // A genome whose blocks already say the width they build keeps its hash (the standard
+    // 1.0 everywhere): hashes of such genomes are the same as before hashes were canonical.
+    assert_eq!(g.canonical(), g);
+}
+
 fn small_space() -> SearchSpace {
     let mut s = SearchSpace::for_image(ImageSpec {
         channels: 1,

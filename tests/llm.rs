@@ -359,6 +359,41 @@ fn llm_search_end_to_end_with_scripted_server() {
     );
     assert!(!err1.contains(secret) && !err2.contains(secret));
     assert!(!String::from_utf8_lossy(&second.stdout).contains(secret));
+
+    // The LLM search goes on one chart and in one table with a random search on the same
+    // evaluator.
+    let random = work.path().join("random");
+    let bin = env!("CARGO_BIN_EXE_diffnas");
+    let o = Command::new(bin)
+        .args([
+            "search",
+            "random",
+            "--evaluator",
+            "stub",
+            "--trials",
+            "5",
+            "--scale",
+        ])
+        .args(["standard", "--device", "flex", "--run-dir"])
+        .arg(&random)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(bin)
+        .arg("report")
+        .arg(&dir)
+        .arg("--compare")
+        .arg(&random)
+        .args(["--target", "100"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        md.contains("| llm | 1 |") && md.contains("| random | 1 |"),
+        "{md}"
+    );
+    assert!(dir.join("best_vs_trials_over_seeds.png").is_file());
 }
 
 /// A search whose every proposal is rejected trains nothing: it fails (exit 1) and says why,

@@ -297,12 +297,26 @@ fn killed_search_resumes_with_every_trial_once() {
         assert_eq!(r.index, i);
         assert!(r.score().is_some(), "trial {i}: {:?}", r.outcome);
         assert_eq!(r.outcome.metric, "RFD-classifier");
+        let p = r
+            .outcome
+            .proxy
+            .as_ref()
+            .expect("the record names its proxy");
+        assert_eq!(p.label(), "RFD-classifier @ 40 x DDIM-3");
+        assert_eq!((p.train_steps, p.batch_size), (40, 8));
     }
     // The search configuration was written before the first trial and still describes it.
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("search.json")).unwrap()).unwrap();
     assert_eq!(cfg["strategy"], "evolution");
     assert_eq!(cfg["trial"]["train"]["steps"], 40);
+    assert_eq!(cfg["metric"], "RFD-classifier @ 40 x DDIM-3");
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("**RFD-classifier @ 40 x DDIM-3**")
+            && report.contains("Proxy: RFD-classifier @ 40 x DDIM-3 after 40 training steps"),
+        "{report}"
+    );
 
     // The same search, never interrupted, ends with the same trials and the same scores.
     let whole = work.path().join("whole");
@@ -321,6 +335,37 @@ fn killed_search_resumes_with_every_trial_once() {
         .map(|r| (r.hash.clone(), r.score(), r.outcome.final_loss))
         .collect();
     assert_eq!(resumed, same, "kill and resume changed the search");
+
+    // Runs scored the same way compare; a run scored with more samples is refused, both
+    // proxies named.
+    let o = run(&[
+        "report",
+        dir.to_str().unwrap(),
+        "--compare",
+        whole.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let other = work.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(whole.join("trials.jsonl"), other.join("trials.jsonl")).unwrap();
+    let mut cfg2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(whole.join("search.json")).unwrap()).unwrap();
+    cfg2["trial"]["score"]["n"] = 80.into();
+    std::fs::write(other.join("search.json"), cfg2.to_string()).unwrap();
+    let o = run(&[
+        "report",
+        dir.to_str().unwrap(),
+        "--compare",
+        other.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("scored differently")
+            && err.contains("RFD-classifier @ 40 x DDIM-3")
+            && err.contains("RFD-classifier @ 80 x DDIM-3"),
+        "{err}"
+    );
 
     // Every trial folder is a run directory; the best keeps its last checkpoint so that it
     // can be trained further, the others only their weights.
@@ -477,52 +522,190 @@ fn spearman_matches_scipy() {
     assert_eq!(spearman(&[1.0, 2.0], &[5.0, 5.0]), None);
 }
 
+/// A study row's values that do not depend on timing: hash, training, held-out loss, scores.
+type StudyValues = (
+    String,
+    String,
+    Option<f64>,
+    Vec<(String, usize, usize, f64)>,
+);
+
+fn study_values(dir: &Path) -> Vec<StudyValues> {
+    let mut rows: Vec<_> = diffnas::search::fidelity::read_rows(dir)
+        .into_iter()
+        .map(|r| {
+            let scores = r
+                .scores
+                .iter()
+                .map(|s| (s.metric.clone(), s.n, s.steps, s.value))
+                .collect();
+            (r.hash, r.training, r.heldout_eps_mse, scores)
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    rows
+}
+
 #[test]
-fn proxy_check_reports_spearman_and_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("s");
+fn proxy_study_resumes_after_a_kill_to_the_uninterrupted_result() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let data = format!(
+        "fashion-mnist:{}",
+        diffnas::data::DataSource::fashion_mnist_dirs()
+            .into_iter()
+            .find(|d| d.join("train-images-idx3-ubyte.gz").is_file())
+            .expect("Fashion-MNIST (Debian's dataset-fashion-mnist) is installed")
+            .display()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
     let bin = env!("CARGO_BIN_EXE_diffnas");
-    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .env("DIFFNAS_HOME", &home)
+            .output()
+            .unwrap()
+    };
     let o = run(&[
-        "search",
-        "random",
-        "--run-dir",
-        d.to_str().unwrap(),
-        "--evaluator",
-        "stub",
-        "--trials",
-        "10",
+        "eval",
+        "train-classifier",
+        "--data",
+        &data,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--max-images",
+        "2000",
         "--device",
         "flex",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let check = || {
-        let a = [
+    let study = |dir: &Path| -> Vec<String> {
+        [
             "search",
             "proxy-check",
-            d.to_str().unwrap(),
+            "--run-dir",
+            dir.to_str().unwrap(),
+            "--data",
+            &data,
+            "--max-images",
+            "500",
             "--architectures",
+            "3",
+            "--full-steps",
+            "24",
+            "--proxy-steps",
             "6",
-        ];
-        run(&[&a[..], &["--steps", "50", "--device", "flex"]].concat())
+            "--proxy-score-n",
+            "24",
+            "--full-score-n",
+            "32",
+            "--full-score-steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--device",
+            "flex",
+        ]
+        .map(String::from)
+        .to_vec()
     };
-    // The stub's score does not depend on training length: the ranking is reproduced exactly.
-    let o = check();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["architectures"], 6);
-    assert_eq!(v["spearman_rho"], 1.0);
-    assert_eq!(v["long_steps"], 50);
-    let rows = std::fs::read_to_string(d.join("proxy-check/results.jsonl")).unwrap();
-    assert_eq!(rows.lines().count(), 6);
-    // Run again: nothing re-trained.
-    let o = check();
-    assert!(o.status.success());
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("steps ..."));
-    assert_eq!(
-        std::fs::read_to_string(d.join("proxy-check/results.jsonl")).unwrap(),
-        rows
+    let whole = work.path().join("whole");
+    let o = run(&study(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(whole.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["architectures"], 3);
+    let measures = summary["measures"].as_array().unwrap();
+    for m in [
+        "proxy-6 FD-classifier @ 12 x DDIM-10",
+        "proxy-6 KID-classifier @ 24 x DDIM-20",
+        "proxy-12 heldout-eps-MSE",
+        "proxy-3 TSE",
+        "proxy-6-lr2e-4 TSE-late",
+        "full FD-classifier @ 16 x DDIM-4",
+    ] {
+        assert!(
+            measures.iter().any(|x| x["measure"] == m),
+            "{m} missing from {measures:?}"
+        );
+    }
+    // The ground truth is not ranked against itself.
+    assert!(
+        !measures
+            .iter()
+            .any(|x| x["measure"] == "full FD-classifier @ 32 x DDIM-4")
     );
+    let csv = std::fs::read_to_string(whole.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), measures.len() + 1);
+    // Asked again without --resume: refused; with --resume and another setting: refused.
+    let o = run(&study(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&[
+        "search",
+        "proxy-check",
+        "--resume",
+        "--run-dir",
+        whole.to_str().unwrap(),
+        "--full-steps",
+        "30",
+        "--device",
+        "flex",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--full-steps"), "{err}");
+
+    // Killed once two trainings are recorded and a third has a checkpoint, then resumed.
+    let dir = work.path().join("killed");
+    let mut child = Command::new(bin)
+        .args(study(&dir))
+        .env("DIFFNAS_HOME", &home)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        assert!(t0.elapsed() < Duration::from_secs(600), "no progress");
+        let rows = diffnas::search::fidelity::read_rows(&dir).len();
+        let ck = std::fs::read_dir(dir.join("runs")).ok().is_some_and(|rd| {
+            rd.flatten().any(|a| {
+                std::fs::read_dir(a.path()).ok().is_some_and(|t| {
+                    t.flatten()
+                        .any(|u| u.path().join("checkpoints").join("latest").exists())
+                })
+            })
+        });
+        if rows >= 2 && ck {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = diffnas::search::fidelity::read_rows(&dir).len();
+    assert!(before < 15, "{before} rows before the kill");
+    let o = run(&[
+        "search",
+        "proxy-check",
+        "--resume",
+        "--run-dir",
+        dir.to_str().unwrap(),
+        "--device",
+        "flex",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{before}/15 trainings done")),
+        "{err}"
+    );
+    assert_eq!(study_values(&dir), study_values(&whole));
 }
 
 #[test]
@@ -732,4 +915,126 @@ fn search_config_resume_check() {
             .contains("--strategy random differs from the evolution"),
         "{e}"
     );
+}
+
+#[test]
+fn kendall_and_the_bootstrap_interval() {
+    use diffnas::search::rank::{bootstrap_interval, kendall_tau, spearman};
+    // scipy.stats.kendalltau (tau-b).
+    let t = kendall_tau(&[1.0, 2.0, 3.0, 4.0, 5.0], &[3.0, 1.0, 2.0, 5.0, 4.0]).unwrap();
+    assert!((t - 0.4).abs() < 1e-12, "{t}");
+    let t = kendall_tau(&[1.0, 2.0, 2.0, 3.0], &[1.0, 3.0, 2.0, 4.0]).unwrap();
+    assert!((t - 0.9128709291752769).abs() < 1e-12, "{t}");
+    assert_eq!(kendall_tau(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), Some(-1.0));
+    assert_eq!(kendall_tau(&[1.0, 2.0], &[5.0, 5.0]), None);
+    let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+    let b = [2.0, 1.0, 4.0, 3.0, 6.0, 5.0, 8.0, 7.0, 10.0, 9.0];
+    let rho = spearman(&a, &b).unwrap();
+    let (lo, hi) = bootstrap_interval(&a, &b, 1000, 0.9, 0).unwrap();
+    assert!(
+        lo <= rho && rho <= hi && lo > 0.5 && hi <= 1.0,
+        "{lo} {rho} {hi}"
+    );
+    assert_eq!(bootstrap_interval(&a, &b, 1000, 0.9, 0), Some((lo, hi)));
+    // A perfect ranking stays perfect in every resample.
+    assert_eq!(bootstrap_interval(&a, &a, 200, 0.9, 1), Some((1.0, 1.0)));
+    assert_eq!(bootstrap_interval(&a[..2], &b[..2], 200, 0.9, 1), None);
+}
+
+#[test]
+fn a_log_written_before_canonical_hashes_resumes_without_training_twice() {
+    use diffnas::search::seen_hashes;
+    let dir = tempfile::tempdir().unwrap();
+    // The first trial of a random search, as an older version logged it: under a hash of
+    // the old scheme (its folder's name).
+    let (_, first) = search(dir.path(), &mut RandomSearch::new(4), 1);
+    let mut old = first[0].clone();
+    old.hash = "00000000000000ab".into();
+    let text = serde_json::to_string(&old).unwrap() + "\n";
+    let fresh = tempfile::tempdir().unwrap();
+    std::fs::write(fresh.path().join("trials.jsonl"), text).unwrap();
+    let log = TrialLog::open(fresh.path()).unwrap();
+    assert_eq!(log.records[0].hash, "00000000000000ab");
+    assert_eq!(
+        log.records[0].run_dir(),
+        Path::new("trials").join("00000000000000ab"),
+        "its folder keeps the stored name"
+    );
+    let seen = seen_hashes(&log.records);
+    assert!(seen.contains("00000000000000ab") && seen.contains(&old.genome.hash()));
+    // Resumed to 6 trials: the old record stays first, and no network trains twice.
+    let (_, all) = search(fresh.path(), &mut RandomSearch::new(4), 6);
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0], old);
+    let networks: HashSet<String> = all.iter().map(|r| r.genome.hash()).collect();
+    assert_eq!(networks.len(), 6);
+}
+
+#[test]
+fn compare_over_seeds_gives_the_spread_and_the_trials_to_reach_a_score() {
+    use diffnas::search::report::{RunSummary, by_strategy, spread};
+    let root = tempfile::tempdir().unwrap();
+    let mut dirs = Vec::new();
+    for seed in 0..3 {
+        let e = root.path().join(format!("evolution-{seed}"));
+        let mut evo = Evolution::new(seed, EvolutionConfig::default()).unwrap();
+        search(&e, &mut evo, 20);
+        std::fs::write(e.join("search.json"), r#"{"strategy": "evolution"}"#).unwrap();
+        let r = root.path().join(format!("random-{seed}"));
+        search(&r, &mut RandomSearch::new(seed), 20);
+        std::fs::write(r.join("search.json"), r#"{"strategy": "random"}"#).unwrap();
+        dirs.extend([e, r]);
+    }
+    let runs: Vec<RunSummary> = dirs.iter().map(|d| RunSummary::load(d).unwrap()).collect();
+    let groups = by_strategy(&runs);
+    assert_eq!(
+        groups
+            .iter()
+            .map(|g| (g.0.as_str(), g.1.len()))
+            .collect::<Vec<_>>(),
+        [("evolution", 3), ("random", 3)]
+    );
+    // The spread at trial t is the median, min and max of the seeds' best after t trials.
+    let s = spread(&groups[1].1);
+    assert_eq!(s.len(), 20);
+    for &(t, med, lo, hi) in &s {
+        let mut v: Vec<f64> = groups[1]
+            .1
+            .iter()
+            .map(|r| r.best_after(t).unwrap())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        assert_eq!((lo, med, hi), (v[0], v[1], v[2]), "trial {t}");
+    }
+    // The score every seed of both reaches; the trials to reach it, per seed.
+    let target = runs
+        .iter()
+        .map(|r| r.best_so_far().last().unwrap().2)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let per_seed: Vec<String> = groups[0]
+        .1
+        .iter()
+        .map(|r| r.reached(target).unwrap().0.to_string())
+        .collect();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
+        .arg("report")
+        .arg(&dirs[0])
+        .args(
+            dirs[1..]
+                .iter()
+                .flat_map(|d| [std::ffi::OsStr::new("--compare"), d.as_os_str()]),
+        )
+        .args(["--target", &target.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(dirs[0].join("report.md")).unwrap();
+    assert!(md.contains("## Strategies over seeds"), "{md}");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| evolution | 3 |"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(row.contains(&format!("({})", per_seed.join(", "))), "{row}");
+    let png = std::fs::read(dirs[0].join("best_vs_trials_over_seeds.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }

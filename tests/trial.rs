@@ -12,8 +12,9 @@ use diffnas::rundir::{RunFiles, RunSource, Weights, load_denoiser};
 use diffnas::trial::{Evaluator, ProxyEvaluator, TrialConfig, TrialStatus};
 use std::sync::atomic::AtomicBool;
 
-fn evaluator() -> Option<ProxyEvaluator> {
-    let dir = crate::data::fashion_dir()?;
+fn evaluator() -> ProxyEvaluator {
+    let dir = crate::data::fashion_dir()
+        .expect("Fashion-MNIST (Debian's dataset-fashion-mnist) is installed");
     let mut data = DataSource::FashionMnist(Some(dir))
         .load(Split::Train)
         .unwrap();
@@ -56,7 +57,7 @@ fn evaluator() -> Option<ProxyEvaluator> {
         max_macs: None,
         min_params: None,
     });
-    Some(ProxyEvaluator {
+    ProxyEvaluator {
         space,
         data,
         cfg,
@@ -69,12 +70,12 @@ fn evaluator() -> Option<ProxyEvaluator> {
             device: diffnas::device::flex().info,
         }),
         progress: None,
-    })
+    }
 }
 
 #[test]
 fn trials_succeed_or_fail_with_reasons() {
-    let Some(mut ev) = evaluator() else { return };
+    let mut ev = evaluator();
     let stop = AtomicBool::new(false);
     let g = Genome::tiny_for(ImageSpec {
         channels: 1,
@@ -94,6 +95,21 @@ fn trials_succeed_or_fail_with_reasons() {
     let run = load_denoiser(dir.path(), Weights::Ema, &Device::flex()).unwrap();
     assert_eq!(run.genome, genome);
     assert_eq!(ok.metric, "RFD-classifier");
+    // The record says how the score was made.
+    let proxy = ok.proxy.clone().expect("a scored trial records its proxy");
+    assert_eq!(proxy.label(), "RFD-classifier @ 32 x DDIM-2");
+    assert_eq!(ev.metric(), proxy.label());
+    assert_eq!(
+        (proxy.n, proxy.sampling_steps, proxy.train_steps),
+        (32, 2, 12)
+    );
+    assert_eq!(proxy.extractor.kind, "classifier");
+    // The score's own caveat (32 samples in 128-d features) is in the record.
+    assert!(
+        ok.warnings.len() == 1 && ok.warnings[0].contains("32 samples < feature dimension 128"),
+        "{:?}",
+        ok.warnings
+    );
     assert!(ok.score.unwrap().is_finite() && ok.score.unwrap() > 0.0);
     assert_eq!(ok.params, Some(diffnas::genome::cost(&g).unwrap().params));
     assert!(ok.train_seconds > 0.0 && ok.score_seconds > 0.0);
@@ -123,4 +139,81 @@ fn trials_succeed_or_fail_with_reasons() {
     let r = ev.evaluate(&big, None, &stop);
     assert_eq!(r.status, TrialStatus::Invalid);
     assert!(r.reason.unwrap().contains("max_params"));
+}
+
+#[test]
+fn an_inception_proxy_below_2048_samples_carries_a_warning() {
+    let cfg = TrialConfig::rapid(200, 32);
+    let mut p = cfg.proxy(&diffnas::eval::ExtractorId::inception(
+        "0123456789abcdef0123",
+    ));
+    p.n = 500;
+    assert_eq!(p.label(), "RFID @ 500 x DDIM-50");
+    let w = p.warnings();
+    assert_eq!(w.len(), 1);
+    assert!(
+        w[0].contains("500 samples") && w[0].contains("2048"),
+        "{w:?}"
+    );
+    p.n = 2048;
+    assert!(p.warnings().is_empty());
+    // The classifier's features are 128-d: no warning at any N the search uses.
+    let mut c = cfg.proxy(&diffnas::eval::ExtractorId::classifier("0123456789abcdef"));
+    c.n = 500;
+    assert_eq!(c.label(), "RFD-classifier @ 500 x DDIM-50");
+    assert!(c.warnings().is_empty());
+}
+
+#[test]
+fn held_out_denoising_loss_is_lower_after_training() {
+    use burn::module::Module;
+    use diffnas::diffusion::NoiseSchedule;
+    use diffnas::eval::heldout::HeldOutSet;
+    use diffnas::model::Unet;
+    use diffnas::train::{TrainConfig, TrainOptions, train};
+    let dir = crate::data::fashion_dir()
+        .expect("Fashion-MNIST (Debian's dataset-fashion-mnist) is installed");
+    let src = DataSource::FashionMnist(Some(dir));
+    let mut data = src.load(Split::Train).unwrap();
+    data.truncate(512);
+    let test = src.load(Split::Test).unwrap();
+    let cfg = TrainConfig::new()
+        .with_steps(60)
+        .with_batch_size(8)
+        .with_lr(1e-3)
+        .with_warmup_steps(5)
+        .with_ema_decay(0.9)
+        .with_checkpoint_every(0);
+    let schedule = NoiseSchedule::new(cfg.beta_schedule, cfg.timesteps).unwrap();
+    let set = HeldOutSet::new(&test, 128, cfg.timesteps, 0);
+    assert_eq!(set.len(), 128);
+    let g = Genome::tiny_for(ImageSpec {
+        channels: 1,
+        size: 28,
+    });
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    ad.seed(0);
+    let model = Unet::new(&g, &ad).unwrap();
+    // The UNet's output convolution starts at zero: it predicts no noise, and the loss is
+    // the noise's mean square, 1 up to sampling error (128 x 784 draws).
+    let untrained = set.eps_mse(&model.valid(), &schedule, &device, 64);
+    assert!((untrained - 1.0).abs() < 0.02, "{untrained}");
+    // The same triples give the same value, whatever the batch size.
+    let again = set.eps_mse(&model.valid(), &schedule, &device, 50);
+    assert!((again - untrained).abs() < 1e-6, "{again} vs {untrained}");
+    let out = train(
+        model,
+        &data,
+        &cfg,
+        &ad,
+        TrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let trained = set.eps_mse(&out.ema, &schedule, &device, 64);
+    assert!(
+        trained < 0.6 * untrained,
+        "trained {trained} vs untrained {untrained}"
+    );
 }

@@ -15,11 +15,14 @@ pub struct ReportArgs {
     /// Where to write report.md and the charts [default: RUN_DIR].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A score to reach: the comparison gives the trials and minutes each run needed.
+    #[arg(long)]
+    pub target: Option<f64>,
 }
 
 pub fn run(a: ReportArgs) -> anyhow::Result<i32> {
     let out = a.out.unwrap_or_else(|| a.run_dir.clone());
-    let w = write_report(&a.run_dir, &a.compare, &out)?;
+    let w = write_report(&a.run_dir, &a.compare, &out, a.target)?;
     for warning in &w.warnings {
         eprintln!("warning: {warning}");
     }

@@ -10,15 +10,16 @@
 use super::eval_cmd::{ExtractorArgs, cached_reference, extractor};
 use super::{Given, user_err};
 use crate::data::{DataSource, Split};
+use crate::eval::heldout::HeldOutSet;
 use crate::genome::ImageSpec;
 use crate::search::config::{
     EvaluatorKind, FIXED_ON_RESUME, Scale, SearchConfig, SearchRequest, StrategyChoice, defaults,
 };
+use crate::search::fidelity::{self, StudyConfig, StudyEnv, StudyEvent, StudyRequest, run_study};
 use crate::search::llm::client::LlmConfig;
 use crate::search::llm::prompt::MemoryLimits;
 use crate::search::llm::{LlmSearchConfig, RoundFile, defaults as llm_defaults};
-use crate::search::rank::{long_config, proxy_check, spread_picks};
-use crate::search::{SearchEvent, SearchStatus, TrialLog, run_search};
+use crate::search::{SearchEvent, SearchStatus, run_search};
 use crate::trial::{Evaluator, ProxyEvaluator, StubEvaluator, TrialProgress};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -36,8 +37,10 @@ pub enum SearchCmd {
     ///   OPENAI_API_KEY=... diffnas search llm --llm-base-url https://api.openai.com/v1 --llm-model gpt-4o
     #[command(verbatim_doc_comment)]
     Llm(LlmArgs),
-    /// Does the proxy rank correctly? Re-train N of a search's architectures (spread over its
-    /// ranking) with a longer schedule and report Spearman's rho between the two scores.
+    /// Does the proxy rank like full training? Architectures spread over a scale's space, each
+    /// trained with the full schedule and with proxy variants; every proxy measure is ranked
+    /// against the full score (Spearman with a bootstrap interval, Kendall, top 3, cost).
+    /// Resumable (--resume).
     ProxyCheck(ProxyCheckArgs),
     /// Block-wise distillation search: from a trained teacher, block supernets, a per-block
     /// local search for the cheapest path within gamma of the teacher's, and retraining with
@@ -53,17 +56,66 @@ pub enum SearchCmd {
 
 #[derive(Args, Debug, Clone)]
 pub struct ProxyCheckArgs {
-    /// A search run directory.
+    /// The study's folder.
+    #[arg(long, default_value = "runs/proxy-check")]
     pub run_dir: PathBuf,
-    /// Architectures to re-train, spread evenly over the proxy ranking.
-    #[arg(long, default_value_t = 6)]
+    /// Continue a stopped study (its study.json is used; no other study flag may be given).
+    #[arg(long)]
+    pub resume: bool,
+    /// fashion-mnist[:DIR], mnist:DIR, cifar10:PATH or folder:DIR.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub data: DataSource,
+    /// Use only the first N training images.
+    #[arg(long)]
+    pub max_images: Option<usize>,
+    /// The space and the proxy under study are those of a search at this scale.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub scale: Scale,
+    /// Architectures, spread over the space's cost range.
+    #[arg(long, default_value_t = fidelity::defaults::ARCHITECTURES)]
     pub architectures: usize,
-    /// Training steps of the longer runs (warm-up and checkpoints scale with it).
-    #[arg(long, default_value_t = 2000)]
-    pub steps: u64,
+    /// Steps of the full schedule (the ground truth).
+    #[arg(long, default_value_t = fidelity::defaults::FULL_STEPS)]
+    pub full_steps: u64,
+    #[arg(long, default_value_t = fidelity::defaults::SEED)]
+    pub seed: u64,
+    #[arg(long, default_value_t = defaults::TRIAL_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Steps of the default proxy (the others are half, twice, and it at a 5x lower LR)
+    /// [default: the scale's trial steps].
+    #[arg(long)]
+    pub proxy_steps: Option<u64>,
+    /// Peak LR of the default proxy [default: the scale's trial LR].
+    #[arg(long)]
+    pub proxy_lr: Option<f64>,
+    /// Samples of each proxy score.
+    #[arg(long, default_value_t = fidelity::defaults::PROXY_SCORE_N)]
+    pub proxy_score_n: usize,
+    /// Samples of the full score.
+    #[arg(long, default_value_t = fidelity::defaults::FULL_SCORE_N)]
+    pub full_score_n: usize,
+    /// DDIM steps of the full score.
+    #[arg(long, default_value_t = fidelity::defaults::FULL_SCORE_STEPS)]
+    pub full_score_steps: usize,
     #[command(flatten)]
     pub ext: ExtractorArgs,
 }
+
+/// The flags of `proxy-check` a resumed study may not be given.
+const STUDY_FLAGS: [&str; 12] = [
+    "data",
+    "max_images",
+    "scale",
+    "architectures",
+    "full_steps",
+    "seed",
+    "batch_size",
+    "proxy_steps",
+    "proxy_lr",
+    "proxy_score_n",
+    "full_score_n",
+    "full_score_steps",
+];
 
 #[derive(Args, Debug, Clone)]
 pub struct LlmArgs {
@@ -177,63 +229,194 @@ pub struct EvolutionArgs {
     pub crossover: f64,
 }
 
-fn run_proxy_check(a: ProxyCheckArgs) -> anyhow::Result<i32> {
+fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
     let selected = super::select_device(a.ext.device)?;
     eprintln!("device: {}", selected.info);
-    let cfg = SearchConfig::read(&a.run_dir)?;
-    let log = TrialLog::open(&a.run_dir)?;
-    let picks = spread_picks(&log, a.architectures);
-    if picks.len() < 2 {
-        return Err(user_err(format!(
-            "{}: {} scored trial(s); a rank correlation needs at least 2",
-            a.run_dir.display(),
-            picks.len()
-        )));
-    }
-    let proxy_steps = cfg.trial.train.steps;
-    let mut long = long_config(&cfg, a.steps);
-    let mut data = cfg.data.load(Split::Train)?;
+    let dir = &a.run_dir;
+    let cfg = match (a.resume, StudyConfig::read(dir)?) {
+        (true, Some(c)) => {
+            if let Some(f) = STUDY_FLAGS.iter().find(|f| given.has(f)) {
+                return Err(user_err(format!(
+                    "--{} was given, but a resumed study keeps the settings in {}",
+                    f.replace('_', "-"),
+                    StudyConfig::path(dir).display()
+                )));
+            }
+            c
+        }
+        (true, None) => {
+            return Err(user_err(format!(
+                "{}: no {} to resume from",
+                dir.display(),
+                fidelity::STUDY_FILE
+            )));
+        }
+        (false, Some(_)) => {
+            return Err(user_err(format!(
+                "{} already holds a study ({}); continue it with --resume or pick another --run-dir",
+                dir.display(),
+                fidelity::STUDY_FILE
+            )));
+        }
+        (false, None) => {
+            let data = a.data.load(Split::Train)?;
+            let image = ImageSpec {
+                channels: data.channels,
+                size: data.height,
+            };
+            let r = SearchRequest {
+                trial_batch_size: a.batch_size,
+                ..SearchRequest::defaults(a.scale, a.data.clone())
+            };
+            let search = SearchConfig::new(&r, image, &selected.info);
+            let t = &search.trial.train;
+            StudyConfig::new(&StudyRequest {
+                data: a.data.clone(),
+                max_images: a.max_images,
+                seed: a.seed,
+                space: search.space.clone(),
+                architectures: a.architectures,
+                include: Vec::new(),
+                full_steps: a.full_steps,
+                batch_size: a.batch_size,
+                proxies: StudyRequest::proxies_around(
+                    a.proxy_steps.unwrap_or(t.steps),
+                    a.proxy_lr.unwrap_or(t.lr),
+                ),
+                full_score_n: a.full_score_n,
+                full_score_steps: a.full_score_steps,
+                proxy_score_n: a.proxy_score_n,
+            })?
+        }
+    };
+    let mut train = cfg.data.load(Split::Train)?;
     if let Some(m) = cfg.max_images {
-        data.truncate(m);
+        train.truncate(m);
     }
-    let mut evaluator = build_evaluator(&mut long, data, &a.ext, &selected)?;
-    let k = picks.len();
-    let metric = cfg.metric.clone();
-    let summary = proxy_check(
-        &a.run_dir,
-        &metric,
-        proxy_steps,
-        a.steps,
-        &picks,
-        evaluator.as_mut(),
-        &mut |i, r| {
-            eprintln!(
-                "[{}/{k}] {} (proxy {metric} {:.4}): {} steps ...",
-                i + 1,
-                r.hash,
-                r.score().unwrap_or(f64::NAN),
-                a.steps
-            )
-        },
-        &mut |row| {
-            eprintln!(
-                "  -> {} after {:.0} s (proxy trial took {:.0} s)",
-                row.long_score
-                    .map_or("failed".into(), |s| format!("{s:.4}")),
-                row.long_seconds,
-                row.proxy_seconds
-            )
-        },
-    )?;
-    eprintln!(
-        "Spearman rho between proxy ({proxy_steps} steps) and long ({} steps) {}: {}",
-        a.steps,
-        cfg.metric,
-        summary
-            .spearman_rho
-            .map_or("undefined".into(), |r| format!("{r:.3}"))
+    let image = cfg.space.image;
+    let train = train.to_spec(image.channels, image.size)?;
+    let test = cfg
+        .data
+        .load(Split::Test)?
+        .to_spec(image.channels, image.size)?;
+    let heldout = HeldOutSet::new(
+        &test,
+        cfg.heldout_triples,
+        cfg.full().train.timesteps,
+        cfg.seed,
     );
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    super::eval_cmd::ensure_extractor(&a.ext, &cfg.data)?;
+    let ext = extractor(&a.ext, &cfg.data, &selected)?;
+    let spec = [image.channels, image.size, image.size];
+    let reference = cached_reference(ext.as_ref(), &cfg.data, Split::Train, spec)?;
+    let mut cfg = cfg;
+    match &cfg.extractor {
+        Some(id) if id != ext.id() => {
+            return Err(user_err(format!(
+                "this study was scored with {id}; now {} would be used. Pass the same \
+                 --extractor/--inception/--classifier as when it started",
+                ext.id()
+            )));
+        }
+        _ => cfg.extractor = Some(ext.id().clone()),
+    }
+    cfg.write(dir)?;
+    let env = StudyEnv {
+        train: &train,
+        heldout: &heldout,
+        extractor: ext.as_ref(),
+        reference: &reference,
+        device: &selected.device,
+    };
+    let stop = super::progress::stop_on_ctrlc("stopping the study at a checkpoint");
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let rows = run_study(dir, &cfg, &env, &stop, &mut |e| match e {
+        StudyEvent::Started { done, total } => {
+            eprintln!(
+                "proxy study in {}: {done}/{total} trainings done",
+                dir.display()
+            )
+        }
+        StudyEvent::UnitStarted {
+            index,
+            total,
+            arch,
+            training,
+            steps,
+        } => {
+            eprintln!(
+                "[{}/{total}] {} ({:.2} M params, {:.1} M MACs) {training}: {steps} steps",
+                index + 1,
+                arch.hash,
+                arch.params as f64 / 1e6,
+                arch.macs as f64 / 1e6
+            );
+            bar = Some(super::progress::bar(steps, "train"));
+        }
+        StudyEvent::Train { done, .. } => {
+            if let Some(b) = &bar {
+                b.set_position(done)
+            }
+        }
+        StudyEvent::Sample { done, total } => {
+            let b = bar.get_or_insert_with(|| super::progress::bar(total as u64, "sample"));
+            if b.length() != Some(total as u64) || done as u64 <= b.position() {
+                b.finish_and_clear();
+                *b = super::progress::bar(total as u64, "sample");
+            }
+            b.set_position(done as u64);
+        }
+        StudyEvent::UnitDone(row) => {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+            let what = row.scores.first().map_or("no score".into(), |s| {
+                format!("{} {:.3} @ {} x DDIM-{}", s.metric, s.value, s.n, s.steps)
+            });
+            match (&row.reason, row.heldout_eps_mse) {
+                (Some(r), _) => eprintln!("  -> failed: {r}"),
+                (None, h) => eprintln!(
+                    "  -> {what}, held-out eps-MSE {:.4}, {:.0} s training",
+                    h.unwrap_or(f64::NAN),
+                    row.train_seconds
+                ),
+            }
+        }
+    })?;
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
+    }
+    let Some(summary) = fidelity::summarise(&cfg, &rows) else {
+        eprintln!("no architecture has its full training yet; continue with --resume");
+        return Ok(if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            130
+        } else {
+            0
+        });
+    };
+    fidelity::write_summary(dir, &summary)?;
+    eprintln!(
+        "{} architecture(s) against {}; best measures (Spearman rho [90% bootstrap], tau, cost):",
+        summary.architectures, summary.ground_truth
+    );
+    for m in summary.measures.iter().take(8) {
+        let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
+        eprintln!(
+            "  {:<48} {} [{}, {}]  tau {}  {:.0} s/trial ({:.0}% of full)",
+            m.measure,
+            f(m.spearman),
+            f(m.spearman_lo),
+            f(m.spearman_hi),
+            f(m.kendall_tau),
+            m.seconds_per_trial,
+            100.0 * m.cost_vs_full
+        );
+    }
+    eprintln!("summary: {}", dir.join(fidelity::SUMMARY_CSV).display());
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("stopped; continue with --resume");
+        return Ok(130);
+    }
     Ok(0)
 }
 
@@ -296,7 +479,7 @@ fn llm_choice(l: &LlmArgs) -> anyhow::Result<StrategyChoice> {
 
 pub fn run(cmd: SearchCmd, given: &Given) -> anyhow::Result<i32> {
     let (common, choice) = match cmd {
-        SearchCmd::ProxyCheck(a) => return run_proxy_check(a),
+        SearchCmd::ProxyCheck(a) => return run_proxy_check(a, given),
         SearchCmd::Block(a) => return super::block_cmd::run(a, given),
         SearchCmd::Random(a) => (a, StrategyChoice::Random),
         SearchCmd::Evolution(e) => (
@@ -427,7 +610,7 @@ fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i3
             ));
         }
     }
-    match crate::search::report::write_report(&dir, &[], &dir) {
+    match crate::search::report::write_report(&dir, &[], &dir, None) {
         Ok(w) => {
             for warning in &w.warnings {
                 eprintln!("warning: {warning}");

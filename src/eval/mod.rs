@@ -19,6 +19,8 @@ pub mod extract;
 #[cfg(feature = "cli")]
 pub mod fetch;
 #[cfg(feature = "cli")]
+pub mod heldout;
+#[cfg(feature = "cli")]
 pub mod reference;
 #[cfg(feature = "cli")]
 pub mod rfid;

@@ -159,7 +159,18 @@ pub fn score_images<E: std::fmt::Display>(
     // KID draws its subsets from all scored images (up to KID_MAX_ROWS), not from a prefix.
     let keep = kid_cfg.map_or(0, |_| n.min(KID_MAX_ROWS));
     let summary = summarise(ext, n, keep, next, on_done)?;
-    let (frechet, kid) = compare(&summary, ext.id(), reference, kid_cfg)?;
+    score_summary(&summary, ext, reference, kid_cfg, t0)
+}
+
+/// The score of extracted features (`t0`: when the work started, for its timing).
+fn score_summary(
+    summary: &FeatureSummary,
+    ext: &dyn FeatureExtractor,
+    reference: &Reference,
+    kid_cfg: Option<KidConfig>,
+    t0: std::time::Instant,
+) -> Result<Score, ScoreError> {
+    let (frechet, kid) = compare(summary, ext.id(), reference, kid_cfg)?;
     let seconds = t0.elapsed().as_secs_f64();
     let mut warnings = frechet.warnings.clone();
     if let Some(k) = &kid
@@ -191,19 +202,19 @@ pub fn score_images<E: std::fmt::Display>(
     })
 }
 
-/// Generate `cfg.n` samples from `model` and score them. `on_done(k)` reports images scored.
+/// Generate `cfg.n` samples from `model` and extract their features: the statistics of all
+/// of them and the first `keep` feature rows. `on_done(k)` reports images done.
 #[allow(clippy::too_many_arguments)]
-pub fn score_denoiser<D: Denoiser + ?Sized>(
+pub fn generated_features<D: Denoiser + ?Sized>(
     model: &D,
     schedule: NoiseSchedule,
     image_shape: [usize; 3],
     cfg: &GenerationConfig,
     ext: &dyn FeatureExtractor,
-    reference: &Reference,
-    kid_cfg: Option<KidConfig>,
+    keep: usize,
     device: &Device,
     on_done: &mut dyn FnMut(usize),
-) -> Result<Score, ScoreError> {
+) -> Result<FeatureSummary, ScoreError> {
     if cfg.n < 2 || cfg.steps == 0 || cfg.batch_size == 0 {
         return Err(ScoreError::Config(format!(
             "n = {} (at least 2), steps = {} and batch size = {} (at least 1)",
@@ -246,7 +257,35 @@ pub fn score_denoiser<D: Denoiser + ?Sized>(
         }
         Ok((pixels, [count, c, h, w]))
     };
-    let mut score = score_images(ext, reference, cfg.n, kid_cfg, &mut next, on_done)?;
+    Ok(summarise(ext, cfg.n, keep, &mut next, on_done)?)
+}
+
+/// Generate `cfg.n` samples from `model` and score them. `on_done(k)` reports images scored.
+#[allow(clippy::too_many_arguments)]
+pub fn score_denoiser<D: Denoiser + ?Sized>(
+    model: &D,
+    schedule: NoiseSchedule,
+    image_shape: [usize; 3],
+    cfg: &GenerationConfig,
+    ext: &dyn FeatureExtractor,
+    reference: &Reference,
+    kid_cfg: Option<KidConfig>,
+    device: &Device,
+    on_done: &mut dyn FnMut(usize),
+) -> Result<Score, ScoreError> {
+    let t0 = std::time::Instant::now();
+    let keep = kid_cfg.map_or(0, |_| cfg.n.min(KID_MAX_ROWS));
+    let summary = generated_features(
+        model,
+        schedule,
+        image_shape,
+        cfg,
+        ext,
+        keep,
+        device,
+        on_done,
+    )?;
+    let mut score = score_summary(&summary, ext, reference, kid_cfg, t0)?;
     score.generation = Some(cfg.clone());
     Ok(score)
 }

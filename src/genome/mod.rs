@@ -481,9 +481,12 @@ impl Genome {
         }
     }
 
-    /// Canonical JSON: fixed key order, no whitespace, floats in shortest round-trip form.
-    /// Two genomes that describe the same network have the same canonical JSON.
-    pub fn canonical_json(&self) -> String {
+    /// The same network in one normal form: each block's `hidden_mult` replaced by the width
+    /// it builds as a fraction of the block's output width (0.5 and 0.75 of 24 channels in
+    /// groups of 8 both build 16, so both become 16/24), attention resolutions sorted and
+    /// deduplicated, and `heads` zeroed where `head_channels` decides the heads. A genome that
+    /// is not structurally valid is returned with only the attention normalised.
+    pub fn canonical(&self) -> Genome {
         let mut g = self.clone();
         g.attention.resolutions.sort_unstable();
         g.attention.resolutions.dedup();
@@ -492,7 +495,32 @@ impl Genome {
             g.attention.heads = 0;
             g.attention.head_channels = Some(hc);
         }
-        let value = serde_json::to_value(&g).expect("a genome always serialises");
+        if self.check().is_err() {
+            return g;
+        }
+        let layout = self.layout_unchecked();
+        let ratio = |s: &ResBlockShape| s.hidden_channels as f64 / s.out_channels as f64;
+        for (level, (shapes, _)) in g.encoder.iter_mut().zip(&layout.encoder) {
+            for (b, s) in level.res_blocks.iter_mut().zip(shapes) {
+                b.hidden_mult = ratio(s);
+            }
+        }
+        for (b, s) in g.middle.res_blocks.iter_mut().zip(&layout.middle) {
+            b.hidden_mult = ratio(s);
+        }
+        for (level, (shapes, _)) in g.decoder.iter_mut().zip(&layout.decoder) {
+            for (b, s) in level.res_blocks.iter_mut().zip(shapes) {
+                b.hidden_mult = ratio(s);
+            }
+        }
+        g
+    }
+
+    /// Canonical JSON of [`Genome::canonical`]: fixed key order, no whitespace, floats in
+    /// shortest round-trip form. Two genomes that build the same network have the same
+    /// canonical JSON.
+    pub fn canonical_json(&self) -> String {
+        let value = serde_json::to_value(self.canonical()).expect("a genome always serialises");
         canonical_value(&value)
     }
 

@@ -82,8 +82,8 @@ pub struct SearchConfig {
     pub space: SearchSpace,
     pub trial: TrialConfig,
     pub limits: Limits,
-    /// The score's name (`RFID`, `RFD-classifier`, `stub`) and the extractor behind it, set
-    /// once the evaluator exists.
+    /// The score's label (`RFD-classifier @ 500 x DDIM-10`, `stub`; older searches stored
+    /// only the name) and the extractor behind it, set once the evaluator exists.
     pub metric: String,
     pub extractor: Option<crate::eval::ExtractorId>,
 }
@@ -239,6 +239,29 @@ pub struct SearchRequest {
     pub score_steps: Option<usize>,
 }
 
+impl SearchRequest {
+    /// A random search on `data` at `scale` with every other setting at its default.
+    pub fn defaults(scale: Scale, data: DataSource) -> SearchRequest {
+        SearchRequest {
+            strategy: StrategyChoice::Random,
+            scale,
+            seed: defaults::SEED,
+            data,
+            max_images: None,
+            evaluator: EvaluatorKind::Proxy,
+            trials: None,
+            max_minutes: None,
+            max_params: None,
+            max_macs: None,
+            trial_steps: None,
+            trial_batch_size: defaults::TRIAL_BATCH_SIZE,
+            trial_lr: None,
+            score_n: None,
+            score_steps: None,
+        }
+    }
+}
+
 /// The settings of a [`SearchRequest`] that a resume may not change, by name (the CLI's
 /// argument ids).
 pub const FIXED_ON_RESUME: [&str; 14] = [
@@ -319,6 +342,15 @@ impl SearchConfig {
             },
             metric: String::new(),
             extractor: None,
+        }
+    }
+
+    /// The proxy the trials are scored with: the trial settings and the extractor (None for a
+    /// stub evaluator, or before the extractor is known). The one place it is computed.
+    pub fn proxy(&self) -> Option<crate::trial::Proxy> {
+        match self.evaluator {
+            EvaluatorKind::Stub => None,
+            EvaluatorKind::Proxy => self.extractor.as_ref().map(|e| self.trial.proxy(e)),
         }
     }
 

@@ -104,9 +104,10 @@ impl Strategy for Evolution {
         };
         // A child the log does not hold yet, if a few tries find one.
         let mut child = None;
+        let seen = super::seen_hashes(log);
         for _ in 0..16 {
             match space.mutate(&base, &mut rng, 200) {
-                Some(g) if !log.iter().any(|r| r.hash == g.hash()) => {
+                Some(g) if !seen.contains(&g.hash()) => {
                     child = Some(g);
                     break;
                 }

@@ -10,6 +10,7 @@
 pub mod block;
 pub mod config;
 pub mod evolution;
+pub mod fidelity;
 pub mod llm;
 pub mod random;
 pub mod rank;
@@ -32,7 +33,7 @@ pub const TRIALS_DIR: &str = "trials";
 pub struct TrialRecord {
     /// 0-based position in the log.
     pub index: usize,
-    /// Canonical hash of the genome (16 hex digits).
+    /// [`Genome::hash`]: the network the trial built (16 hex digits); its folder's name.
     pub hash: String,
     pub strategy: String,
     /// How the candidate came about: `random`, `mutation of <hash>`, `llm round 3`, ...
@@ -199,6 +200,16 @@ impl TrialLog {
     }
 }
 
+/// The network hashes the log holds: each record's stored hash and the hash of its genome
+/// (they differ for records written before [`Genome::hash`] named the network that is built;
+/// their folders keep the stored name). A candidate whose hash is in it would train a network
+/// again.
+pub fn seen_hashes(log: &[TrialRecord]) -> std::collections::HashSet<String> {
+    log.iter()
+        .flat_map(|r| [r.hash.clone(), r.genome.hash()])
+        .collect()
+}
+
 /// A candidate from a strategy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Proposal {
@@ -276,6 +287,7 @@ pub fn run_search(
         max_trials: limits.max_trials,
     });
     let mut stale = 0;
+    let mut seen = seen_hashes(&log.records);
     loop {
         if log.trials() >= limits.max_trials {
             return Ok((SearchStatus::Finished, log));
@@ -297,7 +309,7 @@ pub fn run_search(
                 break;
             }
             let hash = p.genome.hash();
-            if log.contains(&hash) {
+            if seen.contains(&hash) {
                 on_event(SearchEvent::Skipped {
                     hash: &hash,
                     why: "duplicate of an evaluated genome",
@@ -316,6 +328,7 @@ pub fn run_search(
             });
             let tdir = dir.join(TRIALS_DIR).join(&hash);
             std::fs::create_dir_all(&tdir).map_err(|e| io_err(&tdir, e))?;
+            seen.insert(hash.clone());
             std::fs::write(tdir.join("genome.json"), p.genome.to_json_pretty())
                 .map_err(|e| io_err(&tdir, e))?;
             let outcome = evaluator.evaluate(&p.genome, Some(&tdir), stop);

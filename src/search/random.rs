@@ -34,6 +34,7 @@ impl Strategy for RandomSearch {
         // A few attempts at a genome the log does not hold yet; the loop skips (and counts) a
         // duplicate if every attempt collides.
         let mut last = None;
+        let seen = super::seen_hashes(log);
         for k in 0..16 {
             let mut rng = strategy_rng(self.seed, log.len(), k);
             let Some(g) = space.random(&mut rng, self.max_tries) else {
@@ -42,7 +43,7 @@ impl Strategy for RandomSearch {
                     self.max_tries
                 )));
             };
-            let fresh = !log.iter().any(|r| r.hash == g.hash());
+            let fresh = !seen.contains(&g.hash());
             last = Some(g);
             if fresh {
                 break;

@@ -37,120 +37,60 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
     (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
 }
 
-use super::config::SearchConfig;
-use super::{SearchError, TrialLog, TrialRecord, io_err};
-use crate::trial::Evaluator;
-use serde::{Deserialize, Serialize};
-use std::path::Path;
-use std::sync::atomic::AtomicBool;
-
-/// The folder of a proxy check inside its search's folder.
-pub const PROXY_CHECK_DIR: &str = "proxy-check";
-
-/// One line of `proxy-check/results.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProxyCheckRow {
-    pub hash: String,
-    pub proxy_score: f64,
-    pub long_score: Option<f64>,
-    pub long_seconds: f64,
-    pub proxy_seconds: f64,
-    pub reason: Option<String>,
-}
-
-/// `proxy-check/summary.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProxyCheckSummary {
-    pub metric: String,
-    pub proxy_steps: u64,
-    pub long_steps: u64,
-    /// Architectures with both scores.
-    pub architectures: usize,
-    pub spearman_rho: Option<f64>,
-    pub rows: Vec<ProxyCheckRow>,
-}
-
-/// `k` of a search's scored trials spread evenly over its ranking, best first.
-pub fn spread_picks(log: &TrialLog, k: usize) -> Vec<&TrialRecord> {
-    let mut scored: Vec<&TrialRecord> =
-        log.records.iter().filter(|r| r.score().is_some()).collect();
-    scored.sort_by(|x, y| x.score().partial_cmp(&y.score()).expect("finite"));
-    let k = k.min(scored.len());
-    if k < 2 {
-        return scored.into_iter().take(k).collect();
-    }
-    (0..k)
-        .map(|i| scored[i * (scored.len() - 1) / (k - 1)])
-        .collect()
-}
-
-/// The search's trial configuration stretched to `steps` (warm-up and checkpoints scale).
-pub fn long_config(cfg: &SearchConfig, steps: u64) -> SearchConfig {
-    let mut c = cfg.clone();
-    let t = &mut c.trial.train;
-    t.steps = steps;
-    t.warmup_steps = (steps / 20).max(1);
-    t.checkpoint_every = (steps / 4).max(1);
-    c
-}
-
-/// Re-train `picks` with `evaluator` (the search's, stretched by [`long_config`]) into
-/// `dir/proxy-check/<hash>/` and rank the long scores against the proxy's. Resumable: rows
-/// already in `results.jsonl` are kept, and each new one is appended as it finishes.
-/// `on_start(i, record)` and `on_done(row)` report progress.
-#[allow(clippy::too_many_arguments)]
-pub fn proxy_check(
-    dir: &Path,
-    metric: &str,
-    proxy_steps: u64,
-    long_steps: u64,
-    picks: &[&TrialRecord],
-    evaluator: &mut dyn Evaluator,
-    on_start: &mut dyn FnMut(usize, &TrialRecord),
-    on_done: &mut dyn FnMut(&ProxyCheckRow),
-) -> Result<ProxyCheckSummary, SearchError> {
-    let out = dir.join(PROXY_CHECK_DIR);
-    std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
-    let rows_path = out.join("results.jsonl");
-    let mut rows: Vec<ProxyCheckRow> = std::fs::read_to_string(&rows_path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let stop = AtomicBool::new(false);
-    for (i, r) in picks.iter().enumerate() {
-        if rows.iter().any(|x| x.hash == r.hash) {
-            continue;
+/// Kendall's tau-b (ties on either side accounted for). None with fewer than 2 pairs or when
+/// one side is constant.
+pub fn kendall_tau(a: &[f64], b: &[f64]) -> Option<f64> {
+    assert_eq!(a.len(), b.len(), "paired samples");
+    let n = a.len();
+    let (mut concordant, mut discordant, mut ties_a, mut ties_b) = (0i64, 0i64, 0i64, 0i64);
+    for i in 0..n {
+        for j in i + 1..n {
+            use std::cmp::Ordering::Equal;
+            let da = a[i].partial_cmp(&a[j]).expect("finite values");
+            let db = b[i].partial_cmp(&b[j]).expect("finite values");
+            match (da, db) {
+                (Equal, Equal) => {}
+                (Equal, _) => ties_a += 1,
+                (_, Equal) => ties_b += 1,
+                _ if da == db => concordant += 1,
+                _ => discordant += 1,
+            }
         }
-        on_start(i, r);
-        let o = evaluator.evaluate(&r.genome, Some(&out.join(&r.hash)), &stop);
-        let row = ProxyCheckRow {
-            hash: r.hash.clone(),
-            proxy_score: r.score().unwrap_or(f64::NAN),
-            long_score: o.score,
-            long_seconds: o.seconds,
-            proxy_seconds: r.outcome.seconds,
-            reason: o.reason,
-        };
-        on_done(&row);
-        super::append_line(&rows_path, &row)?;
-        rows.push(row);
     }
-    let pairs: Vec<(f64, f64)> = rows
-        .iter()
-        .filter_map(|r| Some((r.proxy_score, r.long_score?)))
+    let n0 = (concordant + discordant + ties_a) as f64;
+    let n1 = (concordant + discordant + ties_b) as f64;
+    (n0 > 0.0 && n1 > 0.0).then(|| (concordant - discordant) as f64 / (n0 * n1).sqrt())
+}
+
+/// Percentile bootstrap interval (`level`, e.g. 0.90) of Spearman's rho: `resamples` draws of
+/// the pairs with replacement from a seeded RNG; draws where rho is undefined (a constant
+/// side) are skipped. None when fewer than 3 pairs or no draw is defined.
+pub fn bootstrap_interval(
+    a: &[f64],
+    b: &[f64],
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Option<(f64, f64)> {
+    use rand::{RngExt, SeedableRng};
+    let n = a.len();
+    if n < 3 {
+        return None;
+    }
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed ^ 0xb007_0000_0000_0000);
+    let mut rhos: Vec<f64> = (0..resamples)
+        .filter_map(|_| {
+            let idx: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+            let x: Vec<f64> = idx.iter().map(|&i| a[i]).collect();
+            let y: Vec<f64> = idx.iter().map(|&i| b[i]).collect();
+            spearman(&x, &y)
+        })
         .collect();
-    let (p, l): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
-    let summary = ProxyCheckSummary {
-        metric: metric.to_string(),
-        proxy_steps,
-        long_steps,
-        architectures: pairs.len(),
-        spearman_rho: spearman(&p, &l),
-        rows,
-    };
-    let p = out.join("summary.json");
-    let text = serde_json::to_string_pretty(&summary).expect("serialises");
-    crate::train::write_atomic(&p, text.as_bytes()).map_err(|e| io_err(&p, e))?;
-    Ok(summary)
+    if rhos.is_empty() {
+        return None;
+    }
+    rhos.sort_by(f64::total_cmp);
+    let q = |p: f64| rhos[((p * (rhos.len() - 1) as f64).round() as usize).min(rhos.len() - 1)];
+    let tail = (1.0 - level) / 2.0;
+    Some((q(tail), q(1.0 - tail)))
 }

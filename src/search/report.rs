@@ -3,6 +3,7 @@
 //! several runs overlaid (LLM vs random vs evolution) when more than one is given.
 
 use super::{TrialLog, TrialRecord};
+use crate::trial::Proxy;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -12,7 +13,13 @@ use std::path::{Path, PathBuf};
 pub struct RunSummary {
     pub name: String,
     pub dir: PathBuf,
+    /// The score's label ([`Proxy::label`], or the stored name of the score).
     pub metric: String,
+    /// How the scores were made (None for a stub evaluator).
+    pub proxy: Option<Proxy>,
+    /// `random`, `evolution`, `llm` (empty when unknown): runs of one strategy with other
+    /// seeds are summarised together.
+    pub strategy: String,
     pub records: Vec<TrialRecord>,
 }
 
@@ -22,9 +29,18 @@ impl RunSummary {
         let cfg: Option<serde_json::Value> = std::fs::read(dir.join(super::CONFIG_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let metric = cfg
+        // The proxy from the search's configuration, else from its first scored trial.
+        let proxy = super::config::SearchConfig::read(dir)
+            .ok()
+            .and_then(|c| c.proxy())
+            .or_else(|| log.records.iter().find_map(|r| r.outcome.proxy.clone()));
+        let metric = proxy
             .as_ref()
-            .and_then(|c| c["metric"].as_str().map(str::to_string))
+            .map(Proxy::label)
+            .or_else(|| {
+                cfg.as_ref()
+                    .and_then(|c| c["metric"].as_str().map(str::to_string))
+            })
             .or_else(|| log.records.first().map(|r| r.outcome.metric.clone()))
             .unwrap_or_else(|| "score".into());
         let strategy = cfg
@@ -44,6 +60,8 @@ impl RunSummary {
             name,
             dir: dir.to_path_buf(),
             metric,
+            proxy,
+            strategy,
             records: log.records,
         })
     }
@@ -63,6 +81,23 @@ impl RunSummary {
             }
         }
         out
+    }
+
+    /// The best score after `trials` counted trials (None before the first scored one).
+    pub fn best_after(&self, trials: usize) -> Option<f64> {
+        self.best_so_far()
+            .into_iter()
+            .take_while(|x| x.0 <= trials)
+            .last()
+            .map(|x| x.2)
+    }
+
+    /// The first (trial, minute) at which the best score reached `target` or better.
+    pub fn reached(&self, target: f64) -> Option<(usize, f64)> {
+        self.best_so_far()
+            .into_iter()
+            .find(|x| x.2 <= target)
+            .map(|x| (x.0, x.1))
     }
 
     pub fn best(&self) -> Option<&TrialRecord> {
@@ -92,12 +127,132 @@ pub fn pareto_front(records: &[TrialRecord]) -> Vec<&TrialRecord> {
     front
 }
 
+/// Runs of one strategy (other seeds), in the order first met.
+pub fn by_strategy(runs: &[RunSummary]) -> Vec<(String, Vec<&RunSummary>)> {
+    let mut out: Vec<(String, Vec<&RunSummary>)> = Vec::new();
+    for r in runs {
+        let key = if r.strategy.is_empty() {
+            r.name.clone()
+        } else {
+            r.strategy.clone()
+        };
+        match out.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(r),
+            None => out.push((key, vec![r])),
+        }
+    }
+    out
+}
+
+/// The median of `v` (None when empty).
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// (trial, median, min, max) per counted trial.
+pub type Spread = Vec<(usize, f64, f64, f64)>;
+
+/// Per strategy and counted trial `1..=max`: (trial, median, min, max) of the best score so
+/// far over the runs that have one by then.
+pub fn spread(group: &[&RunSummary]) -> Spread {
+    let max = group
+        .iter()
+        .map(|r| r.records.iter().filter(|x| x.counts()).count())
+        .max()
+        .unwrap_or(0);
+    (1..=max)
+        .filter_map(|t| {
+            let mut v: Vec<f64> = group.iter().filter_map(|r| r.best_after(t)).collect();
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            median(&mut v).map(|m| (t, m, lo, hi))
+        })
+        .collect()
+}
+
+/// The strategies' table: seeds, final best (median and range), and trials and minutes to
+/// reach `target` per seed.
+fn strategies_table(s: &mut String, runs: &[RunSummary], target: Option<f64>) {
+    let m = &runs[0].metric;
+    let _ = writeln!(s, "## Strategies over seeds\n");
+    let _ = match target {
+        Some(t) => writeln!(
+            s,
+            "| strategy | seeds | final best {m}: median [min, max] | trials to reach {t}: median (per seed) | minutes to reach {t}: median |"
+        ),
+        None => writeln!(
+            s,
+            "| strategy | seeds | final best {m}: median [min, max] |"
+        ),
+    };
+    let _ = writeln!(
+        s,
+        "{}",
+        if target.is_some() {
+            "|---|---|---|---|---|"
+        } else {
+            "|---|---|---|"
+        }
+    );
+    for (name, group) in by_strategy(runs) {
+        let mut finals: Vec<f64> = group
+            .iter()
+            .filter_map(|r| r.best_so_far().last().map(|x| x.2))
+            .collect();
+        let lo = finals.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = finals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let med = median(&mut finals);
+        let best = med.map_or("-".into(), |m| format!("{m:.4} [{lo:.4}, {hi:.4}]"));
+        let Some(t) = target else {
+            let _ = writeln!(s, "| {name} | {} | {best} |", group.len());
+            continue;
+        };
+        let reached: Vec<Option<(usize, f64)>> = group.iter().map(|r| r.reached(t)).collect();
+        let per_seed: Vec<String> = reached
+            .iter()
+            .map(|x| x.map_or("not reached".into(), |(n, _)| n.to_string()))
+            .collect();
+        // A seed that never reached the target counts as more trials than any that did.
+        let mut trials: Vec<f64> = reached
+            .iter()
+            .map(|x| x.map_or(f64::INFINITY, |(n, _)| n as f64))
+            .collect();
+        let mut minutes: Vec<f64> = reached
+            .iter()
+            .map(|x| x.map_or(f64::INFINITY, |(_, m)| m))
+            .collect();
+        let fmt = |v: Option<f64>, p: usize| match v {
+            Some(x) if x.is_finite() => format!("{x:.p$}"),
+            Some(_) => "not reached".into(),
+            None => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {best} | {} ({}) | {} |",
+            group.len(),
+            fmt(median(&mut trials), 1),
+            per_seed.join(", "),
+            fmt(median(&mut minutes), 1)
+        );
+    }
+    let _ = writeln!(s);
+}
+
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.prec$}"))
 }
 
 /// The Markdown report of `runs[0]`, with a comparison table when there are several.
-pub fn markdown(runs: &[RunSummary], charts: &[String]) -> String {
+pub fn markdown(runs: &[RunSummary], charts: &[String], target: Option<f64>) -> String {
     let main = &runs[0];
     let m = &main.metric;
     let mut s = String::new();
@@ -116,6 +271,17 @@ pub fn markdown(runs: &[RunSummary], charts: &[String]) -> String {
         main.records.len() - counted,
         wall / 60.0
     );
+    if let Some(p) = &main.proxy {
+        let _ = writeln!(s, "Proxy: {}.\n", p.describe());
+    }
+    let notes: std::collections::BTreeSet<&str> = main
+        .records
+        .iter()
+        .flat_map(|r| r.outcome.warnings.iter().map(String::as_str))
+        .collect();
+    for w in notes {
+        let _ = writeln!(s, "> warning: {w}\n");
+    }
     if runs.len() > 1 {
         let _ = writeln!(s, "## Runs compared\n");
         let _ = writeln!(s, "| run | trials | best {m} | at trial | at minute |");
@@ -135,6 +301,7 @@ pub fn markdown(runs: &[RunSummary], charts: &[String]) -> String {
             );
         }
         let _ = writeln!(s);
+        strategies_table(&mut s, runs, target);
     }
     if !charts.is_empty() {
         let _ = writeln!(s, "## Charts\n");
@@ -318,6 +485,46 @@ pub fn chart_best_so_far(runs: &[RunSummary], path: &Path, by_time: bool) -> Cha
     finish(&mut chart, &root)
 }
 
+/// Best-so-far against trials per strategy: the median over its seeds as a line, the range
+/// (min to max) as a band.
+pub fn chart_spread(runs: &[RunSummary], path: &Path) -> ChartResult {
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    let groups = by_strategy(runs);
+    let series: Vec<(String, usize, Spread)> = groups
+        .iter()
+        .map(|(n, g)| (n.clone(), g.len(), spread(g)))
+        .collect();
+    let all = series.iter().flat_map(|s| &s.2);
+    let (x0, x1) = range(all.clone().map(|p| p.0 as f64));
+    let (y0, y1) = range(all.flat_map(|p| [p.2, p.3]));
+    let metric = &runs[0].metric;
+    let mut chart = frame(
+        &root,
+        format!("best {metric} so far over seeds"),
+        x0.min(0.0)..x1,
+        y0..y1,
+        "trials",
+        metric,
+    )?;
+    for (i, (name, seeds, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let mut band: Vec<(f64, f64)> = pts.iter().map(|p| (p.0 as f64, p.3)).collect();
+        band.extend(pts.iter().rev().map(|p| (p.0 as f64, p.2)));
+        chart.draw_series(std::iter::once(Polygon::new(
+            band,
+            color.mix(0.18).filled(),
+        )))?;
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().map(|p| (p.0 as f64, p.1)),
+                color.stroke_width(2),
+            ))?
+            .label(format!("{name} (median of {seeds} seed(s), band: min-max)"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    finish(&mut chart, &root)
+}
+
 /// Score against MACs for every scored trial, with the Pareto front of the first run.
 pub fn chart_score_vs_macs(runs: &[RunSummary], path: &Path) -> ChartResult {
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
@@ -369,12 +576,45 @@ pub struct Written {
     pub warnings: Vec<String>,
 }
 
+/// Refuse to put runs side by side whose scores were made differently: another metric,
+/// sample count, sampler, step count, extractor or trial training.
+pub fn check_comparable(runs: &[RunSummary]) -> Result<(), super::SearchError> {
+    let first = &runs[0];
+    for r in &runs[1..] {
+        let same = match (&first.proxy, &r.proxy) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => first.metric == r.metric,
+            _ => false,
+        };
+        if !same {
+            let what = |x: &RunSummary| {
+                x.proxy
+                    .as_ref()
+                    .map_or_else(|| x.metric.clone(), Proxy::describe)
+            };
+            return Err(super::SearchError::Setting(format!(
+                "{} and {} were scored differently, so their scores do not rank against each \
+                 other:\n  {}: {}\n  {}: {}",
+                first.dir.display(),
+                r.dir.display(),
+                first.dir.display(),
+                what(first),
+                r.dir.display(),
+                what(r)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `report.md` and the PNG charts of the search in `dir` (others in `compare` overlaid) into
 /// `out`.
+/// With `target`, the comparison gives the trials and minutes each run took to reach it.
 pub fn write_report(
     dir: &Path,
     compare: &[PathBuf],
     out: &Path,
+    target: Option<f64>,
 ) -> Result<Written, super::SearchError> {
     let mut runs = Vec::new();
     for d in std::iter::once(&dir.to_path_buf()).chain(compare) {
@@ -385,25 +625,24 @@ pub fn write_report(
         }
         runs.push(RunSummary::load(d)?);
     }
+    check_comparable(&runs)?;
     let mut warnings = Vec::new();
-    let metrics: std::collections::BTreeSet<&str> =
-        runs.iter().map(|r| r.metric.as_str()).collect();
-    if metrics.len() > 1 {
-        warnings.push(format!(
-            "the runs use different scores ({metrics:?}); their numbers are not comparable"
-        ));
-    }
     std::fs::create_dir_all(out).map_err(|e| super::io_err(out, e))?;
     let mut charts = Vec::new();
-    for name in [
+    let mut names = vec![
         "best_vs_trials.png",
         "best_vs_time.png",
         "score_vs_macs.png",
-    ] {
+    ];
+    if runs.len() > 1 {
+        names.push("best_vs_trials_over_seeds.png");
+    }
+    for name in names {
         let p = out.join(name);
         let drawn = match name {
             "best_vs_trials.png" => chart_best_so_far(&runs, &p, false),
             "best_vs_time.png" => chart_best_so_far(&runs, &p, true),
+            "best_vs_trials_over_seeds.png" => chart_spread(&runs, &p),
             _ => chart_score_vs_macs(&runs, &p),
         };
         match drawn {
@@ -411,7 +650,7 @@ pub fn write_report(
             Err(e) => warnings.push(format!("chart {name} not drawn: {e}")),
         }
     }
-    let md = markdown(&runs, &charts);
+    let md = markdown(&runs, &charts, target);
     let path = out.join("report.md");
     crate::train::write_atomic(&path, md.as_bytes()).map_err(|e| super::io_err(&path, e))?;
     Ok(Written {

@@ -135,7 +135,7 @@ impl LlmSearch {
         };
         let messages = build_messages(&input);
         let reply = self.ask(&messages)?;
-        let mut seen: HashSet<String> = log.iter().map(|t| t.hash.clone()).collect();
+        let mut seen: HashSet<String> = super::seen_hashes(log);
         let mut parsed = parse_reply(&reply, space, &seen);
         let mut exchanges = vec![Exchange {
             messages: messages.clone(),
@@ -146,7 +146,7 @@ impl LlmSearch {
             again.push(Message::assistant(reply));
             again.push(correction(&parsed.rejected, k - parsed.genomes.len()));
             let reply2 = self.ask(&again)?;
-            seen.extend(parsed.genomes.iter().map(Genome::hash));
+            seen.extend(parsed.genomes.iter().map(|g| g.hash()));
             let second = parse_reply(&reply2, space, &seen);
             exchanges.push(Exchange {
                 messages: again,
@@ -182,7 +182,7 @@ impl Strategy for LlmSearch {
         log: &[TrialRecord],
         space: &SearchSpace,
     ) -> Result<Vec<Proposal>, SearchError> {
-        let done: HashSet<&str> = log.iter().map(|t| t.hash.as_str()).collect();
+        let done = super::seen_hashes(log);
         let mut rejected = Vec::new();
         for r in 0..self.cfg.rounds {
             let rf = match self.read_round(r)? {
@@ -199,7 +199,7 @@ impl Strategy for LlmSearch {
             let pending: Vec<Proposal> = rf
                 .proposals
                 .iter()
-                .filter(|g| !done.contains(g.hash().as_str()))
+                .filter(|g| !done.contains(&g.hash()))
                 .map(|g| Proposal {
                     genome: g.clone(),
                     origin: format!("llm round {r}"),

@@ -1,0 +1,816 @@
+//! The proxy-fidelity study (`diffnas search proxy-check`): does a cheap proxy rank
+//! architectures as full training does?
+//!
+//! Architectures are drawn from a search space and spread over its cost range (not one
+//! search's survivors). Each is trained with the full schedule and scored with the full metric
+//! (the ground truth), and with each proxy training; every proxy model is scored several ways
+//! (Fréchet and kernel distances at several sample counts and DDIM step counts, the held-out
+//! denoising loss, training-speed estimates from its loss curve). [`summarise`] ranks every
+//! proxy measure against the ground truth: Spearman's rho with a bootstrap interval, Kendall's
+//! tau, whether the truly best is in the proxy's top 3, and the proxy's cost per trial.
+//!
+//! Files in the study's folder: `study.json` (the configuration, architectures included,
+//! written first), `results.jsonl` (one row per finished training of one architecture, appended
+//! and flushed), `runs/<hash>/<training>/` (the trainings' run directories: a killed study
+//! resumes each from its checkpoint), `summary.json` and `summary.csv`.
+
+use super::rank::{bootstrap_interval, kendall_tau, spearman};
+use super::{SearchError, append_line, io_err};
+use crate::data::{DataSource, Dataset};
+use crate::diffusion::{NoiseSchedule, SamplerKind};
+use crate::eval::ExtractorId;
+use crate::eval::extract::FeatureExtractor;
+use crate::eval::heldout::HeldOutSet;
+use crate::eval::reference::Reference;
+use crate::eval::rfid::{GenerationConfig, KidConfig, generated_features};
+use crate::eval::stats::{FeatureStats, frechet_distance, kid};
+use crate::genome::{Genome, SearchSpace, cost};
+use crate::model::Unet;
+use crate::train::{LogRecord, LrSchedule, TrainConfig, TrainEvent, TrainOptions, TrainStatus};
+use crate::trial::TrialConfig;
+use burn::tensor::Device;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+pub const STUDY_FILE: &str = "study.json";
+pub const RESULTS_FILE: &str = "results.jsonl";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const SUMMARY_CSV: &str = "summary.csv";
+
+/// The name of the ground-truth training.
+pub const FULL: &str = "full";
+
+/// The study's defaults (the CLI shows these).
+pub mod defaults {
+    pub const ARCHITECTURES: usize = 10;
+    /// Full schedule: 10x the `small` scale's 200 proxy steps.
+    pub const FULL_STEPS: u64 = 2000;
+    pub const FULL_SCORE_N: usize = 2000;
+    pub const FULL_SCORE_STEPS: usize = 50;
+    /// Samples drawn for each proxy scoring (smaller N are its first images).
+    pub const PROXY_SCORE_N: usize = 1000;
+    /// Valid genomes drawn before spreading the picks over their cost.
+    pub const CANDIDATES: usize = 400;
+    pub const SEED: u64 = 0;
+    pub const BOOTSTRAP: usize = 2000;
+    /// Training loss readings (for the training-speed estimates) every this many steps.
+    pub const LOG_EVERY: u64 = 10;
+    pub const HELDOUT_TRIPLES: usize = crate::eval::heldout::DEFAULT_TRIPLES;
+}
+
+/// One sample set drawn from a trained model: `n` images with DDIM `steps`; the Fréchet
+/// distance is computed on the first `prefixes` images of it, the kernel distance on all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleSet {
+    pub n: usize,
+    pub steps: usize,
+    pub prefixes: Vec<usize>,
+}
+
+/// One way of training every architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyTraining {
+    /// `full`, or the proxy's name (`proxy-200`, `proxy-200-lr2e-4`, ...).
+    pub name: String,
+    pub train: TrainConfig,
+    pub samples: Vec<SampleSet>,
+}
+
+/// An architecture of the study.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyArch {
+    pub hash: String,
+    /// How it was picked: `spread 3/10 of 400 draws` or a preset's name.
+    pub origin: String,
+    pub params: u64,
+    pub macs: u64,
+    pub genome: Genome,
+}
+
+/// `study.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyConfig {
+    pub data: DataSource,
+    pub max_images: Option<usize>,
+    pub seed: u64,
+    pub space: SearchSpace,
+    pub architectures: Vec<StudyArch>,
+    pub trainings: Vec<StudyTraining>,
+    /// Held-out denoising loss: triples from the data's test split.
+    pub heldout_triples: usize,
+    pub kid: KidConfig,
+    /// The extractor every score used (set when the study starts).
+    pub extractor: Option<ExtractorId>,
+}
+
+/// What a study is asked to be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudyRequest {
+    pub data: DataSource,
+    pub max_images: Option<usize>,
+    pub seed: u64,
+    pub space: SearchSpace,
+    pub architectures: usize,
+    /// Genomes always included (presets that fit the space), before the spread picks.
+    pub include: Vec<(String, Genome)>,
+    pub full_steps: u64,
+    pub batch_size: usize,
+    /// The proxies: (name, steps, peak LR) of rapid-convergence trainings.
+    pub proxies: Vec<(String, u64, f64)>,
+    /// Samples of the ground truth's score and their DDIM steps.
+    pub full_score_n: usize,
+    pub full_score_steps: usize,
+    /// Samples of each proxy score (Fréchet distances also on its first quarter and half).
+    pub proxy_score_n: usize,
+}
+
+impl StudyRequest {
+    /// The proxy trainings of a study around a scale's default (`steps` at `lr`): half and
+    /// twice the steps, and the default steps at a 5x lower LR.
+    pub fn proxies_around(steps: u64, lr: f64) -> Vec<(String, u64, f64)> {
+        vec![
+            (format!("proxy-{steps}"), steps, lr),
+            (format!("proxy-{}", steps / 2), steps / 2, lr),
+            (format!("proxy-{}", steps * 2), steps * 2, lr),
+            (format!("proxy-{steps}-lr{:e}", lr / 5.0), steps, lr / 5.0),
+        ]
+    }
+}
+
+/// `k` genomes spread over the cost (MACs) range of `candidates` valid draws from `space`,
+/// cheapest first, with dropout 0 (as the proxy trains them). Deterministic in `seed`.
+pub fn spread_architectures(
+    space: &SearchSpace,
+    k: usize,
+    candidates: usize,
+    seed: u64,
+) -> Vec<StudyArch> {
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed ^ 0xf1de_0000_0000_0000);
+    let mut pool: Vec<StudyArch> = Vec::new();
+    for _ in 0..candidates {
+        let Some(mut g) = space.random(&mut rng, 10_000) else {
+            continue;
+        };
+        g.dropout = 0.0;
+        let hash = g.hash();
+        if pool.iter().any(|a| a.hash == hash) {
+            continue;
+        }
+        let c = cost(&g).expect("a valid genome has a cost");
+        pool.push(StudyArch {
+            hash,
+            origin: String::new(),
+            params: c.params,
+            macs: c.macs,
+            genome: g,
+        });
+    }
+    pool.sort_by_key(|a| (a.macs, a.hash.clone()));
+    let n = pool.len();
+    let k = k.min(n);
+    (0..k)
+        .map(|i| {
+            let j = if k == 1 { n / 2 } else { i * (n - 1) / (k - 1) };
+            let mut a = pool[j].clone();
+            a.origin = format!("spread {}/{k} of {n} draws (MACs rank {})", i + 1, j + 1);
+            a
+        })
+        .collect()
+}
+
+impl StudyConfig {
+    /// A fresh study.
+    pub fn new(r: &StudyRequest) -> Result<StudyConfig, SearchError> {
+        let mut architectures: Vec<StudyArch> = Vec::new();
+        for (name, g) in &r.include {
+            let mut g = g.clone();
+            g.dropout = 0.0;
+            r.space.validate(&g).map_err(|e| {
+                SearchError::Setting(format!("{name} is not in the study's space: {e}"))
+            })?;
+            let c = cost(&g).expect("validated");
+            architectures.push(StudyArch {
+                hash: g.hash(),
+                origin: name.clone(),
+                params: c.params,
+                macs: c.macs,
+                genome: g,
+            });
+        }
+        let want = r.architectures.saturating_sub(architectures.len());
+        for a in spread_architectures(
+            &r.space,
+            want + architectures.len(),
+            defaults::CANDIDATES,
+            r.seed,
+        ) {
+            if architectures.len() >= r.architectures {
+                break;
+            }
+            if !architectures.iter().any(|b| b.hash == a.hash) {
+                architectures.push(a);
+            }
+        }
+        if architectures.len() < 3 {
+            return Err(SearchError::Setting(format!(
+                "the space gave {} architecture(s); a rank study needs at least 3",
+                architectures.len()
+            )));
+        }
+        let pn = r.proxy_score_n;
+        let proxy_set = |prefixes: Vec<usize>, steps| SampleSet {
+            n: pn,
+            steps,
+            prefixes,
+        };
+        let mut trainings = Vec::new();
+        for (i, (name, steps, lr)) in r.proxies.iter().enumerate() {
+            let mut t = TrialConfig::rapid(*steps, r.batch_size).train.with_lr(*lr);
+            t.log_every = defaults::LOG_EVERY.min(steps / 20).max(1);
+            t.seed = r.seed;
+            let mut samples = vec![proxy_set(vec![pn / 4, pn / 2, pn], 10)];
+            if i == 0 {
+                // The default proxy also at twice the sampling steps.
+                samples.push(proxy_set(vec![pn / 2, pn], 20));
+            }
+            trainings.push(StudyTraining {
+                name: name.clone(),
+                train: t,
+                samples,
+            });
+        }
+        let full = TrainConfig::new()
+            .with_steps(r.full_steps)
+            .with_batch_size(r.batch_size)
+            .with_lr_schedule(LrSchedule::Cosine)
+            .with_warmup_steps((r.full_steps / 20).max(1))
+            .with_checkpoint_every((r.full_steps / 8).max(1))
+            .with_keep_checkpoints(1)
+            .with_log_every(defaults::LOG_EVERY)
+            .with_seed(r.seed);
+        trainings.push(StudyTraining {
+            name: FULL.into(),
+            train: full,
+            samples: vec![SampleSet {
+                n: r.full_score_n,
+                steps: r.full_score_steps,
+                prefixes: vec![r.full_score_n / 2, r.full_score_n],
+            }],
+        });
+        Ok(StudyConfig {
+            data: r.data.clone(),
+            max_images: r.max_images,
+            seed: r.seed,
+            space: r.space.clone(),
+            architectures,
+            trainings,
+            heldout_triples: defaults::HELDOUT_TRIPLES,
+            kid: KidConfig {
+                subsets: 50,
+                subset_size: r.proxy_score_n,
+                seed: 0,
+            },
+            extractor: None,
+        })
+    }
+
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(STUDY_FILE)
+    }
+
+    /// The stored study of `dir`, if any.
+    pub fn read(dir: &Path) -> Result<Option<StudyConfig>, SearchError> {
+        let p = Self::path(dir);
+        if !p.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| SearchError::Corrupt {
+                path: p,
+                line: e.line(),
+                message: e.to_string(),
+            })
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<(), SearchError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let p = Self::path(dir);
+        let text = serde_json::to_string_pretty(self).expect("serialises");
+        crate::train::write_atomic(&p, text.as_bytes()).map_err(|e| io_err(&p, e))
+    }
+
+    /// The full training (the ground truth).
+    pub fn full(&self) -> &StudyTraining {
+        self.trainings
+            .iter()
+            .find(|t| t.name == FULL)
+            .expect("a study has a full training")
+    }
+
+    /// Units of work: (architecture, training), proxies before the full training of each.
+    pub fn units(&self) -> Vec<(&StudyArch, &StudyTraining)> {
+        self.architectures
+            .iter()
+            .flat_map(|a| self.trainings.iter().map(move |t| (a, t)))
+            .collect()
+    }
+}
+
+/// A distance of one sample set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyScore {
+    /// `FD-classifier`, `KID-classifier`, `FID`, ...
+    pub metric: String,
+    pub n: usize,
+    pub steps: usize,
+    pub value: f64,
+    /// Seconds to sample and extract these `n` images (a prefix's share of its set's time).
+    pub seconds: f64,
+}
+
+/// One line of `results.jsonl`: one training of one architecture and its measurements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudyRow {
+    pub hash: String,
+    pub training: String,
+    pub ok: bool,
+    pub reason: Option<String>,
+    pub steps: u64,
+    pub train_seconds: f64,
+    pub final_loss: Option<f64>,
+    /// Training-speed estimate (Ru et al. 2021): mean of the logged training losses.
+    pub tse: Option<f64>,
+    /// The same over the last quarter of the steps.
+    pub tse_late: Option<f64>,
+    pub heldout_eps_mse: Option<f64>,
+    pub heldout_seconds: f64,
+    pub scores: Vec<StudyScore>,
+}
+
+/// Progress of a study.
+pub enum StudyEvent<'a> {
+    Started {
+        done: usize,
+        total: usize,
+    },
+    UnitStarted {
+        index: usize,
+        total: usize,
+        arch: &'a StudyArch,
+        training: &'a str,
+        steps: u64,
+    },
+    Train {
+        done: u64,
+        total: u64,
+    },
+    Sample {
+        done: usize,
+        total: usize,
+    },
+    UnitDone(&'a StudyRow),
+}
+
+/// What scoring needs, shared by every unit.
+pub struct StudyEnv<'a> {
+    pub train: &'a Dataset,
+    pub heldout: &'a HeldOutSet,
+    pub extractor: &'a dyn FeatureExtractor,
+    pub reference: &'a Reference,
+    pub device: &'a Device,
+}
+
+/// The rows already in `dir/results.jsonl` (a torn last line is dropped).
+pub fn read_rows(dir: &Path) -> Vec<StudyRow> {
+    std::fs::read_to_string(dir.join(RESULTS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Run every unit of `cfg` not yet in `dir/results.jsonl`. `stop` ends it at the next
+/// checkpoint; run it again to continue.
+pub fn run_study(
+    dir: &Path,
+    cfg: &StudyConfig,
+    env: &StudyEnv<'_>,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(StudyEvent),
+) -> Result<Vec<StudyRow>, SearchError> {
+    let mut rows = read_rows(dir);
+    let units = cfg.units();
+    let done = |rows: &[StudyRow], a: &StudyArch, t: &StudyTraining| {
+        rows.iter()
+            .any(|r| r.hash == a.hash && r.training == t.name)
+    };
+    let total = units.len();
+    on_event(StudyEvent::Started {
+        done: units.iter().filter(|(a, t)| done(&rows, a, t)).count(),
+        total,
+    });
+    let results = dir.join(RESULTS_FILE);
+    for (index, (arch, training)) in units.into_iter().enumerate() {
+        if done(&rows, arch, training) {
+            continue;
+        }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        on_event(StudyEvent::UnitStarted {
+            index,
+            total,
+            arch,
+            training: &training.name,
+            steps: training.train.steps,
+        });
+        let run_dir = dir.join("runs").join(&arch.hash).join(&training.name);
+        let Some(row) = run_unit(&run_dir, arch, training, cfg, env, stop, on_event)? else {
+            break;
+        };
+        append_line(&results, &row)?;
+        on_event(StudyEvent::UnitDone(&row));
+        let _ = std::fs::remove_dir_all(run_dir.join("checkpoints"));
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Train and measure one unit; None when stopped.
+fn run_unit(
+    run_dir: &Path,
+    arch: &StudyArch,
+    training: &StudyTraining,
+    cfg: &StudyConfig,
+    env: &StudyEnv<'_>,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(StudyEvent),
+) -> Result<Option<StudyRow>, SearchError> {
+    std::fs::create_dir_all(run_dir).map_err(|e| io_err(run_dir, e))?;
+    let mut row = StudyRow {
+        hash: arch.hash.clone(),
+        training: training.name.clone(),
+        ok: false,
+        reason: None,
+        steps: training.train.steps,
+        train_seconds: 0.0,
+        final_loss: None,
+        tse: None,
+        tse_late: None,
+        heldout_eps_mse: None,
+        heldout_seconds: 0.0,
+        scores: Vec::new(),
+    };
+    let ad = env.device.clone().autodiff();
+    ad.seed(training.train.seed);
+    let model = Unet::new(&arch.genome, &ad).map_err(|e| SearchError::Setting(e.to_string()))?;
+    let opts = TrainOptions {
+        run_dir: Some(run_dir),
+        resume: true,
+        stop: Some(stop),
+        stop_at: None,
+    };
+    let total = training.train.steps;
+    let out = crate::train::train(model, env.train, &training.train, &ad, opts, &mut |e| {
+        if let TrainEvent::Step { step } = e {
+            on_event(StudyEvent::Train { done: *step, total });
+        }
+    });
+    let out = match out {
+        Ok(o) if o.status == TrainStatus::Interrupted => return Ok(None),
+        Ok(o) => o,
+        Err(e) => {
+            row.reason = Some(e.to_string());
+            return Ok(Some(row));
+        }
+    };
+    row.train_seconds = out.state.elapsed_s;
+    row.final_loss = out.state.last_loss;
+    (row.tse, row.tse_late) = speed_estimates(&out.log, total);
+    let schedule = NoiseSchedule::new(training.train.beta_schedule, training.train.timesteps)
+        .map_err(|e| SearchError::Setting(e.to_string()))?;
+    let t0 = Instant::now();
+    row.heldout_eps_mse = Some(env.heldout.eps_mse(&out.ema, &schedule, env.device, 128));
+    row.heldout_seconds = t0.elapsed().as_secs_f64();
+    let spec = [
+        arch.genome.image.channels,
+        arch.genome.image.size,
+        arch.genome.image.size,
+    ];
+    for set in &training.samples {
+        match score_set(&out.ema, &schedule, spec, set, cfg.kid, env, on_event) {
+            Ok(mut s) => row.scores.append(&mut s),
+            Err(e) => {
+                row.reason = Some(format!("scoring {} x DDIM-{}: {e}", set.n, set.steps));
+                return Ok(Some(row));
+            }
+        }
+    }
+    row.ok = true;
+    Ok(Some(row))
+}
+
+/// The mean logged loss over the run and over its last quarter.
+fn speed_estimates(log: &[LogRecord], total: u64) -> (Option<f64>, Option<f64>) {
+    let mean = |it: Vec<f64>| (!it.is_empty()).then(|| it.iter().sum::<f64>() / it.len() as f64);
+    let all = mean(log.iter().map(|r| r.loss).collect());
+    let late = mean(
+        log.iter()
+            .filter(|r| r.step * 4 > total * 3)
+            .map(|r| r.loss)
+            .collect(),
+    );
+    (all, late)
+}
+
+fn score_set(
+    model: &Unet,
+    schedule: &NoiseSchedule,
+    spec: [usize; 3],
+    set: &SampleSet,
+    kid_cfg: KidConfig,
+    env: &StudyEnv<'_>,
+    on_event: &mut dyn FnMut(StudyEvent),
+) -> Result<Vec<StudyScore>, String> {
+    let gen_cfg = GenerationConfig {
+        n: set.n,
+        sampler: SamplerKind::Ddim,
+        steps: set.steps,
+        eta: 0.0,
+        seed: 0,
+        batch_size: 100,
+    };
+    let t0 = Instant::now();
+    let total = set.n;
+    let summary = generated_features(
+        model,
+        schedule.clone(),
+        spec,
+        &gen_cfg,
+        env.extractor,
+        set.n,
+        env.device,
+        &mut |k| on_event(StudyEvent::Sample { done: k, total }),
+    )
+    .map_err(|e| e.to_string())?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let id = env.extractor.id();
+    let dim = id.dim;
+    let mut out = Vec::new();
+    for &m in &set.prefixes {
+        let m = m.min(set.n);
+        let stats = FeatureStats::of(&summary.kept[..m * dim], dim).map_err(|e| e.to_string())?;
+        let fd = frechet_distance(&stats, &env.reference.stats).map_err(|e| e.to_string())?;
+        out.push(StudyScore {
+            metric: id.distance.clone(),
+            n: m,
+            steps: set.steps,
+            value: fd.value,
+            seconds: seconds * m as f64 / set.n as f64,
+        });
+    }
+    let k = kid(
+        &summary.kept,
+        &env.reference.features,
+        dim,
+        kid_cfg.subsets,
+        kid_cfg.subset_size,
+        kid_cfg.seed,
+    )
+    .map_err(|e| e.to_string())?;
+    out.push(StudyScore {
+        metric: id.kernel_distance.clone(),
+        n: set.n,
+        steps: set.steps,
+        value: k.mean,
+        seconds,
+    });
+    Ok(out)
+}
+
+/// How well one proxy measure ranks the architectures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fidelity {
+    /// e.g. `proxy-200 FD-classifier @ 500 x DDIM-10`.
+    pub measure: String,
+    pub training: String,
+    /// `FD-classifier`, `KID-classifier`, `heldout-eps-MSE`, `TSE`, `TSE-late`.
+    pub metric: String,
+    pub n: Option<usize>,
+    pub ddim_steps: Option<usize>,
+    pub architectures: usize,
+    pub spearman: Option<f64>,
+    /// Bootstrap 90% interval of Spearman's rho (architectures resampled).
+    pub spearman_lo: Option<f64>,
+    pub spearman_hi: Option<f64>,
+    pub kendall_tau: Option<f64>,
+    /// Whether the full schedule's best architecture is among the proxy's 3 best.
+    pub best_in_top3: bool,
+    /// Mean seconds per architecture: its training plus this measurement.
+    pub seconds_per_trial: f64,
+    /// `seconds_per_trial` as a fraction of the ground truth's.
+    pub cost_vs_full: f64,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StudySummary {
+    pub ground_truth: String,
+    pub architectures: usize,
+    /// Ground-truth seconds per architecture.
+    pub full_seconds: f64,
+    /// Every measure, best Spearman first.
+    pub measures: Vec<Fidelity>,
+}
+
+/// Every measure a row offers: (name, training, metric, n, ddim steps, value, seconds).
+type Measure = (
+    String,
+    String,
+    String,
+    Option<usize>,
+    Option<usize>,
+    f64,
+    f64,
+);
+
+/// Per architecture: (the measure's value, the ground truth's, the measure's seconds).
+type Points = Vec<(f64, f64, f64)>;
+
+fn measures(r: &StudyRow) -> Vec<Measure> {
+    let mut out = Vec::new();
+    let t = &r.training;
+    for s in &r.scores {
+        out.push((
+            format!("{t} {} @ {} x DDIM-{}", s.metric, s.n, s.steps),
+            t.clone(),
+            s.metric.clone(),
+            Some(s.n),
+            Some(s.steps),
+            s.value,
+            r.train_seconds + s.seconds,
+        ));
+    }
+    if let Some(v) = r.heldout_eps_mse {
+        out.push((
+            format!("{t} heldout-eps-MSE"),
+            t.clone(),
+            "heldout-eps-MSE".into(),
+            None,
+            None,
+            v,
+            r.train_seconds + r.heldout_seconds,
+        ));
+    }
+    for (name, v) in [("TSE", r.tse), ("TSE-late", r.tse_late)] {
+        if let Some(v) = v {
+            out.push((
+                format!("{t} {name}"),
+                t.clone(),
+                name.into(),
+                None,
+                None,
+                v,
+                r.train_seconds,
+            ));
+        }
+    }
+    out
+}
+
+/// Rank every measure of `rows` against the ground truth: the full training's first
+/// Fréchet score at its largest N.
+pub fn summarise(cfg: &StudyConfig, rows: &[StudyRow]) -> Option<StudySummary> {
+    let full = cfg.full();
+    let truth_of = |r: &StudyRow| {
+        r.scores
+            .iter()
+            .filter(|s| s.metric.starts_with("F"))
+            .max_by_key(|s| s.n)
+            .map(|s| {
+                (
+                    s.value,
+                    r.train_seconds + s.seconds,
+                    s.metric.clone(),
+                    s.n,
+                    s.steps,
+                )
+            })
+    };
+    let truth: Vec<(String, f64, f64)> = rows
+        .iter()
+        .filter(|r| r.training == FULL && r.ok)
+        .filter_map(|r| truth_of(r).map(|(v, s, ..)| (r.hash.clone(), v, s)))
+        .collect();
+    let name = rows
+        .iter()
+        .find(|r| r.training == FULL && r.ok)
+        .and_then(truth_of)
+        .map(|(_, _, m, n, k)| {
+            format!("{FULL} ({} steps) {m} @ {n} x DDIM-{k}", full.train.steps)
+        })?;
+    let truth_measure = name
+        .split_once(' ')
+        .map(|(_, rest)| rest.split_once(") ").map_or(rest, |x| x.1))
+        .map(|m| format!("{FULL} {m}"))
+        .unwrap_or_default();
+    let full_seconds = truth.iter().map(|t| t.2).sum::<f64>() / truth.len().max(1) as f64;
+    let mut by_measure: std::collections::BTreeMap<String, (Measure, Points)> = Default::default();
+    for r in rows.iter().filter(|r| r.ok) {
+        let Some((_, tv, _)) = truth.iter().find(|t| t.0 == r.hash) else {
+            continue;
+        };
+        for m in measures(r) {
+            if m.0 == truth_measure {
+                continue;
+            }
+            let e = by_measure
+                .entry(m.0.clone())
+                .or_insert((m.clone(), Vec::new()));
+            e.1.push((m.5, *tv, m.6));
+        }
+    }
+    let mut out: Vec<Fidelity> = by_measure
+        .into_values()
+        .map(|(m, pts)| {
+            let (p, g): (Vec<f64>, Vec<f64>) = pts.iter().map(|x| (x.0, x.1)).unzip();
+            let (lo, hi) = bootstrap_interval(&p, &g, defaults::BOOTSTRAP, 0.90, cfg.seed)
+                .map_or((None, None), |(a, b)| (Some(a), Some(b)));
+            let secs = pts.iter().map(|x| x.2).sum::<f64>() / pts.len() as f64;
+            Fidelity {
+                measure: m.0,
+                training: m.1,
+                metric: m.2,
+                n: m.3,
+                ddim_steps: m.4,
+                architectures: pts.len(),
+                spearman: spearman(&p, &g),
+                spearman_lo: lo,
+                spearman_hi: hi,
+                kendall_tau: kendall_tau(&p, &g),
+                best_in_top3: best_in_top(&p, &g, 3),
+                seconds_per_trial: secs,
+                cost_vs_full: secs / full_seconds.max(1e-9),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.spearman
+            .unwrap_or(-2.0)
+            .partial_cmp(&a.spearman.unwrap_or(-2.0))
+            .expect("finite")
+    });
+    Some(StudySummary {
+        ground_truth: name,
+        architectures: truth.len(),
+        full_seconds,
+        measures: out,
+    })
+}
+
+/// Whether the lowest `truth` is among the `k` lowest `proxy`.
+fn best_in_top(proxy: &[f64], truth: &[f64], k: usize) -> bool {
+    let Some(best) = (0..truth.len()).min_by(|&a, &b| truth[a].total_cmp(&truth[b])) else {
+        return false;
+    };
+    let mut order: Vec<usize> = (0..proxy.len()).collect();
+    order.sort_by(|&a, &b| proxy[a].total_cmp(&proxy[b]));
+    order.iter().take(k).any(|&i| i == best)
+}
+
+/// Write `summary.json` and `summary.csv`.
+pub fn write_summary(dir: &Path, s: &StudySummary) -> Result<(), SearchError> {
+    let p = dir.join(SUMMARY_FILE);
+    let text = serde_json::to_string_pretty(s).expect("serialises");
+    crate::train::write_atomic(&p, text.as_bytes()).map_err(|e| io_err(&p, e))?;
+    let mut csv = String::from(
+        "measure,training,metric,n,ddim_steps,architectures,spearman,spearman_lo90,spearman_hi90,kendall_tau,best_in_top3,seconds_per_trial,cost_vs_full\n",
+    );
+    let o = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.4}"));
+    let u = |v: Option<usize>| v.map_or(String::new(), |x| x.to_string());
+    for m in &s.measures {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.4}\n",
+            m.measure,
+            m.training,
+            m.metric,
+            u(m.n),
+            u(m.ddim_steps),
+            m.architectures,
+            o(m.spearman),
+            o(m.spearman_lo),
+            o(m.spearman_hi),
+            o(m.kendall_tau),
+            m.best_in_top3,
+            m.seconds_per_trial,
+            m.cost_vs_full
+        ));
+    }
+    let p = dir.join(SUMMARY_CSV);
+    crate::train::write_atomic(&p, csv.as_bytes()).map_err(|e| io_err(&p, e))
+}
