@@ -1038,3 +1038,99 @@ fn compare_over_seeds_gives_the_spread_and_the_trials_to_reach_a_score() {
     let png = std::fs::read(dirs[0].join("best_vs_trials_over_seeds.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
+
+#[test]
+fn the_winner_is_retrained_beside_a_baseline() {
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    let data = format!(
+        "fashion-mnist:{}",
+        diffnas::data::DataSource::fashion_mnist_dirs()
+            .into_iter()
+            .find(|d| d.join("train-images-idx3-ubyte.gz").is_file())
+            .expect("Fashion-MNIST (Debian's dataset-fashion-mnist) is installed")
+            .display()
+    );
+    let bin = env!("CARGO_BIN_EXE_diffnas");
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin)
+            .args(args)
+            .env("DIFFNAS_HOME", &home)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "eval",
+        "train-classifier",
+        "--data",
+        &data,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--max-images",
+        "1000",
+        "--device",
+        "flex",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = work.path().join("s");
+    let sd = s.to_str().unwrap();
+    let o = run(&[
+        "search",
+        "random",
+        "--evaluator",
+        "stub",
+        "--trials",
+        "3",
+        "--scale",
+        "small",
+        "--data",
+        &data,
+        "--max-images",
+        "500",
+        "--run-dir",
+        sd,
+        "--device",
+        "flex",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let best = TrialLog::open(&s).unwrap().best().unwrap().clone();
+    let retrain = |extra: &[&str]| {
+        let mut a = vec!["search", "retrain", sd, "--device", "flex"];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let o = retrain(&["--steps", "8", "--score-n", "16", "--score-steps", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.join("retrain/retrain.json")).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["hash"], best.genome.hash());
+    assert_eq!(rows[1]["name"], "tiny");
+    let tiny = diffnas::genome::cost(&diffnas::genome::Genome::tiny()).unwrap();
+    assert_eq!(rows[1]["macs"], tiny.macs);
+    for r in rows {
+        assert!(r["score"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["metric"], "FD-classifier @ 16 x DDIM-2");
+        // Each retrained model is a run directory.
+        let d = r["run_dir"].as_str().unwrap();
+        let o = run(&["sample", d, "--n", "2", "--steps", "2", "--device", "flex"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let md = std::fs::read_to_string(s.join("retrain/retrain.md")).unwrap();
+    assert!(
+        md.contains("| tiny | `") && md.contains("8 steps of batch 32"),
+        "{md}"
+    );
+    // Asked again: it says to resume; resumed, nothing is retrained.
+    assert_eq!(retrain(&[]).status.code(), Some(2));
+    let o = retrain(&["--resume"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("2/2 trainings done"),
+        "{err}"
+    );
+}

@@ -52,6 +52,36 @@ pub enum SearchCmd {
     ///     --run-dir runs/block-g1.5 --gamma 1.5
     #[command(verbatim_doc_comment)]
     Block(super::block_cmd::BlockArgs),
+    /// The winner, retrained: the best trial's genome and hand-designed baselines trained with
+    /// the full schedule of `proxy-check` and scored with its full metric, side by side with
+    /// their MACs (into RUN_DIR/retrain/; resumable with --resume).
+    ///
+    /// Example: diffnas search retrain runs/search-evolution --baseline tiny
+    #[command(verbatim_doc_comment)]
+    Retrain(RetrainArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RetrainArgs {
+    /// A search run directory.
+    pub run_dir: PathBuf,
+    /// Continue a stopped retraining.
+    #[arg(long)]
+    pub resume: bool,
+    /// Hand-designed genomes trained the same way (preset names or JSON files).
+    #[arg(long, default_values_t = [String::from("tiny")])]
+    pub baseline: Vec<String>,
+    /// Steps of the full schedule.
+    #[arg(long, default_value_t = fidelity::defaults::FULL_STEPS)]
+    pub steps: u64,
+    /// Samples of the full score.
+    #[arg(long, default_value_t = fidelity::defaults::FULL_SCORE_N)]
+    pub score_n: usize,
+    /// DDIM steps of the full score.
+    #[arg(long, default_value_t = fidelity::defaults::FULL_SCORE_STEPS)]
+    pub score_steps: usize,
+    #[command(flatten)]
+    pub ext: ExtractorArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -289,6 +319,114 @@ fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
             })?
         }
     };
+    let (cfg, rows, stopped) = run_study_cli(dir, cfg, &a.ext, &selected)?;
+    let Some(summary) = fidelity::summarise(&cfg, &rows) else {
+        eprintln!("no architecture has its full training yet; continue with --resume");
+        return Ok(if stopped { 130 } else { 0 });
+    };
+    fidelity::write_summary(dir, &summary)?;
+    eprintln!(
+        "{} architecture(s) against {}; best measures (Spearman rho [90% bootstrap], tau, cost):",
+        summary.architectures, summary.ground_truth
+    );
+    for m in summary.measures.iter().take(8) {
+        let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
+        eprintln!(
+            "  {:<48} {} [{}, {}]  tau {}  {:.0} s/trial ({:.0}% of full)",
+            m.measure,
+            f(m.spearman),
+            f(m.spearman_lo),
+            f(m.spearman_hi),
+            f(m.kendall_tau),
+            m.seconds_per_trial,
+            100.0 * m.cost_vs_full
+        );
+    }
+    eprintln!("summary: {}", dir.join(fidelity::SUMMARY_CSV).display());
+    if stopped {
+        eprintln!("stopped; continue with --resume");
+        return Ok(130);
+    }
+    Ok(0)
+}
+
+fn run_retrain(a: RetrainArgs) -> anyhow::Result<i32> {
+    let selected = super::select_device(a.ext.device)?;
+    eprintln!("device: {}", selected.info);
+    let search = SearchConfig::read(&a.run_dir)?;
+    let log = crate::search::TrialLog::open(&a.run_dir)?;
+    let Some(best) = log.best() else {
+        return Err(user_err(format!(
+            "{}: no scored trial to retrain",
+            a.run_dir.display()
+        )));
+    };
+    let dir = a.run_dir.join(fidelity::RETRAIN_DIR);
+    let cfg = match (a.resume, StudyConfig::read(&dir)?) {
+        (true, Some(c)) => c,
+        (true, None) => {
+            return Err(user_err(format!(
+                "{}: no {} to resume from",
+                dir.display(),
+                fidelity::STUDY_FILE
+            )));
+        }
+        (false, Some(_)) => {
+            return Err(user_err(format!(
+                "{} already holds a retraining; continue it with --resume",
+                dir.display()
+            )));
+        }
+        (false, None) => {
+            let mut include = vec![(
+                format!("search best (trial {})", best.index),
+                best.genome.clone(),
+            )];
+            for b in &a.baseline {
+                let g = super::genome_cmd::load_genome(b)
+                    .map_err(|e| user_err(format!("--baseline {b}: {e}")))?;
+                include.push((b.clone(), g));
+            }
+            StudyConfig::new(&StudyRequest {
+                data: search.data.clone(),
+                max_images: search.max_images,
+                seed: search.seed,
+                space: search.space.clone(),
+                architectures: include.len(),
+                include,
+                full_steps: a.steps,
+                batch_size: search.trial.train.batch_size,
+                proxies: Vec::new(),
+                full_score_n: a.score_n,
+                full_score_steps: a.score_steps,
+                proxy_score_n: a.score_n,
+            })?
+        }
+    };
+    let (cfg, rows, stopped) = run_study_cli(&dir, cfg, &a.ext, &selected)?;
+    let table = fidelity::retrain_rows(&dir, &cfg, &rows);
+    let md = fidelity::retrain_markdown(&cfg, &table);
+    let p = dir.join("retrain.md");
+    crate::train::write_atomic(&p, md.as_bytes())?;
+    let j = dir.join("retrain.json");
+    crate::train::write_atomic(&j, serde_json::to_string_pretty(&table)?.as_bytes())?;
+    eprint!("{md}");
+    eprintln!("table: {}", p.display());
+    if stopped || table.len() < cfg.architectures.len() {
+        eprintln!("stopped; continue with --resume");
+        return Ok(130);
+    }
+    Ok(0)
+}
+
+/// Load what a study's units need, run those not done with progress, and return the stored
+/// configuration, every row, and whether Ctrl-C stopped it.
+fn run_study_cli(
+    dir: &Path,
+    mut cfg: StudyConfig,
+    ext_args: &ExtractorArgs,
+    selected: &crate::device::SelectedDevice,
+) -> anyhow::Result<(StudyConfig, Vec<fidelity::StudyRow>, bool)> {
     let mut train = cfg.data.load(Split::Train)?;
     if let Some(m) = cfg.max_images {
         train.truncate(m);
@@ -305,11 +443,10 @@ fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
         cfg.full().train.timesteps,
         cfg.seed,
     );
-    super::eval_cmd::ensure_extractor(&a.ext, &cfg.data)?;
-    let ext = extractor(&a.ext, &cfg.data, &selected)?;
+    super::eval_cmd::ensure_extractor(ext_args, &cfg.data)?;
+    let ext = extractor(ext_args, &cfg.data, selected)?;
     let spec = [image.channels, image.size, image.size];
     let reference = cached_reference(ext.as_ref(), &cfg.data, Split::Train, spec)?;
-    let mut cfg = cfg;
     match &cfg.extractor {
         Some(id) if id != ext.id() => {
             return Err(user_err(format!(
@@ -321,7 +458,13 @@ fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
         _ => cfg.extractor = Some(ext.id().clone()),
     }
     cfg.write(dir)?;
+    let source = crate::rundir::RunSource {
+        data: cfg.data.clone(),
+        max_images: cfg.max_images,
+        device: selected.info.clone(),
+    };
     let env = StudyEnv {
+        source: &source,
         train: &train,
         heldout: &heldout,
         extractor: ext.as_ref(),
@@ -332,10 +475,7 @@ fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
     let mut bar: Option<indicatif::ProgressBar> = None;
     let rows = run_study(dir, &cfg, &env, &stop, &mut |e| match e {
         StudyEvent::Started { done, total } => {
-            eprintln!(
-                "proxy study in {}: {done}/{total} trainings done",
-                dir.display()
-            )
+            eprintln!("{}: {done}/{total} trainings done", dir.display())
         }
         StudyEvent::UnitStarted {
             index,
@@ -386,38 +526,8 @@ fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
     if let Some(b) = bar.take() {
         b.finish_and_clear();
     }
-    let Some(summary) = fidelity::summarise(&cfg, &rows) else {
-        eprintln!("no architecture has its full training yet; continue with --resume");
-        return Ok(if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            130
-        } else {
-            0
-        });
-    };
-    fidelity::write_summary(dir, &summary)?;
-    eprintln!(
-        "{} architecture(s) against {}; best measures (Spearman rho [90% bootstrap], tau, cost):",
-        summary.architectures, summary.ground_truth
-    );
-    for m in summary.measures.iter().take(8) {
-        let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
-        eprintln!(
-            "  {:<48} {} [{}, {}]  tau {}  {:.0} s/trial ({:.0}% of full)",
-            m.measure,
-            f(m.spearman),
-            f(m.spearman_lo),
-            f(m.spearman_hi),
-            f(m.kendall_tau),
-            m.seconds_per_trial,
-            100.0 * m.cost_vs_full
-        );
-    }
-    eprintln!("summary: {}", dir.join(fidelity::SUMMARY_CSV).display());
-    if stop.load(std::sync::atomic::Ordering::SeqCst) {
-        eprintln!("stopped; continue with --resume");
-        return Ok(130);
-    }
-    Ok(0)
+    let stopped = stop.load(std::sync::atomic::Ordering::SeqCst);
+    Ok((cfg, rows, stopped))
 }
 
 /// The request the flags describe.
@@ -480,6 +590,7 @@ fn llm_choice(l: &LlmArgs) -> anyhow::Result<StrategyChoice> {
 pub fn run(cmd: SearchCmd, given: &Given) -> anyhow::Result<i32> {
     let (common, choice) = match cmd {
         SearchCmd::ProxyCheck(a) => return run_proxy_check(a, given),
+        SearchCmd::Retrain(a) => return run_retrain(a),
         SearchCmd::Block(a) => return super::block_cmd::run(a, given),
         SearchCmd::Random(a) => (a, StrategyChoice::Random),
         SearchCmd::Evolution(e) => (

@@ -12,7 +12,8 @@
 //! Files in the study's folder: `study.json` (the configuration, architectures included,
 //! written first), `results.jsonl` (one row per finished training of one architecture, appended
 //! and flushed), `runs/<hash>/<training>/` (the trainings' run directories: a killed study
-//! resumes each from its checkpoint), `summary.json` and `summary.csv`.
+//! resumes each from its checkpoint; each is a run directory that `sample`, `eval fid` and
+//! `export` open), `summary.json` and `summary.csv`.
 
 use super::rank::{bootstrap_interval, kendall_tau, spearman};
 use super::{SearchError, append_line, io_err};
@@ -114,7 +115,9 @@ pub struct StudyRequest {
     pub seed: u64,
     pub space: SearchSpace,
     pub architectures: usize,
-    /// Genomes always included (presets that fit the space), before the spread picks.
+    /// Genomes always included (presets, a search's winner), before the spread picks; with
+    /// no proxies and `architectures` equal to their number, the study is a retraining of
+    /// them with the full schedule and metric.
     pub include: Vec<(String, Genome)>,
     pub full_steps: u64,
     pub batch_size: usize,
@@ -188,10 +191,20 @@ impl StudyConfig {
         for (name, g) in &r.include {
             let mut g = g.clone();
             g.dropout = 0.0;
-            r.space.validate(&g).map_err(|e| {
-                SearchError::Setting(format!("{name} is not in the study's space: {e}"))
-            })?;
-            let c = cost(&g).expect("validated");
+            // Included genomes may lie outside the space's budget (a hand-designed baseline
+            // beside the search's winner); they must be buildable for its images.
+            if g.image != r.space.image {
+                return Err(SearchError::Setting(format!(
+                    "{name} is for {}x{}x{} images; the study's are {}x{}x{}",
+                    g.image.channels,
+                    g.image.size,
+                    g.image.size,
+                    r.space.image.channels,
+                    r.space.image.size,
+                    r.space.image.size
+                )));
+            }
+            let c = cost(&g).map_err(|e| SearchError::Setting(format!("{name}: {e}")))?;
             architectures.push(StudyArch {
                 hash: g.hash(),
                 origin: name.clone(),
@@ -214,7 +227,7 @@ impl StudyConfig {
                 architectures.push(a);
             }
         }
-        if architectures.len() < 3 {
+        if !r.proxies.is_empty() && architectures.len() < 3 {
             return Err(SearchError::Setting(format!(
                 "the space gave {} architecture(s); a rank study needs at least 3",
                 architectures.len()
@@ -383,6 +396,9 @@ pub struct StudyEnv<'a> {
     pub extractor: &'a dyn FeatureExtractor,
     pub reference: &'a Reference,
     pub device: &'a Device,
+    /// Where the training images came from and the device: every unit's folder gets a
+    /// `genome.json` and `train.json` and is a run directory (`sample`, `eval`, `export`).
+    pub source: &'a crate::rundir::RunSource,
 }
 
 /// The rows already in `dir/results.jsonl` (a torn last line is dropped).
@@ -452,6 +468,9 @@ fn run_unit(
     on_event: &mut dyn FnMut(StudyEvent),
 ) -> Result<Option<StudyRow>, SearchError> {
     std::fs::create_dir_all(run_dir).map_err(|e| io_err(run_dir, e))?;
+    crate::rundir::RunFiles::new(training.train.clone(), env.source)
+        .write(run_dir, &arch.genome)
+        .map_err(|e| io_err(run_dir, e))?;
     let mut row = StudyRow {
         hash: arch.hash.clone(),
         training: training.name.clone(),
@@ -813,4 +832,101 @@ pub fn write_summary(dir: &Path, s: &StudySummary) -> Result<(), SearchError> {
     }
     let p = dir.join(SUMMARY_CSV);
     crate::train::write_atomic(&p, csv.as_bytes()).map_err(|e| io_err(&p, e))
+}
+
+/// The folder of a search's retraining (`diffnas search retrain`), inside the search's.
+pub const RETRAIN_DIR: &str = "retrain";
+
+/// One row of a retraining's table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrainRow {
+    pub name: String,
+    pub hash: String,
+    pub params: u64,
+    pub macs: u64,
+    /// The full metric (`FD-classifier @ 2000 x DDIM-50`), None when the training failed.
+    pub score: Option<f64>,
+    pub metric: String,
+    pub heldout_eps_mse: Option<f64>,
+    pub train_seconds: f64,
+    pub run_dir: PathBuf,
+    pub reason: Option<String>,
+}
+
+/// The retraining's rows, in the order of `cfg.architectures`, for those that are done.
+pub fn retrain_rows(dir: &Path, cfg: &StudyConfig, rows: &[StudyRow]) -> Vec<RetrainRow> {
+    let full = cfg.full();
+    let want = full.samples.first();
+    cfg.architectures
+        .iter()
+        .filter_map(|a| {
+            let r = rows
+                .iter()
+                .find(|r| r.hash == a.hash && r.training == FULL)?;
+            let s = r.scores.iter().find(|s| {
+                s.metric.starts_with('F') && want.is_some_and(|w| s.n == w.n && s.steps == w.steps)
+            });
+            Some(RetrainRow {
+                name: a.origin.clone(),
+                hash: a.hash.clone(),
+                params: a.params,
+                macs: a.macs,
+                score: s.map(|s| s.value),
+                metric: s.map_or_else(String::new, |s| {
+                    format!("{} @ {} x DDIM-{}", s.metric, s.n, s.steps)
+                }),
+                heldout_eps_mse: r.heldout_eps_mse,
+                train_seconds: r.train_seconds,
+                run_dir: dir.join("runs").join(&a.hash).join(FULL),
+                reason: r.reason.clone(),
+            })
+        })
+        .collect()
+}
+
+/// `retrain.md`: the winner beside the baselines, one row each.
+pub fn retrain_markdown(cfg: &StudyConfig, rows: &[RetrainRow]) -> String {
+    use std::fmt::Write as _;
+    let full = cfg.full();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Retrained with the full schedule\n\n{} steps of batch {} (cosine from LR {:e}, \
+         warm-up {}, EMA {}), scored on {} samples with DDIM {}; held-out eps-MSE on {} test \
+         triples.\n",
+        full.train.steps,
+        full.train.batch_size,
+        full.train.lr,
+        full.train.warmup_steps,
+        full.train.ema_decay,
+        full.samples.first().map_or(0, |x| x.n),
+        full.samples.first().map_or(0, |x| x.steps),
+        cfg.heldout_triples
+    );
+    let metric = rows
+        .iter()
+        .find(|r| !r.metric.is_empty())
+        .map_or("score", |r| r.metric.as_str());
+    let _ = writeln!(
+        s,
+        "| genome | hash | M params | M MACs | {metric} | held-out eps-MSE | training s |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | `{}` | {:.3} | {:.1} | {} | {} | {:.0} |",
+            r.name,
+            r.hash,
+            r.params as f64 / 1e6,
+            r.macs as f64 / 1e6,
+            r.score.map_or_else(
+                || format!("failed: {}", r.reason.as_deref().unwrap_or("?")),
+                |v| format!("{v:.2}")
+            ),
+            r.heldout_eps_mse.map_or("-".into(), |v| format!("{v:.4}")),
+            r.train_seconds
+        );
+    }
+    s
 }
