@@ -16,16 +16,21 @@
 //! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
 //!   `model::conv` (the CPU convolution for its extractors), f64 linear algebra (faer).
 //!   `eval::setup` finds or makes what scoring needs on disk: the home folder, the extractor,
-//!   the reference-statistics cache, the classifier (trained on first use).
+//!   the reference-statistics cache, the classifier (trained on first use). `eval::heldout` is
+//!   the held-out denoising loss (eps-MSE on fixed `(x0, t, noise)` triples).
 //! - `rundir` -> genome, model, train, data, device, eval: the run-directory format
 //!   (`genome.json`, `train.json`, weights) that `train`, every search trial, the block
 //!   search's students and every command that opens a model share; training, sampling,
 //!   scoring and exporting a run directory.
 //! - `trial` -> genome, model, train, diffusion, eval, data, rundir: genome -> trained, scored
 //!   trial, its folder a complete run directory.
-//! - `search` -> genome, trial (the `Evaluator` trait), the trial log. `search::config` is
+//! - `search` -> genome, trial (the `Evaluator` trait and the `Proxy` a score was made with),
+//!   the trial log (keyed by the hash of the network that is built). `search::config` is
 //!   `search.json` (the typed strategy, the `--scale` defaults, the resume check);
-//!   `search::rank` the proxy check; `search::report` the report and charts.
+//!   `search::rank` the rank statistics (Spearman, Kendall, bootstrap); `search::fidelity` the
+//!   proxy-fidelity study and the winner's retraining (it trains through `train` and scores
+//!   through `eval`, like a trial); `search::report` the report, charts and the comparison of
+//!   runs (refused across proxies, summarised over seeds).
 //! - `search::block` -> genome, model, diffusion, train (the one-shot exception: it trains
 //!   shared supernet weights and retrains the student through `train`'s `Objective`), data,
 //!   rundir, eval. `search::block::pipeline` is the search as phases with typed results.
