@@ -57,6 +57,18 @@ impl RunDirError {
     }
 }
 
+/// The defaults of sampling, grids and exports of a run (the CLI shows these).
+pub mod defaults {
+    /// DDIM steps of `sample`, `eval fid` and the grid `train` writes at the end.
+    pub const SAMPLE_STEPS: usize = 50;
+    /// Images generated per batch.
+    pub const SAMPLE_BATCH_SIZE: usize = 64;
+    /// Images of `sample` and of the grid `train` writes at the end.
+    pub const SAMPLES: usize = 64;
+    /// DDIM steps the browser page suggests for an exported model.
+    pub const EXPORT_STEPS: usize = 20;
+}
+
 /// Where a run's data came from and where it ran: what `train.json` holds beside the
 /// training configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -911,8 +911,28 @@ fn search_config_resume_check() {
     other.strategy = StrategyChoice::Random;
     let e = SearchConfig::resume(dir, &other, &[], &cpu).unwrap_err();
     assert!(
+        e.to_string().contains(
+            "is a `evolution` search, not `random`: resume it with `diffnas search \
+             evolution --resume`"
+        ),
+        "{e}"
+    );
+    // A search.json whose strategy name lacks its section (or has another's) is refused.
+    let p = dir.join("search.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    v["strategy"] = "random".into();
+    std::fs::write(&p, v.to_string()).unwrap();
+    let e = SearchConfig::read(dir).unwrap_err();
+    assert!(
         e.to_string()
-            .contains("--strategy random differs from the evolution"),
+            .contains("strategy \"random\" needs no strategy section, and the file has evolution"),
+        "{e}"
+    );
+    v["strategy"] = "annealing".into();
+    std::fs::write(&p, v.to_string()).unwrap();
+    let e = SearchConfig::read(dir).unwrap_err();
+    assert!(
+        e.to_string().contains("unknown strategy \"annealing\""),
         "{e}"
     );
 }

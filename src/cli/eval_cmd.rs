@@ -60,7 +60,7 @@ pub struct FetchArgs {
     #[arg(long)]
     pub dest: Option<PathBuf>,
     /// Connection timeout in seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = setup::defaults::FETCH_TIMEOUT_S)]
     pub timeout: u64,
 }
 
@@ -123,7 +123,7 @@ pub struct FidArgs {
     #[arg(long, value_enum, default_value = "test")]
     pub split: Split,
     /// Number of images (generated, or the first N of the folder/split).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = setup::defaults::FID_N)]
     pub n: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,

@@ -26,7 +26,7 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value = "ema")]
     pub weights: Weights,
     /// DDIM steps the page suggests for this model.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = crate::rundir::defaults::EXPORT_STEPS)]
     pub default_steps: usize,
 }
 

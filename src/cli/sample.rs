@@ -16,7 +16,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value = "ddim")]
     pub sampler: SamplerKind,
     /// Denoising steps (respaced evenly over the training timesteps).
-    #[arg(long, default_value_t = DEFAULT_STEPS)]
+    #[arg(long, default_value_t = rundir::defaults::SAMPLE_STEPS)]
     pub steps: usize,
     /// DDIM eta (0: deterministic; 1: DDPM-like noise).
     #[arg(long, default_value_t = 0.0)]
@@ -28,13 +28,9 @@ pub struct SamplingArgs {
     #[arg(long, value_enum, default_value = "ema")]
     pub weights: Weights,
     /// Images generated per batch.
-    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+    #[arg(long, default_value_t = rundir::defaults::SAMPLE_BATCH_SIZE)]
     pub batch_size: usize,
 }
-
-/// The sampling defaults of `sample` and `eval fid`.
-const DEFAULT_STEPS: usize = 50;
-const DEFAULT_BATCH_SIZE: usize = 64;
 
 impl SamplingArgs {
     /// DDIM-`steps` from the EMA weights, seed 0.
@@ -45,7 +41,7 @@ impl SamplingArgs {
             eta: 0.0,
             seed: 0,
             weights: Weights::Ema,
-            batch_size: DEFAULT_BATCH_SIZE,
+            batch_size: rundir::defaults::SAMPLE_BATCH_SIZE,
         }
     }
 }
@@ -55,7 +51,7 @@ pub struct SampleArgs {
     /// Run directory: written by `diffnas train` or a search trial (RUN/trials/HASH).
     pub run_dir: PathBuf,
     /// Number of images.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = rundir::defaults::SAMPLES)]
     pub n: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,

@@ -77,10 +77,10 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = defaults::LOG_EVERY)]
     pub log_every: u64,
     /// Images in the sample grid written at the end (0: none).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = rundir::defaults::SAMPLES)]
     pub samples: usize,
     /// DDIM steps for that grid.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = rundir::defaults::SAMPLE_STEPS)]
     pub sample_steps: usize,
     /// Stop after this many steps with a checkpoint, as if interrupted (for testing resume).
     #[arg(long, hide = true)]

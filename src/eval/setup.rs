@@ -24,6 +24,10 @@ pub mod defaults {
     pub const CLASSIFIER_SEED: u64 = 0;
     /// Images kept for KID in a reference's statistics.
     pub const REFERENCE_KEEP: usize = 10_000;
+    /// Images `eval fid` generates (or reads) by default.
+    pub const FID_N: usize = 10_000;
+    /// Connection timeout of a weights download, in seconds.
+    pub const FETCH_TIMEOUT_S: u64 = 30;
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -72,7 +72,7 @@ pub enum StrategyChoice {
 
 /// `search.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "SearchFile", into = "SearchFile")]
+#[serde(try_from = "SearchFile", into = "SearchFile")]
 pub struct SearchConfig {
     pub strategy: StrategyConfig,
     pub seed: u64,
@@ -107,14 +107,46 @@ struct SearchFile {
     extractor: Option<crate::eval::ExtractorId>,
 }
 
-impl From<SearchFile> for SearchConfig {
-    fn from(f: SearchFile) -> SearchConfig {
-        let strategy = match (f.evolution, f.llm_endpoint, f.llm) {
-            (Some(e), _, _) => StrategyConfig::Evolution(e),
-            (None, Some(endpoint), Some(l)) => StrategyConfig::Llm(endpoint, l),
-            _ => StrategyConfig::Random,
+impl TryFrom<SearchFile> for SearchConfig {
+    type Error = String;
+
+    /// The strategy named by `strategy`, from its own section; a name without its section
+    /// (or with another's) is an error.
+    fn try_from(f: SearchFile) -> Result<SearchConfig, String> {
+        let strategy = match (f.strategy.as_str(), f.evolution, f.llm_endpoint, f.llm) {
+            ("random", None, None, None) => StrategyConfig::Random,
+            ("evolution", Some(e), None, None) => StrategyConfig::Evolution(e),
+            ("llm", None, Some(endpoint), Some(l)) => StrategyConfig::Llm(endpoint, l),
+            (name @ ("random" | "evolution" | "llm"), e, le, l) => {
+                let has: Vec<&str> = [
+                    e.is_some().then_some("evolution"),
+                    le.is_some().then_some("llm_endpoint"),
+                    l.is_some().then_some("llm"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let need = match name {
+                    "random" => "no strategy section",
+                    "evolution" => "an evolution section",
+                    _ => "llm and llm_endpoint sections",
+                };
+                return Err(format!(
+                    "strategy {name:?} needs {need}, and the file has {}",
+                    if has.is_empty() {
+                        "none".to_string()
+                    } else {
+                        has.join(" and ")
+                    }
+                ));
+            }
+            (other, ..) => {
+                return Err(format!(
+                    "unknown strategy {other:?}: expected random, evolution or llm"
+                ));
+            }
         };
-        SearchConfig {
+        Ok(SearchConfig {
             strategy,
             seed: f.seed,
             data: f.data,
@@ -125,7 +157,7 @@ impl From<SearchFile> for SearchConfig {
             limits: f.limits,
             metric: f.metric,
             extractor: f.extractor,
-        }
+        })
     }
 }
 
@@ -413,8 +445,7 @@ impl SearchConfig {
             StrategyChoice::Llm(..) => "llm",
         };
         if c.strategy.name() != wanted {
-            return Err(SearchError::Changed {
-                setting: "strategy".into(),
+            return Err(SearchError::OtherStrategy {
                 given: wanted.into(),
                 stored: c.strategy.name().into(),
                 path: dir.join(CONFIG_FILE),

@@ -101,6 +101,16 @@ pub enum SearchError {
         stored: String,
         path: PathBuf,
     },
+    #[error(
+        "{} is a `{stored}` search, not `{given}`: resume it with `diffnas search {stored} \
+         --resume`",
+        path.display()
+    )]
+    OtherStrategy {
+        given: String,
+        stored: String,
+        path: PathBuf,
+    },
 }
 
 impl SearchError {
@@ -112,6 +122,7 @@ impl SearchError {
                 | SearchError::NothingToResume { .. }
                 | SearchError::NothingToReport { .. }
                 | SearchError::Changed { .. }
+                | SearchError::OtherStrategy { .. }
                 | SearchError::Corrupt { .. }
                 | SearchError::Setting(_)
         )
