@@ -627,21 +627,28 @@ fn proxy_study_resumes_after_a_kill_to_the_uninterrupted_result() {
         "proxy-12 heldout-eps-MSE",
         "proxy-3 TSE",
         "proxy-6-lr2e-4 TSE-late",
-        "full FD-classifier @ 16 x DDIM-4",
     ] {
         assert!(
             measures.iter().any(|x| x["measure"] == m),
             "{m} missing from {measures:?}"
         );
     }
-    // The ground truth is not ranked against itself.
+    // The full training's other measures are checks of the truth, not proxies; the ground
+    // truth is not ranked against itself.
+    let checks = summary["ground_truth_checks"].as_array().unwrap();
+    assert!(!measures.iter().any(|x| x["training"] == "full"));
     assert!(
-        !measures
+        checks
+            .iter()
+            .any(|x| x["measure"] == "full FD-classifier @ 16 x DDIM-4")
+    );
+    assert!(
+        !checks
             .iter()
             .any(|x| x["measure"] == "full FD-classifier @ 32 x DDIM-4")
     );
     let csv = std::fs::read_to_string(whole.join("summary.csv")).unwrap();
-    assert_eq!(csv.lines().count(), measures.len() + 1);
+    assert_eq!(csv.lines().count(), measures.len() + checks.len() + 1);
     // Asked again without --resume: refused; with --resume and another setting: refused.
     let o = run(&study(&whole).iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(2));

@@ -441,8 +441,7 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
             kid_cfg,
             &mut next,
             &mut |k| pb.set_position(k as u64),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        )?;
         pb.finish_and_clear();
         s.images = Some(what);
         s

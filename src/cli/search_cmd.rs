@@ -350,7 +350,7 @@ fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn run_retrain(a: RetrainArgs) -> anyhow::Result<i32> {
+fn run_retrain(a: RetrainArgs, given: &Given) -> anyhow::Result<i32> {
     let selected = super::select_device(a.ext.device)?;
     eprintln!("device: {}", selected.info);
     let search = SearchConfig::read(&a.run_dir)?;
@@ -363,7 +363,17 @@ fn run_retrain(a: RetrainArgs) -> anyhow::Result<i32> {
     };
     let dir = a.run_dir.join(fidelity::RETRAIN_DIR);
     let cfg = match (a.resume, StudyConfig::read(&dir)?) {
-        (true, Some(c)) => c,
+        (true, Some(c)) => {
+            let fixed = ["baseline", "steps", "score_n", "score_steps"];
+            if let Some(f) = fixed.iter().find(|f| given.has(f)) {
+                return Err(user_err(format!(
+                    "--{} was given, but a resumed retraining keeps the settings in {}",
+                    f.replace('_', "-"),
+                    StudyConfig::path(&dir).display()
+                )));
+            }
+            c
+        }
         (true, None) => {
             return Err(user_err(format!(
                 "{}: no {} to resume from",
@@ -433,6 +443,13 @@ fn run_study_cli(
     }
     let image = cfg.space.image;
     let train = train.to_spec(image.channels, image.size)?;
+    if matches!(cfg.data, DataSource::Folder(_)) {
+        return Err(user_err(format!(
+            "--data {}: an image folder has no test split for the held-out loss; use a dataset \
+             with one (fashion-mnist, mnist, cifar10)",
+            cfg.data
+        )));
+    }
     let test = cfg
         .data
         .load(Split::Test)?
@@ -590,7 +607,7 @@ fn llm_choice(l: &LlmArgs) -> anyhow::Result<StrategyChoice> {
 pub fn run(cmd: SearchCmd, given: &Given) -> anyhow::Result<i32> {
     let (common, choice) = match cmd {
         SearchCmd::ProxyCheck(a) => return run_proxy_check(a, given),
-        SearchCmd::Retrain(a) => return run_retrain(a),
+        SearchCmd::Retrain(a) => return run_retrain(a, given),
         SearchCmd::Block(a) => return super::block_cmd::run(a, given),
         SearchCmd::Random(a) => (a, StrategyChoice::Random),
         SearchCmd::Evolution(e) => (

@@ -191,6 +191,9 @@ impl StudyConfig {
         for (name, g) in &r.include {
             let mut g = g.clone();
             g.dropout = 0.0;
+            if architectures.iter().any(|a| a.hash == g.hash()) {
+                continue;
+            }
             // Included genomes may lie outside the space's budget (a hand-designed baseline
             // beside the search's winner); they must be buildable for its images.
             if g.image != r.space.image {
@@ -401,13 +404,35 @@ pub struct StudyEnv<'a> {
     pub source: &'a crate::rundir::RunSource,
 }
 
-/// The rows already in `dir/results.jsonl` (a torn last line is dropped).
+/// The rows in `dir/results.jsonl`, the last one of each (architecture, training) (a failed
+/// unit retried on resume appends another); a torn last line is skipped.
 pub fn read_rows(dir: &Path) -> Vec<StudyRow> {
-    std::fs::read_to_string(dir.join(RESULTS_FILE))
-        .unwrap_or_default()
+    let mut rows: Vec<StudyRow> = Vec::new();
+    let text = std::fs::read_to_string(dir.join(RESULTS_FILE)).unwrap_or_default();
+    for r in text
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+        .filter_map(|l| serde_json::from_str::<StudyRow>(l).ok())
+    {
+        rows.retain(|x| !(x.hash == r.hash && x.training == r.training));
+        rows.push(r);
+    }
+    rows
+}
+
+/// Cut a torn last line (a kill during a write) so that the next row starts on its own.
+fn cut_torn_tail(path: &Path) -> Result<(), SearchError> {
+    let Ok(text) = std::fs::read(path) else {
+        return Ok(());
+    };
+    if text.is_empty() || text.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    f.set_len(keep as u64).map_err(|e| io_err(path, e))
 }
 
 /// Run every unit of `cfg` not yet in `dir/results.jsonl`. `stop` ends it at the next
@@ -421,9 +446,10 @@ pub fn run_study(
 ) -> Result<Vec<StudyRow>, SearchError> {
     let mut rows = read_rows(dir);
     let units = cfg.units();
+    // A unit that failed (a device error, a full disk, a diverged run) is tried again.
     let done = |rows: &[StudyRow], a: &StudyArch, t: &StudyTraining| {
         rows.iter()
-            .any(|r| r.hash == a.hash && r.training == t.name)
+            .any(|r| r.ok && r.hash == a.hash && r.training == t.name)
     };
     let total = units.len();
     on_event(StudyEvent::Started {
@@ -431,6 +457,7 @@ pub fn run_study(
         total,
     });
     let results = dir.join(RESULTS_FILE);
+    cut_torn_tail(&results)?;
     for (index, (arch, training)) in units.into_iter().enumerate() {
         if done(&rows, arch, training) {
             continue;
@@ -451,7 +478,10 @@ pub fn run_study(
         };
         append_line(&results, &row)?;
         on_event(StudyEvent::UnitDone(&row));
-        let _ = std::fs::remove_dir_all(run_dir.join("checkpoints"));
+        if row.ok {
+            let _ = std::fs::remove_dir_all(run_dir.join("checkpoints"));
+        }
+        rows.retain(|x| !(x.hash == row.hash && x.training == row.training));
         rows.push(row);
     }
     Ok(rows)
@@ -643,8 +673,13 @@ pub struct StudySummary {
     pub architectures: usize,
     /// Ground-truth seconds per architecture.
     pub full_seconds: f64,
-    /// Every measure, best Spearman first.
+    /// Every proxy measure, best Spearman first.
     pub measures: Vec<Fidelity>,
+    /// The full training's other measures against the ground truth (a smaller N of the same
+    /// samples, the kernel distance, the held-out loss): how noisy the truth is, and whether
+    /// a cheaper measure of a fully trained model would do.
+    #[serde(default)]
+    pub ground_truth_checks: Vec<Fidelity>,
 }
 
 /// Every measure a row offers: (name, training, metric, n, ddim steps, value, seconds).
@@ -658,8 +693,9 @@ type Measure = (
     f64,
 );
 
-/// Per architecture: (the measure's value, the ground truth's, the measure's seconds).
-type Points = Vec<(f64, f64, f64)>;
+/// Per architecture: (the measure's value, the ground truth's, the measure's seconds, whether
+/// it is the truly best architecture).
+type Points = Vec<(f64, f64, f64, bool)>;
 
 fn measures(r: &StudyRow) -> Vec<Measure> {
     let mut out = Vec::new();
@@ -733,68 +769,83 @@ pub fn summarise(cfg: &StudyConfig, rows: &[StudyRow]) -> Option<StudySummary> {
         .map(|(_, _, m, n, k)| {
             format!("{FULL} ({} steps) {m} @ {n} x DDIM-{k}", full.train.steps)
         })?;
-    let truth_measure = name
-        .split_once(' ')
-        .map(|(_, rest)| rest.split_once(") ").map_or(rest, |x| x.1))
-        .map(|m| format!("{FULL} {m}"))
-        .unwrap_or_default();
+    let true_best = truth
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|t| t.0.clone());
     let full_seconds = truth.iter().map(|t| t.2).sum::<f64>() / truth.len().max(1) as f64;
-    let mut by_measure: std::collections::BTreeMap<String, (Measure, Points)> = Default::default();
-    for r in rows.iter().filter(|r| r.ok) {
-        let Some((_, tv, _)) = truth.iter().find(|t| t.0 == r.hash) else {
-            continue;
-        };
-        for m in measures(r) {
-            if m.0 == truth_measure {
+    let rank = |proxies: bool| -> Vec<Fidelity> {
+        let mut by_measure: std::collections::BTreeMap<String, (Measure, Points)> =
+            Default::default();
+        for r in rows
+            .iter()
+            .filter(|r| r.ok && (r.training != FULL) == proxies)
+        {
+            let Some((_, tv, _)) = truth.iter().find(|t| t.0 == r.hash) else {
                 continue;
+            };
+            for m in measures(r) {
+                let e = by_measure
+                    .entry(m.0.clone())
+                    .or_insert((m.clone(), Vec::new()));
+                e.1.push((
+                    m.5,
+                    *tv,
+                    m.6,
+                    r.hash == *true_best.as_ref().expect("a truth"),
+                ));
             }
-            let e = by_measure
-                .entry(m.0.clone())
-                .or_insert((m.clone(), Vec::new()));
-            e.1.push((m.5, *tv, m.6));
         }
-    }
-    let mut out: Vec<Fidelity> = by_measure
-        .into_values()
-        .map(|(m, pts)| {
-            let (p, g): (Vec<f64>, Vec<f64>) = pts.iter().map(|x| (x.0, x.1)).unzip();
-            let (lo, hi) = bootstrap_interval(&p, &g, defaults::BOOTSTRAP, 0.90, cfg.seed)
-                .map_or((None, None), |(a, b)| (Some(a), Some(b)));
-            let secs = pts.iter().map(|x| x.2).sum::<f64>() / pts.len() as f64;
-            Fidelity {
-                measure: m.0,
-                training: m.1,
-                metric: m.2,
-                n: m.3,
-                ddim_steps: m.4,
-                architectures: pts.len(),
-                spearman: spearman(&p, &g),
-                spearman_lo: lo,
-                spearman_hi: hi,
-                kendall_tau: kendall_tau(&p, &g),
-                best_in_top3: best_in_top(&p, &g, 3),
-                seconds_per_trial: secs,
-                cost_vs_full: secs / full_seconds.max(1e-9),
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        b.spearman
-            .unwrap_or(-2.0)
-            .partial_cmp(&a.spearman.unwrap_or(-2.0))
-            .expect("finite")
-    });
+        let mut out: Vec<Fidelity> = by_measure
+            .into_values()
+            // The ground truth itself (equal to the truth everywhere) is not ranked.
+            .filter(|(m, pts)| m.1 != FULL || !pts.iter().all(|x| x.0 == x.1))
+            .map(|(m, pts)| fidelity(m, &pts, full_seconds, cfg.seed))
+            .collect();
+        out.sort_by(|a, b| {
+            b.spearman
+                .unwrap_or(-2.0)
+                .partial_cmp(&a.spearman.unwrap_or(-2.0))
+                .expect("finite")
+        });
+        out
+    };
     Some(StudySummary {
         ground_truth: name,
         architectures: truth.len(),
         full_seconds,
-        measures: out,
+        measures: rank(true),
+        ground_truth_checks: rank(false),
     })
 }
 
-/// Whether the lowest `truth` is among the `k` lowest `proxy`.
-fn best_in_top(proxy: &[f64], truth: &[f64], k: usize) -> bool {
-    let Some(best) = (0..truth.len()).min_by(|&a, &b| truth[a].total_cmp(&truth[b])) else {
+/// One measure's fidelity from its points.
+fn fidelity(m: Measure, pts: &Points, full_seconds: f64, seed: u64) -> Fidelity {
+    let (p, g): (Vec<f64>, Vec<f64>) = pts.iter().map(|x| (x.0, x.1)).unzip();
+    let (lo, hi) = bootstrap_interval(&p, &g, defaults::BOOTSTRAP, 0.90, seed)
+        .map_or((None, None), |(a, b)| (Some(a), Some(b)));
+    let secs = pts.iter().map(|x| x.2).sum::<f64>() / pts.len() as f64;
+    Fidelity {
+        measure: m.0,
+        training: m.1,
+        metric: m.2,
+        n: m.3,
+        ddim_steps: m.4,
+        architectures: pts.len(),
+        spearman: spearman(&p, &g),
+        spearman_lo: lo,
+        spearman_hi: hi,
+        kendall_tau: kendall_tau(&p, &g),
+        best_in_top3: best_in_top(&p, pts.iter().map(|x| x.3), 3),
+        seconds_per_trial: secs,
+        cost_vs_full: secs / full_seconds.max(1e-9),
+    }
+}
+
+/// Whether the study's truly best architecture (flagged in `is_best`) is among the `k`
+/// lowest `proxy` values; false when it has no value for this measure.
+fn best_in_top(proxy: &[f64], is_best: impl Iterator<Item = bool>, k: usize) -> bool {
+    let Some(best) = is_best.enumerate().find(|x| x.1).map(|x| x.0) else {
         return false;
     };
     let mut order: Vec<usize> = (0..proxy.len()).collect();
@@ -812,7 +863,7 @@ pub fn write_summary(dir: &Path, s: &StudySummary) -> Result<(), SearchError> {
     );
     let o = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.4}"));
     let u = |v: Option<usize>| v.map_or(String::new(), |x| x.to_string());
-    for m in &s.measures {
+    for m in s.measures.iter().chain(&s.ground_truth_checks) {
         csv.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.4}\n",
             m.measure,

@@ -161,17 +161,21 @@ fn median(v: &mut [f64]) -> Option<f64> {
 /// (trial, median, min, max) per counted trial.
 pub type Spread = Vec<(usize, f64, f64, f64)>;
 
-/// Per strategy and counted trial `1..=max`: (trial, median, min, max) of the best score so
-/// far over the runs that have one by then.
+/// Per strategy and counted trial, up to the shortest run's last: (trial, median, min, max)
+/// of the best score so far over the runs, from the first trial at which every run has one.
 pub fn spread(group: &[&RunSummary]) -> Spread {
-    let max = group
+    // Only where every run has a score: the median of a changing set of runs could rise.
+    let shortest = group
         .iter()
         .map(|r| r.records.iter().filter(|x| x.counts()).count())
-        .max()
+        .min()
         .unwrap_or(0);
-    (1..=max)
+    (1..=shortest)
         .filter_map(|t| {
             let mut v: Vec<f64> = group.iter().filter_map(|r| r.best_after(t)).collect();
+            if v.len() < group.len() {
+                return None;
+            }
             let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             median(&mut v).map(|m| (t, m, lo, hi))
@@ -301,6 +305,8 @@ pub fn markdown(runs: &[RunSummary], charts: &[String], target: Option<f64>) -> 
             );
         }
         let _ = writeln!(s);
+    }
+    if runs.len() > 1 || target.is_some() {
         strategies_table(&mut s, runs, target);
     }
     if !charts.is_empty() {
