@@ -649,6 +649,23 @@ fn proxy_study_resumes_after_a_kill_to_the_uninterrupted_result() {
     );
     let csv = std::fs::read_to_string(whole.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), measures.len() + checks.len() + 1);
+    // The summary alone (no training, no device): the same ranking.
+    std::fs::remove_file(whole.join("summary.json")).unwrap();
+    let o = run(&[
+        "search",
+        "proxy-check",
+        "--summary",
+        "--run-dir",
+        whole.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("15/15 trainings done"),
+        "{err}"
+    );
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(whole.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(again["measures"], summary["measures"]);
     // Asked again without --resume: refused; with --resume and another setting: refused.
     let o = run(&study(&whole).iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(o.status.code(), Some(2));

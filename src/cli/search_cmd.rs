@@ -92,6 +92,10 @@ pub struct ProxyCheckArgs {
     /// Continue a stopped study (its study.json is used; no other study flag may be given).
     #[arg(long)]
     pub resume: bool,
+    /// Only rank what the study in --run-dir has measured so far (no training; safe while
+    /// it runs in another process).
+    #[arg(long, conflicts_with = "resume")]
+    pub summary: bool,
     /// fashion-mnist[:DIR], mnist:DIR, cifar10:PATH or folder:DIR.
     #[arg(long, default_value = "fashion-mnist")]
     pub data: DataSource,
@@ -260,9 +264,20 @@ pub struct EvolutionArgs {
 }
 
 fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
+    let dir = &a.run_dir;
+    if a.summary {
+        let Some(cfg) = StudyConfig::read(dir)? else {
+            return Err(user_err(format!(
+                "{}: no {} (is it a study's folder?)",
+                dir.display(),
+                fidelity::STUDY_FILE
+            )));
+        };
+        let rows = fidelity::read_rows(dir);
+        return print_summary(dir, &cfg, &rows, false);
+    }
     let selected = super::select_device(a.ext.device)?;
     eprintln!("device: {}", selected.info);
-    let dir = &a.run_dir;
     let cfg = match (a.resume, StudyConfig::read(dir)?) {
         (true, Some(c)) => {
             if let Some(f) = STUDY_FLAGS.iter().find(|f| given.has(f)) {
@@ -320,7 +335,23 @@ fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
         }
     };
     let (cfg, rows, stopped) = run_study_cli(dir, cfg, &a.ext, &selected)?;
-    let Some(summary) = fidelity::summarise(&cfg, &rows) else {
+    print_summary(dir, &cfg, &rows, stopped)
+}
+
+/// Rank the rows, write summary.json and summary.csv, print the best measures.
+fn print_summary(
+    dir: &Path,
+    cfg: &StudyConfig,
+    rows: &[fidelity::StudyRow],
+    stopped: bool,
+) -> anyhow::Result<i32> {
+    let done = rows.iter().filter(|r| r.ok).count();
+    eprintln!(
+        "{}: {done}/{} trainings done",
+        dir.display(),
+        cfg.units().len()
+    );
+    let Some(summary) = fidelity::summarise(cfg, rows) else {
         eprintln!("no architecture has its full training yet; continue with --resume");
         return Ok(if stopped { 130 } else { 0 });
     };
