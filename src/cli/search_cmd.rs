@@ -10,12 +10,11 @@
 use super::eval_cmd::{ExtractorArgs, cached_reference, extractor};
 use super::{Given, user_err};
 use crate::data::{DataSource, Split};
-use crate::eval::heldout::HeldOutSet;
 use crate::genome::ImageSpec;
 use crate::search::config::{
     EvaluatorKind, FIXED_ON_RESUME, Scale, SearchConfig, SearchRequest, StrategyChoice, defaults,
 };
-use crate::search::fidelity::{self, StudyConfig, StudyEnv, StudyEvent, StudyRequest, run_study};
+use crate::search::fidelity::{self, StudyConfig, StudyEnv, StudyEvent, run_study};
 use crate::search::llm::client::LlmConfig;
 use crate::search::llm::prompt::MemoryLimits;
 use crate::search::llm::{LlmSearchConfig, RoundFile, defaults as llm_defaults};
@@ -278,62 +277,24 @@ fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
     }
     let selected = super::select_device(a.ext.device)?;
     eprintln!("device: {}", selected.info);
-    let cfg = match (a.resume, StudyConfig::read(dir)?) {
-        (true, Some(c)) => {
-            if let Some(f) = STUDY_FLAGS.iter().find(|f| given.has(f)) {
-                return Err(user_err(format!(
-                    "--{} was given, but a resumed study keeps the settings in {}",
-                    f.replace('_', "-"),
-                    StudyConfig::path(dir).display()
-                )));
-            }
-            c
-        }
-        (true, None) => {
-            return Err(user_err(format!(
-                "{}: no {} to resume from",
-                dir.display(),
-                fidelity::STUDY_FILE
-            )));
-        }
-        (false, Some(_)) => {
-            return Err(user_err(format!(
-                "{} already holds a study ({}); continue it with --resume or pick another --run-dir",
-                dir.display(),
-                fidelity::STUDY_FILE
-            )));
-        }
-        (false, None) => {
-            let data = a.data.load(Split::Train)?;
-            let image = ImageSpec {
-                channels: data.channels,
-                size: data.height,
-            };
-            let r = SearchRequest {
-                trial_batch_size: a.batch_size,
-                ..SearchRequest::defaults(a.scale, a.data.clone())
-            };
-            let search = SearchConfig::new(&r, image, &selected.info);
-            let t = &search.trial.train;
-            StudyConfig::new(&StudyRequest {
-                data: a.data.clone(),
-                max_images: a.max_images,
-                seed: a.seed,
-                space: search.space.clone(),
-                architectures: a.architectures,
-                include: Vec::new(),
-                full_steps: a.full_steps,
-                batch_size: a.batch_size,
-                proxies: StudyRequest::proxies_around(
-                    a.proxy_steps.unwrap_or(t.steps),
-                    a.proxy_lr.unwrap_or(t.lr),
-                ),
-                full_score_n: a.full_score_n,
-                full_score_steps: a.full_score_steps,
-                proxy_score_n: a.proxy_score_n,
-            })?
-        }
+    let given_flag = STUDY_FLAGS.iter().copied().find(|f| given.has(f));
+    let ask = fidelity::StudyAsk {
+        data: a.data.clone(),
+        max_images: a.max_images,
+        scale: a.scale,
+        architectures: a.architectures,
+        full_steps: a.full_steps,
+        seed: a.seed,
+        batch_size: a.batch_size,
+        proxy_steps: a.proxy_steps,
+        proxy_lr: a.proxy_lr,
+        proxy_score_n: a.proxy_score_n,
+        full_score_n: a.full_score_n,
+        full_score_steps: a.full_score_steps,
     };
+    let cfg = StudyConfig::open(dir, a.resume, given_flag, || {
+        StudyConfig::for_scale(&ask, &selected.info)
+    })?;
     let (cfg, rows, stopped) = run_study_cli(dir, cfg, &a.ext, &selected)?;
     print_summary(dir, &cfg, &rows, stopped)
 }
@@ -393,66 +354,21 @@ fn run_retrain(a: RetrainArgs, given: &Given) -> anyhow::Result<i32> {
         )));
     };
     let dir = a.run_dir.join(fidelity::RETRAIN_DIR);
-    let cfg = match (a.resume, StudyConfig::read(&dir)?) {
-        (true, Some(c)) => {
-            let fixed = ["baseline", "steps", "score_n", "score_steps"];
-            if let Some(f) = fixed.iter().find(|f| given.has(f)) {
-                return Err(user_err(format!(
-                    "--{} was given, but a resumed retraining keeps the settings in {}",
-                    f.replace('_', "-"),
-                    StudyConfig::path(&dir).display()
-                )));
-            }
-            c
+    let fixed = ["baseline", "steps", "score_n", "score_steps"];
+    let given_flag = fixed.iter().copied().find(|f| given.has(f));
+    let cfg = StudyConfig::open(&dir, a.resume, given_flag, || {
+        let mut baselines = Vec::new();
+        for b in &a.baseline {
+            let g = super::genome_cmd::load_genome(b)
+                .map_err(|e| crate::search::SearchError::Setting(format!("--baseline {b}: {e}")))?;
+            baselines.push((b.clone(), g));
         }
-        (true, None) => {
-            return Err(user_err(format!(
-                "{}: no {} to resume from",
-                dir.display(),
-                fidelity::STUDY_FILE
-            )));
-        }
-        (false, Some(_)) => {
-            return Err(user_err(format!(
-                "{} already holds a retraining; continue it with --resume",
-                dir.display()
-            )));
-        }
-        (false, None) => {
-            let mut include = vec![(
-                format!("search best (trial {})", best.index),
-                best.genome.clone(),
-            )];
-            for b in &a.baseline {
-                let g = super::genome_cmd::load_genome(b)
-                    .map_err(|e| user_err(format!("--baseline {b}: {e}")))?;
-                include.push((b.clone(), g));
-            }
-            StudyConfig::new(&StudyRequest {
-                data: search.data.clone(),
-                max_images: search.max_images,
-                seed: search.seed,
-                space: search.space.clone(),
-                architectures: include.len(),
-                include,
-                full_steps: a.steps,
-                batch_size: search.trial.train.batch_size,
-                proxies: Vec::new(),
-                full_score_n: a.score_n,
-                full_score_steps: a.score_steps,
-                proxy_score_n: a.score_n,
-            })?
-        }
-    };
+        StudyConfig::retraining(&search, best, baselines, a.steps, a.score_n, a.score_steps)
+    })?;
     let (cfg, rows, stopped) = run_study_cli(&dir, cfg, &a.ext, &selected)?;
     let table = fidelity::retrain_rows(&dir, &cfg, &rows);
-    let md = fidelity::retrain_markdown(&cfg, &table);
-    let p = dir.join("retrain.md");
-    crate::train::write_atomic(&p, md.as_bytes())?;
-    let j = dir.join("retrain.json");
-    crate::train::write_atomic(&j, serde_json::to_string_pretty(&table)?.as_bytes())?;
-    eprint!("{md}");
-    eprintln!("table: {}", p.display());
+    eprint!("{}", fidelity::write_retrain(&dir, &cfg, &table)?);
+    eprintln!("table: {}", dir.join("retrain.md").display());
     if stopped || table.len() < cfg.architectures.len() {
         eprintln!("stopped; continue with --resume");
         return Ok(130);
@@ -468,29 +384,8 @@ fn run_study_cli(
     ext_args: &ExtractorArgs,
     selected: &crate::device::SelectedDevice,
 ) -> anyhow::Result<(StudyConfig, Vec<fidelity::StudyRow>, bool)> {
-    let mut train = cfg.data.load(Split::Train)?;
-    if let Some(m) = cfg.max_images {
-        train.truncate(m);
-    }
+    let (train, heldout) = cfg.load_data()?;
     let image = cfg.space.image;
-    let train = train.to_spec(image.channels, image.size)?;
-    if matches!(cfg.data, DataSource::Folder(_)) {
-        return Err(user_err(format!(
-            "--data {}: an image folder has no test split for the held-out loss; use a dataset \
-             with one (fashion-mnist, mnist, cifar10)",
-            cfg.data
-        )));
-    }
-    let test = cfg
-        .data
-        .load(Split::Test)?
-        .to_spec(image.channels, image.size)?;
-    let heldout = HeldOutSet::new(
-        &test,
-        cfg.heldout_triples,
-        cfg.full().train.timesteps,
-        cfg.seed,
-    );
     super::eval_cmd::ensure_extractor(ext_args, &cfg.data)?;
     let ext = extractor(ext_args, &cfg.data, selected)?;
     let spec = [image.channels, image.size, image.size];

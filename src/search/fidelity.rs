@@ -981,3 +981,164 @@ pub fn retrain_markdown(cfg: &StudyConfig, rows: &[RetrainRow]) -> String {
     }
     s
 }
+
+/// What `proxy-check` is asked for; `None` takes the scale's default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudyAsk {
+    pub data: DataSource,
+    pub max_images: Option<usize>,
+    pub scale: super::config::Scale,
+    pub architectures: usize,
+    pub full_steps: u64,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub proxy_steps: Option<u64>,
+    pub proxy_lr: Option<f64>,
+    pub proxy_score_n: usize,
+    pub full_score_n: usize,
+    pub full_score_steps: usize,
+}
+
+impl StudyConfig {
+    /// The study of `dir`: with `resume`, the stored one (refusing `given`, the first setting
+    /// given explicitly, since a resumed study keeps its own); else a fresh one from `make`,
+    /// refused where a study already is.
+    pub fn open(
+        dir: &Path,
+        resume: bool,
+        given: Option<&str>,
+        make: impl FnOnce() -> Result<StudyConfig, SearchError>,
+    ) -> Result<StudyConfig, SearchError> {
+        match (resume, StudyConfig::read(dir)?) {
+            (true, Some(c)) => match given {
+                Some(f) => Err(SearchError::Setting(format!(
+                    "--{} was given, but a resumed study keeps the settings in {}",
+                    f.replace('_', "-"),
+                    StudyConfig::path(dir).display()
+                ))),
+                None => Ok(c),
+            },
+            (true, None) => Err(SearchError::Setting(format!(
+                "{}: no {STUDY_FILE} to resume from",
+                dir.display()
+            ))),
+            (false, Some(_)) => Err(SearchError::Setting(format!(
+                "{} already holds a study ({STUDY_FILE}); continue it with --resume or pick \
+                 another --run-dir",
+                dir.display()
+            ))),
+            (false, None) => make(),
+        }
+    }
+
+    /// A study of the space and the proxy a search at `a.scale` would have on `device`.
+    pub fn for_scale(
+        a: &StudyAsk,
+        device: &crate::device::DeviceInfo,
+    ) -> Result<StudyConfig, SearchError> {
+        let data = a.data.load(crate::data::Split::Train)?;
+        let image = crate::genome::ImageSpec {
+            channels: data.channels,
+            size: data.height,
+        };
+        let r = super::config::SearchRequest {
+            trial_batch_size: a.batch_size,
+            ..super::config::SearchRequest::defaults(a.scale, a.data.clone())
+        };
+        let search = super::config::SearchConfig::new(&r, image, device);
+        let t = &search.trial.train;
+        StudyConfig::new(&StudyRequest {
+            data: a.data.clone(),
+            max_images: a.max_images,
+            seed: a.seed,
+            space: search.space.clone(),
+            architectures: a.architectures,
+            include: Vec::new(),
+            full_steps: a.full_steps,
+            batch_size: a.batch_size,
+            proxies: StudyRequest::proxies_around(
+                a.proxy_steps.unwrap_or(t.steps),
+                a.proxy_lr.unwrap_or(t.lr),
+            ),
+            full_score_n: a.full_score_n,
+            full_score_steps: a.full_score_steps,
+            proxy_score_n: a.proxy_score_n,
+        })
+    }
+
+    /// The retraining of `search`'s `best` genome beside `baselines` with the full schedule
+    /// (`steps`) and metric (`n` samples, DDIM `ddim`), on the search's data.
+    pub fn retraining(
+        search: &super::config::SearchConfig,
+        best: &super::TrialRecord,
+        baselines: Vec<(String, Genome)>,
+        steps: u64,
+        n: usize,
+        ddim: usize,
+    ) -> Result<StudyConfig, SearchError> {
+        let mut include = vec![(
+            format!("search best (trial {})", best.index),
+            best.genome.clone(),
+        )];
+        include.extend(baselines);
+        StudyConfig::new(&StudyRequest {
+            data: search.data.clone(),
+            max_images: search.max_images,
+            seed: search.seed,
+            space: search.space.clone(),
+            architectures: include.len(),
+            include,
+            full_steps: steps,
+            batch_size: search.trial.train.batch_size,
+            proxies: Vec::new(),
+            full_score_n: n,
+            full_score_steps: ddim,
+            proxy_score_n: n,
+        })
+    }
+
+    /// The training images (cut to `max_images`, fitted to the space's images) and the
+    /// held-out set (from the test split; an image folder has none and is refused).
+    pub fn load_data(&self) -> Result<(Dataset, HeldOutSet), SearchError> {
+        use crate::data::Split;
+        if matches!(self.data, DataSource::Folder(_)) {
+            return Err(SearchError::Setting(format!(
+                "--data {}: an image folder has no test split for the held-out loss; use a \
+                 dataset with one (fashion-mnist, mnist, cifar10)",
+                self.data
+            )));
+        }
+        let image = self.space.image;
+        let mut train = self.data.load(Split::Train)?;
+        if let Some(m) = self.max_images {
+            train.truncate(m);
+        }
+        let train = train.to_spec(image.channels, image.size)?;
+        let test = self
+            .data
+            .load(Split::Test)?
+            .to_spec(image.channels, image.size)?;
+        let heldout = HeldOutSet::new(
+            &test,
+            self.heldout_triples,
+            self.full().train.timesteps,
+            self.seed,
+        );
+        Ok((train, heldout))
+    }
+}
+
+/// Write a retraining's `retrain.md` and `retrain.json` into `dir`; returns the Markdown.
+pub fn write_retrain(
+    dir: &Path,
+    cfg: &StudyConfig,
+    rows: &[RetrainRow],
+) -> Result<String, SearchError> {
+    let md = retrain_markdown(cfg, rows);
+    let p = dir.join("retrain.md");
+    crate::train::write_atomic(&p, md.as_bytes()).map_err(|e| io_err(&p, e))?;
+    let j = dir.join("retrain.json");
+    let text = serde_json::to_string_pretty(rows).expect("serialises");
+    crate::train::write_atomic(&j, text.as_bytes()).map_err(|e| io_err(&j, e))?;
+    Ok(md)
+}

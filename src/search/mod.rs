@@ -78,6 +78,9 @@ pub enum SearchError {
     },
     #[error("{0}")]
     Strategy(String),
+    /// The data a study or search needs (missing, unreadable, of the wrong shape).
+    #[error("{0}")]
+    Data(#[from] crate::data::DataError),
     /// A strategy's setting that cannot work.
     #[error("{0}")]
     Setting(String),
@@ -123,6 +126,7 @@ impl SearchError {
                 | SearchError::NothingToReport { .. }
                 | SearchError::Changed { .. }
                 | SearchError::OtherStrategy { .. }
+                | SearchError::Data(_)
                 | SearchError::Corrupt { .. }
                 | SearchError::Setting(_)
         )
