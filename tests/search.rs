@@ -649,6 +649,16 @@ fn proxy_study_resumes_after_a_kill_to_the_uninterrupted_result() {
     );
     let csv = std::fs::read_to_string(whole.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), measures.len() + checks.len() + 1);
+    // One row per architecture, the ground truth's column first.
+    let table = std::fs::read_to_string(whole.join("architectures.csv")).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(
+        lines[0].starts_with("hash,params,macs,full "),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1..].iter().all(|l| !l.contains(",,")), "{table}");
     // The summary alone (no training, no device): the same ranking.
     std::fs::remove_file(whole.join("summary.json")).unwrap();
     let o = run(&[

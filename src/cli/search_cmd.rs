@@ -317,6 +317,7 @@ fn print_summary(
         return Ok(if stopped { 130 } else { 0 });
     };
     fidelity::write_summary(dir, &summary)?;
+    fidelity::write_table(dir, cfg, rows)?;
     eprintln!(
         "{} architecture(s) against {}; best measures (Spearman rho [90% bootstrap], tau, cost):",
         summary.architectures, summary.ground_truth

@@ -40,6 +40,8 @@ pub const STUDY_FILE: &str = "study.json";
 pub const RESULTS_FILE: &str = "results.jsonl";
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const SUMMARY_CSV: &str = "summary.csv";
+/// One row per architecture, one column per measure (the ground truth first).
+pub const TABLE_CSV: &str = "architectures.csv";
 
 /// The name of the ground-truth training.
 pub const FULL: &str = "full";
@@ -1141,4 +1143,40 @@ pub fn write_retrain(
     let text = serde_json::to_string_pretty(rows).expect("serialises");
     crate::train::write_atomic(&j, text.as_bytes()).map_err(|e| io_err(&j, e))?;
     Ok(md)
+}
+
+/// Write `architectures.csv`: per architecture (cheapest first) its hash, parameters, MACs and
+/// every measure's value, the full training's first; empty where a unit is not done.
+pub fn write_table(dir: &Path, cfg: &StudyConfig, rows: &[StudyRow]) -> Result<(), SearchError> {
+    let mut names: Vec<String> = Vec::new();
+    let mut cells: std::collections::HashMap<(String, String), f64> = Default::default();
+    for r in rows.iter().filter(|r| r.ok) {
+        for m in measures(r) {
+            if !names.contains(&m.0) {
+                names.push(m.0.clone());
+            }
+            cells.insert((r.hash.clone(), m.0), m.5);
+        }
+    }
+    names.sort_by_key(|n| (!n.starts_with(FULL), n.clone()));
+    let mut csv = format!("hash,params,macs,{}\n", names.join(","));
+    for a in &cfg.architectures {
+        let vals: Vec<String> = names
+            .iter()
+            .map(|n| {
+                cells
+                    .get(&(a.hash.clone(), n.clone()))
+                    .map_or(String::new(), |v| format!("{v:.6}"))
+            })
+            .collect();
+        csv.push_str(&format!(
+            "{},{},{},{}\n",
+            a.hash,
+            a.params,
+            a.macs,
+            vals.join(",")
+        ));
+    }
+    let p = dir.join(TABLE_CSV);
+    crate::train::write_atomic(&p, csv.as_bytes()).map_err(|e| io_err(&p, e))
 }
