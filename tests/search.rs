@@ -522,6 +522,49 @@ fn spearman_matches_scipy() {
     assert_eq!(spearman(&[1.0, 2.0], &[5.0, 5.0]), None);
 }
 
+/// Real Fashion-MNIST (`fashion-mnist:DIR`) and a `DIFFNAS_HOME` under `work` holding its
+/// classifier, trained for one epoch on the first `images` images.
+fn home_with_classifier(work: &Path, images: usize) -> (String, std::path::PathBuf) {
+    let data = format!(
+        "fashion-mnist:{}",
+        diffnas::data::DataSource::fashion_mnist_dirs()
+            .into_iter()
+            .find(|d| d.join("train-images-idx3-ubyte.gz").is_file())
+            .expect("Fashion-MNIST (Debian's dataset-fashion-mnist) is installed")
+            .display()
+    );
+    let home = work.join("home");
+    let n = images.to_string();
+    let o = run_in(
+        &home,
+        &[
+            "eval",
+            "train-classifier",
+            "--data",
+            &data,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "50",
+            "--max-images",
+            &n,
+            "--device",
+            "flex",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (data, home)
+}
+
+/// The binary with `home` as its `DIFFNAS_HOME`.
+fn run_in(home: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
+        .args(args)
+        .env("DIFFNAS_HOME", home)
+        .output()
+        .unwrap()
+}
+
 /// A study row's values that do not depend on timing: hash, training, held-out loss, scores.
 type StudyValues = (
     String,
@@ -550,39 +593,10 @@ fn study_values(dir: &Path) -> Vec<StudyValues> {
 fn proxy_study_resumes_after_a_kill_to_the_uninterrupted_result() {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
-    let data = format!(
-        "fashion-mnist:{}",
-        diffnas::data::DataSource::fashion_mnist_dirs()
-            .into_iter()
-            .find(|d| d.join("train-images-idx3-ubyte.gz").is_file())
-            .expect("Fashion-MNIST (Debian's dataset-fashion-mnist) is installed")
-            .display()
-    );
     let work = tempfile::tempdir().unwrap();
-    let home = work.path().join("home");
+    let (data, home) = home_with_classifier(work.path(), 2000);
     let bin = env!("CARGO_BIN_EXE_diffnas");
-    let run = |args: &[&str]| {
-        Command::new(bin)
-            .args(args)
-            .env("DIFFNAS_HOME", &home)
-            .output()
-            .unwrap()
-    };
-    let o = run(&[
-        "eval",
-        "train-classifier",
-        "--data",
-        &data,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "50",
-        "--max-images",
-        "2000",
-        "--device",
-        "flex",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = |args: &[&str]| run_in(&home, args);
     let study = |dir: &Path| -> Vec<String> {
         [
             "search",
@@ -1096,38 +1110,8 @@ fn compare_over_seeds_gives_the_spread_and_the_trials_to_reach_a_score() {
 #[test]
 fn the_winner_is_retrained_beside_a_baseline() {
     let work = tempfile::tempdir().unwrap();
-    let home = work.path().join("home");
-    let data = format!(
-        "fashion-mnist:{}",
-        diffnas::data::DataSource::fashion_mnist_dirs()
-            .into_iter()
-            .find(|d| d.join("train-images-idx3-ubyte.gz").is_file())
-            .expect("Fashion-MNIST (Debian's dataset-fashion-mnist) is installed")
-            .display()
-    );
-    let bin = env!("CARGO_BIN_EXE_diffnas");
-    let run = |args: &[&str]| {
-        std::process::Command::new(bin)
-            .args(args)
-            .env("DIFFNAS_HOME", &home)
-            .output()
-            .unwrap()
-    };
-    let o = run(&[
-        "eval",
-        "train-classifier",
-        "--data",
-        &data,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "50",
-        "--max-images",
-        "1000",
-        "--device",
-        "flex",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (data, home) = home_with_classifier(work.path(), 1000);
+    let run = |args: &[&str]| run_in(&home, args);
     let s = work.path().join("s");
     let sd = s.to_str().unwrap();
     let o = run(&[
