@@ -171,6 +171,26 @@ fn init_wgpu_once() -> Result<SelectedDevice, DeviceError> {
     Err(DeviceError::WgpuInit(last))
 }
 
+/// What `diffnas devices` prints: the wgpu adapters this build can see, one per line, and
+/// what `--device auto` picks.
+pub fn describe() -> Result<String, DeviceError> {
+    let list = adapters();
+    let mut out = String::new();
+    if !cfg!(feature = "wgpu") {
+        out += "this build has no wgpu backend (built without the `wgpu` feature): CPU only\n";
+    } else if list.is_empty() {
+        out += "no wgpu adapters found\n";
+    }
+    for (i, a) in list.iter().enumerate() {
+        out += &format!("[{i}] {a}\n");
+    }
+    Ok(out
+        + &format!(
+            "--device auto picks: {}\n",
+            select(DeviceChoice::Auto)?.info
+        ))
+}
+
 /// Pick and initialise a device.
 pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
     match choice {

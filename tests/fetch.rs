@@ -2,7 +2,7 @@
 //! transfer cut in the middle and resumed with a Range request, a 404, and nothing listening.
 //! The server is a few lines over std::net so that it can drop a connection mid-body.
 
-use diffnas::eval::fetch::{FetchError, download, part_path};
+use diffnas::eval::fetch::{FetchError, Fetched, download, fetch, part_path};
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -107,6 +107,31 @@ fn download_good_file_checks_hash() {
     assert_eq!(std::fs::read(&dest).unwrap(), b);
     assert_eq!(last, (b.len() as u64, Some(b.len() as u64)));
     assert!(!part_path(&dest).exists());
+}
+
+/// `fetch` downloads once; a second call finds the file and asks the server nothing (it
+/// serves one connection); a file with another hash is refused and left as it was.
+#[test]
+fn fetch_keeps_a_good_file_and_refuses_another() {
+    let b = body();
+    let s = serve(b.clone(), vec![Mode::Good]);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("pt.pth");
+    let prefix = &sha(&b)[..8];
+    let got = fetch(&s.url, &dest, prefix, T, &mut |_, _| {}).unwrap();
+    assert_eq!(got, Fetched::Downloaded(sha(&b)));
+    let again = fetch(&s.url, &dest, prefix, T, &mut |_, _| {}).unwrap();
+    assert_eq!(again, Fetched::AlreadyThere(sha(&b)));
+    assert_eq!(s.ranges.lock().unwrap().len(), 1);
+    std::fs::write(&dest, b"something else").unwrap();
+    let err = fetch(&s.url, &dest, prefix, T, &mut |_, _| {}).unwrap_err();
+    assert!(err.is_bad_input(), "{err}");
+    assert!(matches!(&err, FetchError::Occupied { found, .. } if *found == sha(b"something else")));
+    assert!(
+        err.to_string().contains("remove it and fetch again"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), b"something else");
 }
 
 #[test]

@@ -985,6 +985,56 @@ fn search_config_resume_check() {
     );
 }
 
+/// `SearchConfig::prepare` as a library call: a fresh search takes the data's image shape and
+/// cuts the data to `max_images`; non-square images are refused; a resumed search loads the
+/// stored data, not the request's.
+#[test]
+fn search_config_prepare_loads_the_data() {
+    use diffnas::data::DataSource;
+    use diffnas::search::SearchError;
+    use diffnas::search::config::{Scale, SearchConfig, SearchRequest, StrategyChoice};
+    let cpu = diffnas::device::flex().info;
+    let work = tempfile::tempdir().unwrap();
+    let folder = |name: &str, w: u32, h: u32| {
+        let d = work.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..5u32 {
+            image::GrayImage::from_fn(w, h, |x, y| {
+                image::Luma([((x * 7 + y + i * 40) % 256) as u8])
+            })
+            .save(d.join(format!("{i}.png")))
+            .unwrap();
+        }
+        DataSource::Folder(d)
+    };
+    let (square, wide) = (folder("square", 16, 16), folder("wide", 16, 12));
+    let mut request = SearchRequest::defaults(Scale::Small, square.clone());
+    request.strategy = StrategyChoice::Random;
+    request.max_images = Some(3);
+    let dir = work.path().join("search");
+    let (cfg, data) = SearchConfig::prepare(&dir, &request, false, &[], &cpu).unwrap();
+    assert_eq!((cfg.space.image.channels, cfg.space.image.size), (1, 16));
+    assert_eq!(data.len, 3);
+    cfg.write(&dir).unwrap();
+    // A resumed search keeps its data whatever the request says.
+    let mut other = request.clone();
+    other.data = wide.clone();
+    let (resumed, data) = SearchConfig::prepare(&dir, &other, true, &[], &cpu).unwrap();
+    assert_eq!((resumed.data.clone(), data.len), (square, 3));
+    let e = SearchConfig::prepare(&dir, &other, true, &["data"], &cpu).unwrap_err();
+    assert!(e.is_bad_input() && e.to_string().contains("--data"), "{e}");
+    // Fresh: a folder that holds a search, and non-square images, are refused.
+    let e = SearchConfig::prepare(&dir, &request, false, &[], &cpu).unwrap_err();
+    assert!(matches!(e, SearchError::Exists { .. }), "{e}");
+    let e = SearchConfig::prepare(&work.path().join("w"), &other, false, &[], &cpu).unwrap_err();
+    assert!(e.is_bad_input(), "{e}");
+    assert!(
+        e.to_string()
+            .contains("images are 12x16; the search space needs square images"),
+        "{e}"
+    );
+}
+
 #[test]
 fn kendall_and_the_bootstrap_interval() {
     use diffnas::search::rank::{bootstrap_interval, kendall_tau, spearman};

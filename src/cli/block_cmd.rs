@@ -2,7 +2,7 @@
 //! and their files are the library's (`search::block::pipeline`); this maps the flags to a
 //! [`BlockConfig`] and renders progress.
 
-use super::eval_cmd::{ExtractorArgs, cached_reference, extractor};
+use super::eval_cmd::{ExtractorArgs, scoring};
 use super::progress::{bar, note};
 use super::{Given, user_err};
 use crate::data::DataSource;
@@ -402,16 +402,9 @@ pub fn run(a: BlockArgs, given: &Given) -> anyhow::Result<i32> {
         }
     }
 
-    let scorer = if cfg.score.n > 0 {
-        super::eval_cmd::ensure_extractor(&a.ext, &cfg.data)?;
-        let ext = extractor(&a.ext, &cfg.data, &selected)?;
-        let image = teacher.genome.image;
-        let spec = [image.channels, image.size, image.size];
-        let reference = cached_reference(ext.as_ref(), &cfg.data, crate::data::Split::Train, spec)?;
-        Some((ext, reference))
-    } else {
-        None
-    };
+    let scorer = (cfg.score.n > 0)
+        .then(|| scoring(&a.ext, &cfg.data, teacher.genome.image, &selected))
+        .transpose()?;
     let scorer = scorer.as_ref().map(|(e, r)| Scorer {
         extractor: e.as_ref(),
         reference: r,

@@ -4,13 +4,13 @@
 use super::progress::{bar, note};
 use super::sample::SamplingArgs;
 use super::user_err;
-use crate::data::{DataSource, Dataset, Split, read_image_folder};
+use crate::data::{DataSource, Split, read_image_folder};
 use crate::device::{DeviceChoice, SelectedDevice};
 use crate::eval::classifier::{ClassifierEvent, ClassifierTraining};
-use crate::eval::extract::{FeatureExtractor, INCEPTION_SHA256_PREFIX, dataset_source};
-use crate::eval::fetch::{INCEPTION_URL, download};
+use crate::eval::extract::{FeatureExtractor, INCEPTION_SHA256_PREFIX};
+use crate::eval::fetch::{Fetched, INCEPTION_URL, fetch};
 use crate::eval::reference::Reference;
-use crate::eval::rfid::{KidConfig, Score, score_images};
+use crate::eval::rfid::{KidConfig, Score, score_dataset};
 pub use crate::eval::setup::ExtractorChoice;
 use crate::eval::setup::{
     self, ClassifierRequest, ExtractorSpec, SetupEvent, default_inception_path, home,
@@ -96,8 +96,9 @@ pub struct StatsArgs {
     /// Pad/resize images to this size first.
     #[arg(long)]
     pub size: Option<usize>,
-    /// Use only the first N images.
-    #[arg(long)]
+    /// Use only the first N images (with --out: the default path is the cache of the whole
+    /// split, which every later score reuses).
+    #[arg(long, requires = "out")]
     pub max_images: Option<usize>,
     /// Feature rows kept for KID.
     #[arg(long, default_value_t = setup::defaults::REFERENCE_KEEP)]
@@ -190,19 +191,6 @@ pub fn run_weights(cmd: WeightsCmd) -> anyhow::Result<i32> {
         }
         WeightsCmd::Fetch(a) => {
             let dest = a.dest.unwrap_or_else(default_inception_path);
-            if dest.is_file() {
-                let sha = crate::eval::extract::sha256_file(&dest)?;
-                if sha.starts_with(INCEPTION_SHA256_PREFIX) {
-                    println!("{} is already there (SHA-256 {sha})", dest.display());
-                    return Ok(0);
-                }
-                return Err(user_err(format!(
-                    "{} exists but its SHA-256 {sha} does not start with {INCEPTION_SHA256_PREFIX}; \
-                     remove it and fetch again",
-                    dest.display()
-                )));
-            }
-            eprintln!("downloading {} -> {}", a.url, dest.display());
             let pb = indicatif::ProgressBar::new(0);
             pb.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -210,21 +198,27 @@ pub fn run_weights(cmd: WeightsCmd) -> anyhow::Result<i32> {
                 )
                 .expect("static template"),
             );
-            let sha = download(
+            let timeout = Duration::from_secs(a.timeout);
+            eprintln!("{} -> {}", a.url, dest.display());
+            let fetched = fetch(
                 &a.url,
                 &dest,
                 INCEPTION_SHA256_PREFIX,
-                Duration::from_secs(a.timeout),
-                &mut |done, total| {
-                    if let Some(t) = total {
+                timeout,
+                &mut |k, n| {
+                    if let Some(t) = n {
                         pb.set_length(t);
                     }
-                    pb.set_position(done);
+                    pb.set_position(k);
                 },
             );
             pb.finish_and_clear();
-            let sha = sha?;
-            println!("saved {} (SHA-256 {sha})", dest.display());
+            match fetched? {
+                Fetched::AlreadyThere(sha) => {
+                    println!("{} is already there (SHA-256 {sha})", dest.display())
+                }
+                Fetched::Downloaded(sha) => println!("saved {} (SHA-256 {sha})", dest.display()),
+            }
             Ok(0)
         }
     }
@@ -251,10 +245,6 @@ pub fn extractor(
     let ext = setup::extractor(&a.spec(), data, &selected.device)?;
     eprintln!("features: {}", ext.id());
     Ok(ext)
-}
-
-fn load_split(data: &DataSource, split: Split) -> anyhow::Result<Dataset> {
-    Ok(data.load(split)?)
 }
 
 /// Renders the progress of scoring's setup: one bar at a time.
@@ -326,7 +316,7 @@ fn stats(a: StatsArgs) -> anyhow::Result<()> {
     let spec = match (a.channels, a.size) {
         (None, None) => None,
         (c, s) => {
-            let d = load_split(&a.data, a.split)?;
+            let d = a.data.load(a.split)?;
             Some([c.unwrap_or(d.channels), s.unwrap_or(d.height)])
         }
     };
@@ -342,12 +332,7 @@ fn stats(a: StatsArgs) -> anyhow::Result<()> {
     )?;
     drop(p);
     let out = a.out.unwrap_or_else(|| {
-        home().join("stats").join(Reference::file_name(
-            &r.meta.data,
-            &r.meta.split,
-            r.meta.image,
-            &r.meta.extractor,
-        ))
+        setup::reference_path(&a.data, a.split, r.meta.image, &r.meta.extractor)
     });
     r.save(&out)?;
     eprintln!(
@@ -412,7 +397,7 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
             let d = read_image_folder(dir)?;
             (d, dir.display().to_string())
         } else if let Some(data) = &a.data {
-            let d = load_split(data, a.split)?;
+            let d = data.load(a.split)?;
             (d, format!("{data} ({})", a.split.name()))
         } else {
             return Err(user_err(
@@ -426,24 +411,11 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
             Some(p) => Reference::load(p, Some(ext.id()))?,
             None => cached_reference(ext.as_ref(), &ref_data, a.ref_split, spec)?,
         };
-        if reference.meta.image != spec {
-            eprintln!(
-                "warning: images are {:?} but the reference was computed at {:?}",
-                spec, reference.meta.image
-            );
-        }
         let pb = bar(d.len as u64, "features");
-        let mut next = dataset_source(&d, 0);
-        let mut s = score_images(
-            ext.as_ref(),
-            &reference,
-            d.len,
-            kid_cfg,
-            &mut next,
-            &mut |k| pb.set_position(k as u64),
-        )?;
+        let s = score_dataset(ext.as_ref(), &reference, &d, what, kid_cfg, &mut |k| {
+            pb.set_position(k as u64)
+        })?;
         pb.finish_and_clear();
-        s.images = Some(what);
         s
     };
     for w in &score.warnings {
@@ -467,8 +439,23 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What scores images of `image`'s shape from `data`: the extractor the flags ask for (the
+/// dataset's classifier trained on first use) and `data`'s cached training-split statistics.
+pub fn scoring(
+    a: &ExtractorArgs,
+    data: &DataSource,
+    image: crate::genome::ImageSpec,
+    selected: &SelectedDevice,
+) -> anyhow::Result<(Box<dyn FeatureExtractor>, Reference)> {
+    ensure_extractor(a, data)?;
+    let ext = extractor(a, data, selected)?;
+    let spec = [image.channels, image.size, image.size];
+    let reference = cached_reference(ext.as_ref(), data, Split::Train, spec)?;
+    Ok((ext, reference))
+}
+
 /// [`setup::ensure_extractor`]: train the dataset's classifier on first use, saying why.
-pub fn ensure_extractor(a: &ExtractorArgs, data: &DataSource) -> anyhow::Result<()> {
+fn ensure_extractor(a: &ExtractorArgs, data: &DataSource) -> anyhow::Result<()> {
     let spec = a.spec();
     let mut p = SetupProgress::default();
     let mut said = false;

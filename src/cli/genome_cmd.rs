@@ -3,7 +3,6 @@
 use super::user_err;
 use crate::genome::{Genome, SearchSpace, cost};
 use clap::Subcommand;
-use std::path::Path;
 
 #[derive(Subcommand, Debug)]
 pub enum GenomeCmd {
@@ -30,22 +29,9 @@ pub enum GenomeCmd {
 }
 
 /// A preset name or a JSON file; structurally checked.
+/// [`Genome::load`] for a `--genome` flag.
 pub fn load_genome(arg: &str) -> anyhow::Result<Genome> {
-    if let Some(g) = Genome::preset(arg) {
-        return Ok(g);
-    }
-    let p = Path::new(arg);
-    if !p.exists() {
-        return Err(user_err(format!(
-            "--genome {arg:?} is neither a preset ({}) nor an existing file",
-            Genome::PRESETS.join(", ")
-        )));
-    }
-    let text = std::fs::read_to_string(p).map_err(|e| user_err(format!("{arg}: {e}")))?;
-    let g = Genome::from_json(&text).map_err(|e| user_err(format!("{arg}: {e}")))?;
-    g.check()
-        .map_err(|e| user_err(format!("{arg}: invalid genome:\n{e}")))?;
-    Ok(g)
+    Genome::load(arg).map_err(|e| anyhow::Error::new(e).context("--genome"))
 }
 
 fn print_cost(g: &Genome) -> anyhow::Result<()> {
@@ -94,9 +80,7 @@ pub fn run(cmd: GenomeCmd) -> anyhow::Result<i32> {
             }
         }
         GenomeCmd::Validate { file, structural } => {
-            let text =
-                std::fs::read_to_string(&file).map_err(|e| user_err(format!("{file}: {e}")))?;
-            let g = Genome::from_json(&text).map_err(|e| user_err(format!("{file}: {e}")))?;
+            let g = Genome::read_file(&file)?;
             let res = if structural {
                 g.check()
             } else {

@@ -125,8 +125,11 @@ fn exit_code(e: &anyhow::Error) -> i32 {
                 .is_some_and(|s| s.is_bad_input())
             || c.downcast_ref::<crate::eval::setup::SetupError>()
                 .is_some_and(|s| s.is_bad_input())
+            || c.downcast_ref::<crate::eval::fetch::FetchError>()
+                .is_some_and(|f| f.is_bad_input())
             || c.is::<crate::data::DataError>()
             || c.is::<crate::genome::GenomeErrors>()
+            || c.is::<crate::genome::GenomeLoadError>()
             || c.is::<crate::bench::BenchError>()
     });
     if bad_input { 2 } else { 1 }
@@ -174,7 +177,10 @@ fn dispatch(cli: Cli, given: Given) -> anyhow::Result<i32> {
         Command::Train(a) => train_cmd::run(a, &given),
         Command::Sample(a) => sample::run(a).map(|_| 0),
         Command::Genome(c) => genome_cmd::run(c),
-        Command::Devices => devices().map(|_| 0),
+        Command::Devices => {
+            print!("{}", crate::device::describe()?);
+            Ok(0)
+        }
         Command::Bench(a) => bench::run_cli(a).map(|_| 0),
         Command::Eval(c) => eval_cmd::run_eval(c),
         Command::Search(c) => search_cmd::run(c, &given),
@@ -182,21 +188,6 @@ fn dispatch(cli: Cli, given: Given) -> anyhow::Result<i32> {
         Command::Weights(c) => eval_cmd::run_weights(c),
         Command::Export(a) => export_cmd::run(a),
     }
-}
-
-fn devices() -> anyhow::Result<()> {
-    let list = crate::device::adapters();
-    if !cfg!(feature = "wgpu") {
-        println!("this build has no wgpu backend (built without the `wgpu` feature): CPU only");
-    } else if list.is_empty() {
-        println!("no wgpu adapters found");
-    }
-    for (i, a) in list.iter().enumerate() {
-        println!("[{i}] {a}");
-    }
-    let picked = crate::device::select(crate::device::DeviceChoice::Auto)?;
-    println!("--device auto picks: {}", picked.info);
-    Ok(())
 }
 
 /// [`crate::device::select`], plus: when the CPU is chosen, make flex Burn's default device as

@@ -32,20 +32,6 @@ pub struct SamplingArgs {
     pub batch_size: usize,
 }
 
-impl SamplingArgs {
-    /// DDIM-`steps` from the EMA weights, seed 0.
-    pub fn ddim(steps: usize) -> Self {
-        SamplingArgs {
-            sampler: SamplerKind::Ddim,
-            steps,
-            eta: 0.0,
-            seed: 0,
-            weights: Weights::Ema,
-            batch_size: rundir::defaults::SAMPLE_BATCH_SIZE,
-        }
-    }
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct SampleArgs {
     /// Run directory: written by `diffnas train` or a search trial (RUN/trials/HASH).

@@ -7,10 +7,9 @@
 //! appended to `RUN_DIR/trials.jsonl`; each trial's folder `RUN_DIR/trials/<hash>/` is a run
 //! directory. Ctrl-C (or a kill) stops it; `--resume` continues with no trial lost or repeated.
 
-use super::eval_cmd::{ExtractorArgs, cached_reference, extractor};
+use super::eval_cmd::{ExtractorArgs, scoring};
 use super::{Given, user_err};
-use crate::data::{DataSource, Split};
-use crate::genome::ImageSpec;
+use crate::data::DataSource;
 use crate::search::config::{
     EvaluatorKind, FIXED_ON_RESUME, Scale, SearchConfig, SearchRequest, StrategyChoice, defaults,
 };
@@ -19,7 +18,7 @@ use crate::search::llm::client::LlmConfig;
 use crate::search::llm::prompt::MemoryLimits;
 use crate::search::llm::{LlmSearchConfig, RoundFile, defaults as llm_defaults};
 use crate::search::{SearchEvent, SearchStatus, run_search};
-use crate::trial::{Evaluator, ProxyEvaluator, StubEvaluator, TrialProgress};
+use crate::trial::TrialProgress;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -133,22 +132,6 @@ pub struct ProxyCheckArgs {
     #[command(flatten)]
     pub ext: ExtractorArgs,
 }
-
-/// The flags of `proxy-check` a resumed study may not be given.
-const STUDY_FLAGS: [&str; 12] = [
-    "data",
-    "max_images",
-    "scale",
-    "architectures",
-    "full_steps",
-    "seed",
-    "batch_size",
-    "proxy_steps",
-    "proxy_lr",
-    "proxy_score_n",
-    "full_score_n",
-    "full_score_steps",
-];
 
 #[derive(Args, Debug, Clone)]
 pub struct LlmArgs {
@@ -277,7 +260,10 @@ fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
     }
     let selected = super::select_device(a.ext.device)?;
     eprintln!("device: {}", selected.info);
-    let given_flag = STUDY_FLAGS.iter().copied().find(|f| given.has(f));
+    let given_flag = fidelity::FIXED_ON_RESUME
+        .iter()
+        .copied()
+        .find(|f| given.has(f));
     let ask = fidelity::StudyAsk {
         data: a.data.clone(),
         max_images: a.max_images,
@@ -318,23 +304,7 @@ fn print_summary(
     };
     fidelity::write_summary(dir, &summary)?;
     fidelity::write_table(dir, cfg, rows)?;
-    eprintln!(
-        "{} architecture(s) against {}; best measures (Spearman rho [90% bootstrap], tau, cost):",
-        summary.architectures, summary.ground_truth
-    );
-    for m in summary.measures.iter().take(8) {
-        let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
-        eprintln!(
-            "  {:<48} {} [{}, {}]  tau {}  {:.0} s/trial ({:.0}% of full)",
-            m.measure,
-            f(m.spearman),
-            f(m.spearman_lo),
-            f(m.spearman_hi),
-            f(m.kendall_tau),
-            m.seconds_per_trial,
-            100.0 * m.cost_vs_full
-        );
-    }
+    eprint!("{}", summary.best_lines(8));
     eprintln!("summary: {}", dir.join(fidelity::SUMMARY_CSV).display());
     if stopped {
         eprintln!("stopped; continue with --resume");
@@ -346,25 +316,13 @@ fn print_summary(
 fn run_retrain(a: RetrainArgs, given: &Given) -> anyhow::Result<i32> {
     let selected = super::select_device(a.ext.device)?;
     eprintln!("device: {}", selected.info);
-    let search = SearchConfig::read(&a.run_dir)?;
-    let log = crate::search::TrialLog::open(&a.run_dir)?;
-    let Some(best) = log.best() else {
-        return Err(user_err(format!(
-            "{}: no scored trial to retrain",
-            a.run_dir.display()
-        )));
-    };
     let dir = a.run_dir.join(fidelity::RETRAIN_DIR);
-    let fixed = ["baseline", "steps", "score_n", "score_steps"];
-    let given_flag = fixed.iter().copied().find(|f| given.has(f));
+    let given_flag = fidelity::RETRAIN_FIXED_ON_RESUME
+        .iter()
+        .copied()
+        .find(|f| given.has(f));
     let cfg = StudyConfig::open(&dir, a.resume, given_flag, || {
-        let mut baselines = Vec::new();
-        for b in &a.baseline {
-            let g = super::genome_cmd::load_genome(b)
-                .map_err(|e| crate::search::SearchError::Setting(format!("--baseline {b}: {e}")))?;
-            baselines.push((b.clone(), g));
-        }
-        StudyConfig::retraining(&search, best, baselines, a.steps, a.score_n, a.score_steps)
+        StudyConfig::retraining(&a.run_dir, &a.baseline, a.steps, a.score_n, a.score_steps)
     })?;
     let (cfg, rows, stopped) = run_study_cli(&dir, cfg, &a.ext, &selected)?;
     let table = fidelity::retrain_rows(&dir, &cfg, &rows);
@@ -386,21 +344,8 @@ fn run_study_cli(
     selected: &crate::device::SelectedDevice,
 ) -> anyhow::Result<(StudyConfig, Vec<fidelity::StudyRow>, bool)> {
     let (train, heldout) = cfg.load_data()?;
-    let image = cfg.space.image;
-    super::eval_cmd::ensure_extractor(ext_args, &cfg.data)?;
-    let ext = extractor(ext_args, &cfg.data, selected)?;
-    let spec = [image.channels, image.size, image.size];
-    let reference = cached_reference(ext.as_ref(), &cfg.data, Split::Train, spec)?;
-    match &cfg.extractor {
-        Some(id) if id != ext.id() => {
-            return Err(user_err(format!(
-                "this study was scored with {id}; now {} would be used. Pass the same \
-                 --extractor/--inception/--classifier as when it started",
-                ext.id()
-            )));
-        }
-        _ => cfg.extractor = Some(ext.id().clone()),
-    }
+    let (ext, reference) = scoring(ext_args, &cfg.data, cfg.space.image, selected)?;
+    cfg.bind_extractor(ext.id())?;
     cfg.write(dir)?;
     let source = crate::rundir::RunSource {
         data: cfg.data.clone(),
@@ -553,58 +498,24 @@ pub fn run(cmd: SearchCmd, given: &Given) -> anyhow::Result<i32> {
     search(&request(&common, choice), &common, given)
 }
 
-/// The configuration: the stored one on `--resume`, else a fresh one for the data's images.
-fn resolve(
-    r: &SearchRequest,
-    a: &SearchArgs,
-    dir: &Path,
-    given: &Given,
-    device: &crate::device::DeviceInfo,
-) -> anyhow::Result<(SearchConfig, crate::data::Dataset)> {
-    if a.resume {
-        let named: Vec<&str> = FIXED_ON_RESUME
-            .iter()
-            .copied()
-            .filter(|id| given.has(id))
-            .collect();
-        let c = SearchConfig::resume(dir, r, &named, device)?;
-        // The stored search's data, whatever --data's default says.
-        let data = c.data.load(Split::Train)?;
-        return Ok((c, data));
-    }
-    SearchConfig::check_fresh(dir)?;
-    let data = r.data.load(Split::Train)?;
-    if data.height != data.width {
-        return Err(user_err(format!(
-            "{}: images are {}x{}; the search space needs square images",
-            r.data, data.height, data.width
-        )));
-    }
-    let image = ImageSpec {
-        channels: data.channels,
-        size: data.height,
-    };
-    Ok((SearchConfig::new(r, image, device), data))
-}
-
 fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i32> {
     let selected = super::select_device(a.ext.device)?;
     eprintln!("device: {}", selected.info);
-    let name = match r.strategy {
-        StrategyChoice::Random => "random",
-        StrategyChoice::Evolution { .. } => "evolution",
-        StrategyChoice::Llm(..) => "llm",
-    };
+    let name = r.strategy.name();
     let dir = a
         .run_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/search-{name}")));
-    let (mut cfg, mut data) = resolve(r, a, &dir, given, &selected.info)?;
-    if let Some(m) = cfg.max_images {
-        data.truncate(m);
-    }
-    let mut evaluator = build_evaluator(&mut cfg, data, &a.ext, &selected)?;
-    cfg.set_metric(evaluator.metric());
+    let named: Vec<&str> = FIXED_ON_RESUME
+        .iter()
+        .copied()
+        .filter(|id| given.has(id))
+        .collect();
+    let (mut cfg, data) = SearchConfig::prepare(&dir, r, a.resume, &named, &selected.info)?;
+    let scoring = (cfg.evaluator == EvaluatorKind::Proxy)
+        .then(|| scoring(&a.ext, &cfg.data, cfg.space.image, &selected))
+        .transpose()?;
+    let mut evaluator = cfg.evaluator(data, scoring, &selected, Some(trial_bar()))?;
     if let crate::search::config::StrategyConfig::Llm(endpoint, l) = &cfg.strategy {
         eprintln!(
             "LLM: {} at {} ({} rounds x {})",
@@ -652,18 +563,7 @@ fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i3
         );
     }
     if status != SearchStatus::Interrupted {
-        let rejected = match cfg.strategy {
-            crate::search::config::StrategyConfig::Llm(..) => crate::search::llm::rejections(&dir)?,
-            _ => Vec::new(),
-        };
-        let reasons = crate::search::unscored_reasons(&log.records, &rejected);
-        if !reasons.is_empty() {
-            return Err(anyhow::anyhow!(
-                "no trial of the search in {} was scored, so there is nothing to report:\n  {}",
-                dir.display(),
-                reasons.join("\n  ")
-            ));
-        }
+        crate::search::check_scored(&dir, &cfg.strategy, &log.records)?;
     }
     match crate::search::report::write_report(&dir, &[], &dir, None) {
         Ok(w) => {
@@ -723,48 +623,6 @@ fn render(e: SearchEvent, name: &str, dir: &Path, metric: &str, max: usize) {
             );
         }
     }
-}
-
-/// The evaluator a search configuration asks for (training data already loaded and cut to
-/// `max_images`); fills in the configuration's extractor identity.
-pub fn build_evaluator(
-    cfg: &mut SearchConfig,
-    data: crate::data::Dataset,
-    ext_args: &ExtractorArgs,
-    selected: &crate::device::SelectedDevice,
-) -> anyhow::Result<Box<dyn Evaluator>> {
-    Ok(match cfg.evaluator {
-        EvaluatorKind::Stub => Box::new(StubEvaluator {
-            space: cfg.space.clone(),
-        }),
-        EvaluatorKind::Proxy => {
-            super::eval_cmd::ensure_extractor(ext_args, &cfg.data)?;
-            let ext = extractor(ext_args, &cfg.data, selected)?;
-            let image = cfg.space.image;
-            let spec = [image.channels, image.size, image.size];
-            let reference =
-                cached_reference(ext.as_ref(), &cfg.data, crate::data::Split::Train, spec)?;
-            let id = ext.id().clone();
-            let mut evaluator = ProxyEvaluator::for_search(
-                cfg.space.clone(),
-                cfg.trial.clone(),
-                data,
-                ext,
-                reference,
-                cfg.extractor.as_ref(),
-                selected.device.clone(),
-                crate::rundir::RunSource {
-                    data: cfg.data.clone(),
-                    max_images: cfg.max_images,
-                    device: selected.info.clone(),
-                },
-            )
-            .map_err(user_err)?;
-            cfg.extractor = Some(id);
-            evaluator.progress = Some(trial_bar());
-            Box::new(evaluator)
-        }
-    })
 }
 
 /// One progress bar for the running trial: its training steps, then its scored images.

@@ -6,6 +6,7 @@ use super::progress::{bar, note};
 use super::user_err;
 use crate::device::DeviceChoice;
 use crate::diffusion::BetaSchedule;
+use crate::eval::rfid::GenerationConfig;
 use crate::rundir::{self, RunFiles, Weights};
 use crate::train::{LrSchedule, TrainConfig, TrainEvent, TrainStatus, defaults};
 use clap::Args;
@@ -48,8 +49,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = defaults::LR)]
     pub lr: f64,
     /// Linear warm-up steps.
-    #[arg(long, default_value_t = defaults::WARMUP_STEPS)]
-    pub warmup: u64,
+    #[arg(long = "warmup", visible_alias = "warmup-steps", default_value_t = defaults::WARMUP_STEPS)]
+    pub warmup_steps: u64,
     #[arg(long, default_value_t = defaults::LR_SCHEDULE)]
     pub lr_schedule: LrSchedule,
     /// Cosine floor as a fraction of --lr.
@@ -92,7 +93,7 @@ fn config_from(a: &TrainArgs) -> TrainConfig {
         .with_steps(a.steps)
         .with_batch_size(a.batch_size)
         .with_lr(a.lr)
-        .with_warmup_steps(a.warmup)
+        .with_warmup_steps(a.warmup_steps)
         .with_lr_schedule(a.lr_schedule)
         .with_min_lr_ratio(a.min_lr_ratio)
         .with_weight_decay(a.weight_decay)
@@ -104,30 +105,6 @@ fn config_from(a: &TrainArgs) -> TrainConfig {
         .with_seed(a.seed)
         .with_checkpoint_every(a.checkpoint_every)
         .with_log_every(a.log_every)
-}
-
-/// The flags that set a field of `train.json`'s configuration: (argument id, field).
-const SETTINGS: [(&str, &str); 15] = [
-    ("steps", "steps"),
-    ("batch_size", "batch_size"),
-    ("lr", "lr"),
-    ("warmup", "warmup_steps"),
-    ("lr_schedule", "lr_schedule"),
-    ("min_lr_ratio", "min_lr_ratio"),
-    ("weight_decay", "weight_decay"),
-    ("adam_eps", "adam_eps"),
-    ("grad_clip", "grad_clip"),
-    ("ema_decay", "ema_decay"),
-    ("timesteps", "timesteps"),
-    ("beta_schedule", "beta_schedule"),
-    ("seed", "seed"),
-    ("checkpoint_every", "checkpoint_every"),
-    ("log_every", "log_every"),
-];
-
-/// The flag of argument `id`, as the user types it.
-fn flag(id: &str) -> String {
-    format!("--{}", id.replace('_', "-"))
 }
 
 /// A resumed run's configuration: the stored one, with the flags the user gave applied where
@@ -149,31 +126,21 @@ fn resumed_config(
         .then(|| a.data.parse())
         .transpose()
         .map_err(user_err)?;
+    let fields = TrainConfig::fields();
     let request = rundir::ResumeRequest {
         genome: asked_genome.as_ref(),
         data: asked_data.as_ref(),
         max_images: given.has("max_images").then_some(a.max_images),
         config: config_from(a),
-        fields: SETTINGS
+        fields: fields
             .iter()
-            .filter(|(id, _)| given.has(id))
-            .map(|(_, f)| *f)
+            .map(String::as_str)
+            .filter(|f| given.has(f))
             .collect(),
     };
-    files.resumed(genome, &request).map_err(|c| {
-        let id = SETTINGS
-            .iter()
-            .find(|(_, f)| *f == c.field)
-            .map_or(c.field.as_str(), |(id, _)| id);
-        user_err(format!(
-            "{} {} differs from the {} stored in {}, and a resumed run keeps its settings (only \
-             --steps may grow; --checkpoint-every and --log-every may change)",
-            flag(id),
-            c.given,
-            c.stored,
-            dir.join(rundir::RUN_FILE).display()
-        ))
-    })
+    files
+        .resumed(genome, &request)
+        .map_err(|c| user_err(format!("{}: {c}", dir.join(rundir::RUN_FILE).display())))
 }
 
 pub fn run(a: TrainArgs, given: &Given) -> anyhow::Result<i32> {
@@ -249,7 +216,12 @@ pub fn run(a: TrainArgs, given: &Given) -> anyhow::Result<i32> {
         return Ok(130);
     }
     if a.samples > 0 {
-        let g = super::sample::SamplingArgs::ddim(a.sample_steps).generation(a.samples);
+        let g = GenerationConfig {
+            n: a.samples,
+            steps: a.sample_steps,
+            batch_size: rundir::defaults::SAMPLE_BATCH_SIZE,
+            ..GenerationConfig::rfid()
+        };
         let pb = bar(rundir::Samples::work(&g), "sample");
         let samples = rundir::sample(&run_dir, Weights::Ema, &g, &selected.device, &mut |k| {
             pb.inc(k)

@@ -44,6 +44,56 @@ pub enum FetchError {
     },
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
+    #[error(
+        "{} exists but its SHA-256 {found} does not start with {expected}; remove it and fetch \
+         again",
+        path.display()
+    )]
+    Occupied {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+}
+
+impl FetchError {
+    /// Whether the user's files are in the way (as opposed to a failure).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, FetchError::Occupied { .. })
+    }
+}
+
+/// What [`fetch`] did, with the file's full SHA-256.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched {
+    AlreadyThere(String),
+    Downloaded(String),
+}
+
+/// [`download`], unless `dest` is already there with the expected hash; a `dest` with another
+/// hash is left alone and refused.
+pub fn fetch(
+    url: &str,
+    dest: &Path,
+    sha256_prefix: &str,
+    timeout: Duration,
+    on_progress: Progress<'_>,
+) -> Result<Fetched, FetchError> {
+    if dest.is_file() {
+        let found = crate::eval::extract::sha256_file(dest).map_err(|e| FetchError::Io {
+            path: dest.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if found.starts_with(sha256_prefix) {
+            return Ok(Fetched::AlreadyThere(found));
+        }
+        return Err(FetchError::Occupied {
+            path: dest.to_path_buf(),
+            expected: sha256_prefix.into(),
+            found,
+        });
+    }
+    download(url, dest, sha256_prefix, timeout, on_progress).map(Fetched::Downloaded)
 }
 
 /// Progress of a download: bytes on disk so far and the total when the server said.

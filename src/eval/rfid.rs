@@ -162,6 +162,29 @@ pub fn score_images<E: std::fmt::Display>(
     score_summary(&summary, ext, reference, kid_cfg, t0)
 }
 
+/// The score of dataset `d`'s images (a folder or a split), described as `what`; warns when
+/// they are not the shape the reference was computed at.
+pub fn score_dataset(
+    ext: &dyn FeatureExtractor,
+    reference: &Reference,
+    d: &crate::data::Dataset,
+    what: String,
+    kid_cfg: Option<KidConfig>,
+    on_done: &mut dyn FnMut(usize),
+) -> Result<Score, ScoreError> {
+    let mut next = super::extract::dataset_source(d, 0);
+    let mut s = score_images(ext, reference, d.len, kid_cfg, &mut next, on_done)?;
+    let spec = [d.channels, d.height, d.width];
+    if reference.meta.image != spec {
+        s.warnings.push(format!(
+            "images are {spec:?} but the reference was computed at {:?}",
+            reference.meta.image
+        ));
+    }
+    s.images = Some(what);
+    Ok(s)
+}
+
 /// The score of extracted features (`t0`: when the work started, for its timing).
 fn score_summary(
     summary: &FeatureSummary,

@@ -8,6 +8,7 @@ mod presets;
 mod space;
 
 pub use cost::{Cost, cost, unit_cost};
+pub use presets::GenomeLoadError;
 pub use space::{Budget, SearchSpace};
 
 use serde::{Deserialize, Serialize};

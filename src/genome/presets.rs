@@ -1,6 +1,23 @@
 //! Named architectures: the test preset and the reference UNets of DDPM and IDDPM.
 
-use super::{AttentionGene, DecoderLevel, EncoderLevel, Genome, ImageSpec, Middle, ResBlockGene};
+use super::{
+    AttentionGene, DecoderLevel, EncoderLevel, Genome, GenomeError, GenomeErrors, ImageSpec,
+    Middle, ResBlockGene,
+};
+use std::path::Path;
+
+/// Why [`Genome::load`] or [`Genome::read_file`] gave no genome (bad input, all of it).
+#[derive(Debug, thiserror::Error)]
+pub enum GenomeLoadError {
+    #[error("{0:?} is neither a preset ({presets}) nor an existing file", presets = Genome::PRESETS.join(", "))]
+    NotFound(String),
+    #[error("{0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(String, GenomeError),
+    #[error("{0}: invalid genome:\n{1}")]
+    Invalid(String, GenomeErrors),
+}
 
 /// A UNet with `levels[i] = (channel_mult, num_res_blocks)`, all blocks standard.
 fn uniform(
@@ -45,6 +62,27 @@ impl Genome {
     /// Names accepted by [`Genome::preset`].
     pub const PRESETS: [&'static str; 4] =
         ["tiny", "fmnist-small", "ddpm-cifar10", "iddpm-cifar10"];
+
+    /// A preset by name, else the genome JSON file at `arg`, checked structurally.
+    pub fn load(arg: &str) -> Result<Genome, GenomeLoadError> {
+        if let Some(g) = Genome::preset(arg) {
+            return Ok(g);
+        }
+        if !Path::new(arg).exists() {
+            return Err(GenomeLoadError::NotFound(arg.to_string()));
+        }
+        let g = Genome::read_file(arg)?;
+        g.check()
+            .map_err(|e| GenomeLoadError::Invalid(arg.to_string(), e))?;
+        Ok(g)
+    }
+
+    /// The genome JSON file at `path`, parsed (not checked).
+    pub fn read_file(path: &str) -> Result<Genome, GenomeLoadError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| GenomeLoadError::Read(path.into(), e))?;
+        Genome::from_json(&text).map_err(|e| GenomeLoadError::Parse(path.into(), e))
+    }
 
     /// Look a preset up by name.
     pub fn preset(name: &str) -> Option<Genome> {

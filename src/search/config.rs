@@ -10,11 +10,15 @@ use super::llm::client::{ChatClient, LlmConfig, RetryHook};
 use super::llm::{LlmSearch, LlmSearchConfig, RoundHook};
 use super::random::RandomSearch;
 use super::{CONFIG_FILE, Limits, SearchError, Strategy, io_err};
-use crate::data::DataSource;
-use crate::device::DeviceInfo;
+use crate::data::{DataSource, Dataset, Split};
+use crate::device::{DeviceInfo, SelectedDevice};
+use crate::eval::extract::FeatureExtractor;
+use crate::eval::reference::Reference;
 use crate::eval::rfid::{GenerationConfig, KidConfig};
 use crate::genome::{Budget, ImageSpec, SearchSpace};
+use crate::rundir::RunSource;
 use crate::trial::TrialConfig;
+use crate::trial::{Evaluator, ProgressHook, ProxyEvaluator, StubEvaluator};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -68,6 +72,17 @@ pub enum StrategyChoice {
         crossover: f64,
     },
     Llm(LlmConfig, LlmSearchConfig),
+}
+
+impl StrategyChoice {
+    /// The strategy's name, as in `diffnas search <name>` and `search.json`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StrategyChoice::Random => "random",
+            StrategyChoice::Evolution { .. } => "evolution",
+            StrategyChoice::Llm(..) => "llm",
+        }
+    }
 }
 
 /// `search.json`.
@@ -421,6 +436,89 @@ impl SearchConfig {
         Ok(())
     }
 
+    /// The search to run in `dir` and its training data, cut to `max_images`: the stored
+    /// search when `resume` (with the stored data, whatever `r` says; the settings named in
+    /// `given` checked as [`SearchConfig::resume`] does), else a new one for the images of
+    /// `r.data`, which must be square.
+    pub fn prepare(
+        dir: &Path,
+        r: &SearchRequest,
+        resume: bool,
+        given: &[&str],
+        device: &DeviceInfo,
+    ) -> Result<(SearchConfig, Dataset), SearchError> {
+        let (c, mut data) = if resume {
+            let c = SearchConfig::resume(dir, r, given, device)?;
+            let data = c.data.load(Split::Train)?;
+            (c, data)
+        } else {
+            SearchConfig::check_fresh(dir)?;
+            let data = r.data.load(Split::Train)?;
+            if data.height != data.width {
+                return Err(SearchError::Setting(format!(
+                    "{}: images are {}x{}; the search space needs square images",
+                    r.data, data.height, data.width
+                )));
+            }
+            let image = ImageSpec {
+                channels: data.channels,
+                size: data.height,
+            };
+            (SearchConfig::new(r, image, device), data)
+        };
+        if let Some(m) = c.max_images {
+            data.truncate(m);
+        }
+        Ok((c, data))
+    }
+
+    /// The evaluator this search asks for, on `data` (from [`SearchConfig::prepare`]), with
+    /// the extractor and reference of `scoring` for the proxy; records the extractor's
+    /// identity and the metric's label. A resumed search refuses another extractor than the
+    /// one it was scored with.
+    pub fn evaluator(
+        &mut self,
+        data: Dataset,
+        scoring: Option<(Box<dyn FeatureExtractor>, Reference)>,
+        selected: &SelectedDevice,
+        progress: Option<ProgressHook>,
+    ) -> Result<Box<dyn Evaluator>, SearchError> {
+        let evaluator: Box<dyn Evaluator> = match self.evaluator {
+            EvaluatorKind::Stub => Box::new(StubEvaluator {
+                space: self.space.clone(),
+            }),
+            EvaluatorKind::Proxy => {
+                let Some((ext, reference)) = scoring else {
+                    return Err(SearchError::Setting(
+                        "the proxy evaluator needs a feature extractor and reference statistics"
+                            .into(),
+                    ));
+                };
+                let id = ext.id().clone();
+                let mut e = ProxyEvaluator::for_search(
+                    self.space.clone(),
+                    self.trial.clone(),
+                    data,
+                    ext,
+                    reference,
+                    self.extractor.as_ref(),
+                    selected.device.clone(),
+                    RunSource {
+                        data: self.data.clone(),
+                        max_images: self.max_images,
+                        device: selected.info.clone(),
+                    },
+                )
+                .map_err(SearchError::Setting)?;
+                self.extractor = Some(id);
+                e.progress = progress;
+                Box::new(e)
+            }
+        };
+        self.set_metric(evaluator.metric());
+        Ok(evaluator)
+    }
+
     /// Write `search.json` into `dir` (created if needed).
     pub fn write(&self, dir: &Path) -> Result<(), SearchError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
@@ -439,11 +537,7 @@ impl SearchConfig {
         device: &DeviceInfo,
     ) -> Result<SearchConfig, SearchError> {
         let mut c = SearchConfig::read(dir)?;
-        let wanted = match &r.strategy {
-            StrategyChoice::Random => "random",
-            StrategyChoice::Evolution { .. } => "evolution",
-            StrategyChoice::Llm(..) => "llm",
-        };
+        let wanted = r.strategy.name();
         if c.strategy.name() != wanted {
             return Err(SearchError::OtherStrategy {
                 given: wanted.into(),

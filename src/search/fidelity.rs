@@ -684,6 +684,32 @@ pub struct StudySummary {
     pub ground_truth_checks: Vec<Fidelity>,
 }
 
+impl StudySummary {
+    /// The `top` best measures, one line each: Spearman's rho with its interval, Kendall's
+    /// tau, and the cost per architecture.
+    pub fn best_lines(&self, top: usize) -> String {
+        let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{x:.2}"));
+        let mut out = format!(
+            "{} architecture(s) against {}; best measures (Spearman rho [90% bootstrap], tau, \
+             cost):\n",
+            self.architectures, self.ground_truth
+        );
+        for m in self.measures.iter().take(top) {
+            out += &format!(
+                "  {:<48} {} [{}, {}]  tau {}  {:.0} s/trial ({:.0}% of full)\n",
+                m.measure,
+                f(m.spearman),
+                f(m.spearman_lo),
+                f(m.spearman_hi),
+                f(m.kendall_tau),
+                m.seconds_per_trial,
+                100.0 * m.cost_vs_full
+            );
+        }
+        out
+    }
+}
+
 /// Every measure a row offers: (name, training, metric, n, ddim steps, value, seconds).
 type Measure = (
     String,
@@ -1001,7 +1027,41 @@ pub struct StudyAsk {
     pub full_score_steps: usize,
 }
 
+/// The settings of [`StudyAsk`] (by field name) a resumed study may not be given.
+pub const FIXED_ON_RESUME: [&str; 12] = [
+    "data",
+    "max_images",
+    "scale",
+    "architectures",
+    "full_steps",
+    "seed",
+    "batch_size",
+    "proxy_steps",
+    "proxy_lr",
+    "proxy_score_n",
+    "full_score_n",
+    "full_score_steps",
+];
+
+/// The settings of a retraining ([`StudyConfig::retraining`]) a resumed one may not be given.
+pub const RETRAIN_FIXED_ON_RESUME: [&str; 4] = ["baseline", "steps", "score_n", "score_steps"];
+
 impl StudyConfig {
+    /// Records the extractor the study's scores use; a study that started with another one
+    /// refuses it (its scores would not compare).
+    pub fn bind_extractor(&mut self, id: &ExtractorId) -> Result<(), SearchError> {
+        match &self.extractor {
+            Some(stored) if stored != id => Err(SearchError::Setting(format!(
+                "this study was scored with {stored}; now {id} would be used. Pass the same \
+                 --extractor/--inception/--classifier as when it started"
+            ))),
+            _ => {
+                self.extractor = Some(id.clone());
+                Ok(())
+            }
+        }
+    }
+
     /// The study of `dir`: with `resume`, the stored one (refusing `given`, the first setting
     /// given explicitly, since a resumed study keeps its own); else a fresh one from `make`,
     /// refused where a study already is.
@@ -1067,22 +1127,33 @@ impl StudyConfig {
             proxy_score_n: a.proxy_score_n,
         })
     }
-
-    /// The retraining of `search`'s `best` genome beside `baselines` with the full schedule
-    /// (`steps`) and metric (`n` samples, DDIM `ddim`), on the search's data.
+    /// The retraining of the search in `search_dir`: its best scored trial and the
+    /// `baselines` (preset names or genome files), trained for `steps` with the search's
+    /// data, seed and batch and scored with `n` samples of DDIM-`ddim`.
     pub fn retraining(
-        search: &super::config::SearchConfig,
-        best: &super::TrialRecord,
-        baselines: Vec<(String, Genome)>,
+        search_dir: &Path,
+        baselines: &[String],
         steps: u64,
         n: usize,
         ddim: usize,
     ) -> Result<StudyConfig, SearchError> {
+        let search = super::config::SearchConfig::read(search_dir)?;
+        let log = super::TrialLog::open(search_dir)?;
+        let Some(best) = log.best() else {
+            return Err(SearchError::Setting(format!(
+                "{}: no scored trial to retrain",
+                search_dir.display()
+            )));
+        };
         let mut include = vec![(
             format!("search best (trial {})", best.index),
             best.genome.clone(),
         )];
-        include.extend(baselines);
+        for b in baselines {
+            let g =
+                Genome::load(b).map_err(|e| SearchError::Setting(format!("--baseline: {e}")))?;
+            include.push((b.clone(), g));
+        }
         StudyConfig::new(&StudyRequest {
             data: search.data.clone(),
             max_images: search.max_images,

@@ -114,6 +114,13 @@ pub enum SearchError {
         stored: String,
         path: PathBuf,
     },
+    /// A search that ended with no scored trial, and why (see [`unscored_reasons`]).
+    #[error(
+        "no trial of the search in {} was scored, so there is nothing to report:\n  {}",
+        dir.display(),
+        reasons.join("\n  ")
+    )]
+    NothingScored { dir: PathBuf, reasons: Vec<String> },
 }
 
 impl SearchError {
@@ -434,6 +441,28 @@ pub fn unscored_reasons(records: &[TrialRecord], rejected: &[llm::parse::Rejecte
     }
     out.sort_by_key(|e| std::cmp::Reverse(e.0));
     out.into_iter().map(|(_, s)| s).collect()
+}
+
+/// Fails with [`SearchError::NothingScored`] when no trial of the search in `dir` (of
+/// `strategy`, whose log is `records`) was scored: the trials' failures and, for the LLM, its
+/// rejected proposals, counted by reason.
+pub fn check_scored(
+    dir: &Path,
+    strategy: &config::StrategyConfig,
+    records: &[TrialRecord],
+) -> Result<(), SearchError> {
+    let rejected = match strategy {
+        config::StrategyConfig::Llm(..) => llm::rejections(dir)?,
+        _ => Vec::new(),
+    };
+    let reasons = unscored_reasons(records, &rejected);
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    Err(SearchError::NothingScored {
+        dir: dir.to_path_buf(),
+        reasons,
+    })
 }
 
 /// A seeded RNG for the `k`-th draw of a strategy after `n` log records: resuming replays it.

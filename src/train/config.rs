@@ -123,8 +123,14 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
 }
 
-/// A setting that a resumed run was asked to change (see [`TrainConfig::resumed_as`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A setting that a resumed run was asked to change (see [`TrainConfig::resumed_as`]); its
+/// message names the flag of the same name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "--{} {given} differs from the {stored} stored, and a resumed run keeps its settings (only \
+     --steps may grow; --checkpoint-every and --log-every may change)",
+    field.replace('_', "-")
+)]
 pub struct ChangedSetting {
     /// The field's name in the configuration (as in `train.json`).
     pub field: String,
@@ -160,6 +166,14 @@ impl TrainConfig {
             }
         }
         Ok(new.clone())
+    }
+
+    /// The names of the settings, as in `train.json` (and as `diffnas train` names its flags).
+    pub fn fields() -> Vec<String> {
+        match serde_json::to_value(TrainConfig::new()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => unreachable!("a TrainConfig serialises to an object"),
+        }
     }
 
     /// This configuration with the named `fields` (as in `train.json`) taken from `other`.
