@@ -12,6 +12,8 @@ pub enum DeviceChoice {
     Auto,
     /// wgpu on the default adapter, software adapters included.
     Wgpu,
+    /// wgpu on adapter N of `diffnas devices` (`wgpu:N`), software adapters included.
+    WgpuAdapter(usize),
     /// Burn's flex CPU backend.
     Flex,
     /// An NVIDIA GPU through Burn's CUDA backend (builds with the `cuda` feature only; a
@@ -27,9 +29,25 @@ impl std::str::FromStr for DeviceChoice {
             "wgpu" => Ok(DeviceChoice::Wgpu),
             "flex" | "cpu" => Ok(DeviceChoice::Flex),
             "cuda" => Ok(DeviceChoice::Cuda),
-            o => Err(format!(
-                "unknown device {o:?}: expected auto, wgpu, flex or cuda"
-            )),
+            o => match o.strip_prefix("wgpu:").map(str::parse) {
+                Some(Ok(n)) => Ok(DeviceChoice::WgpuAdapter(n)),
+                _ => Err(format!(
+                    "unknown device {o:?}: expected auto, wgpu, wgpu:N (adapter N of `diffnas \
+                     devices`), flex or cuda"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Wgpu => write!(f, "wgpu"),
+            DeviceChoice::WgpuAdapter(n) => write!(f, "wgpu:{n}"),
+            DeviceChoice::Flex => write!(f, "flex"),
+            DeviceChoice::Cuda => write!(f, "cuda"),
         }
     }
 }
@@ -73,6 +91,19 @@ pub enum DeviceError {
         "this build has no CUDA backend (build with `--features cuda`); use --device wgpu or flex"
     )]
     NoCuda,
+    /// `wgpu:N` names no adapter, or one Burn cannot select.
+    #[error("--device wgpu:{index}: {why}; `diffnas devices` lists the adapters")]
+    NoAdapter { index: usize, why: String },
+}
+
+impl DeviceError {
+    /// Whether the user asked for a device this machine or build cannot have.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            DeviceError::NoWgpu | DeviceError::NoCuda | DeviceError::NoAdapter { .. }
+        )
+    }
 }
 
 /// A ready device (plain, without autodiff) and what it is.
@@ -171,6 +202,75 @@ fn init_wgpu_once() -> Result<SelectedDevice, DeviceError> {
     Err(DeviceError::WgpuInit(last))
 }
 
+/// The wgpu device on adapter `index` of [`adapters`] (initialised once per process, like
+/// [`init_wgpu`]'s): Burn addresses an adapter by its graphics API, its type and its place
+/// among the adapters of that API and type.
+#[cfg(feature = "wgpu")]
+fn init_wgpu_adapter(index: usize) -> Result<SelectedDevice, DeviceError> {
+    use burn::tensor::DeviceKind;
+    use burn::tensor::wgpu::WgpuBackend;
+    type Held = Vec<(usize, SelectedDevice)>;
+    static HELD: std::sync::Mutex<Held> = std::sync::Mutex::new(Vec::new());
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, d)) = held.iter().find(|(i, _)| *i == index) {
+        return Ok(d.clone());
+    }
+    let bad = |why: String| DeviceError::NoAdapter { index, why };
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let list: Vec<wgpu::AdapterInfo> =
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+            .iter()
+            .map(|a| a.get_info())
+            .collect();
+    let Some(a) = list.get(index) else {
+        return Err(bad(format!(
+            "this machine has {} wgpu adapter(s)",
+            list.len()
+        )));
+    };
+    let k = list[..index]
+        .iter()
+        .filter(|b| b.backend == a.backend && b.device_type == a.device_type)
+        .count();
+    let kind = match a.device_type {
+        wgpu::DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(k),
+        wgpu::DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(k),
+        wgpu::DeviceType::VirtualGpu => DeviceKind::VirtualGpu(k),
+        wgpu::DeviceType::Cpu => DeviceKind::Cpu,
+        other => {
+            return Err(bad(format!(
+                "{} is of type {other:?}, which cannot be selected",
+                a.name
+            )));
+        }
+    };
+    let api = match a.backend {
+        wgpu::Backend::Vulkan => WgpuBackend::Vulkan,
+        wgpu::Backend::Metal => WgpuBackend::Metal,
+        wgpu::Backend::Dx12 => WgpuBackend::Dx12,
+        wgpu::Backend::Gl => WgpuBackend::Gl,
+        wgpu::Backend::BrowserWebGpu => WgpuBackend::WebGpu,
+        other => {
+            return Err(bad(format!(
+                "{} is on {other:?}, which cannot be selected",
+                a.name
+            )));
+        }
+    };
+    let (device, setup) = Device::wgpu_options()
+        .device_kind(kind)
+        .graphics_api(api)
+        .init_with_setup()
+        .map_err(|e| bad(format!("{}: {e}", a.name)))?;
+    let d = SelectedDevice {
+        device,
+        info: info_of(&setup.adapter.get_info()),
+    };
+    held.push((index, d.clone()));
+    Ok(d)
+}
+
 /// What `diffnas devices` prints: the wgpu adapters this build can see, one per line, and
 /// what `--device auto` picks.
 pub fn describe() -> Result<String, DeviceError> {
@@ -216,8 +316,10 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
         DeviceChoice::Cuda => Err(DeviceError::NoCuda),
         #[cfg(feature = "wgpu")]
         DeviceChoice::Wgpu => init_wgpu(),
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::WgpuAdapter(n) => init_wgpu_adapter(n),
         #[cfg(not(feature = "wgpu"))]
-        DeviceChoice::Wgpu => Err(DeviceError::NoWgpu),
+        DeviceChoice::Wgpu | DeviceChoice::WgpuAdapter(_) => Err(DeviceError::NoWgpu),
         DeviceChoice::Auto => {
             let hardware = adapters().iter().any(|a| a.device_type != "Cpu");
             if !hardware {

@@ -79,7 +79,62 @@ fn genome_commands() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
-/// A folder of 16x16 grayscale PNGs.
+/// `--device wgpu:N` runs on adapter N of `diffnas devices` (here the Vulkan software
+/// adapter, whichever index it has); an index past the list, or a malformed one, is a bad flag
+/// (exit 2) that says what exists.
+#[cfg(feature = "wgpu")]
+#[test]
+fn device_by_adapter_index() {
+    let o = diffnas().arg("devices").output().unwrap();
+    let listing = String::from_utf8_lossy(&o.stdout).to_string();
+    let (index, name) = listing
+        .lines()
+        .find_map(|l| {
+            let (i, rest) = l.strip_prefix('[')?.split_once("] ")?;
+            rest.contains("Vulkan")
+                .then(|| (i.to_string(), rest.to_string()))
+        })
+        .unwrap_or_else(|| panic!("no Vulkan adapter listed:\n{listing}"));
+    let count = listing.lines().filter(|l| l.starts_with('[')).count();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.png");
+    let run = |device: &str| {
+        diffnas()
+            .args([
+                "sample",
+                "tests/fixtures/fmnist-tiny",
+                "--n",
+                "2",
+                "--steps",
+                "2",
+            ])
+            .args(["--out", out.to_str().unwrap(), "--device", device])
+            .output()
+            .unwrap()
+    };
+    let o = run(&format!("wgpu:{index}"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("device: {name}")) && stderr(&o).contains("Vulkan"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out.is_file());
+    let o = run(&format!("wgpu:{}", count + 5));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "--device wgpu:{}: this machine has {count} wgpu adapter(s)",
+            count + 5
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let o = run("wgpu:first");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("wgpu:N"), "{}", stderr(&o));
+}
+
 /// On a machine with no desktop session, listing the adapters prints no libwayland noise
 /// (Mesa's Vulkan device-select layer asks the compositor, and none can exist).
 #[cfg(feature = "wgpu")]
@@ -102,6 +157,7 @@ fn headless_adapter_probe_is_quiet() {
     assert!(!stderr(&o).contains("XDG_RUNTIME_DIR"), "{}", stderr(&o));
 }
 
+/// A folder of 16x16 grayscale PNGs.
 fn image_folder(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..n {

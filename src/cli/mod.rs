@@ -196,11 +196,10 @@ fn dispatch(cli: Cli, given: Given) -> anyhow::Result<i32> {
 pub(crate) fn select_device(
     choice: crate::device::DeviceChoice,
 ) -> anyhow::Result<crate::device::SelectedDevice> {
-    use crate::device::DeviceError;
-    let d = crate::device::select(choice).map_err(|e| match e {
-        // A device this build cannot have is a bad flag (exit 2), not a failure.
-        DeviceError::NoWgpu | DeviceError::NoCuda => user_err(e.to_string()),
-        other => other.into(),
+    // A device this build or machine cannot have is a bad flag (exit 2), not a failure.
+    let d = crate::device::select(choice).map_err(|e| match e.is_bad_input() {
+        true => user_err(e.to_string()),
+        false => anyhow::Error::new(e),
     })?;
     if d.info.backend == "flex" && std::env::var_os("BURN_DEVICE").is_none() {
         // SAFETY: called on the main thread before this process starts any thread of its own.
