@@ -1222,3 +1222,256 @@ fn the_winner_is_retrained_beside_a_baseline() {
         "{err}"
     );
 }
+
+/// A trial as a job: `trial.json` round-trips; `diffnas trial run` writes `outcome.json` for a
+/// good trial and for one that fails (an invalid genome is an outcome with its reason), and a
+/// second run returns the stored outcome; a folder without a spec is a clear error.
+#[test]
+fn a_trial_runs_as_a_job_from_its_spec() {
+    use diffnas::search::config::EvaluatorKind;
+    use diffnas::search::job::{Evaluation, OUTCOME_FILE, TrialSpec, read_outcome};
+    use diffnas::trial::{TrialConfig, TrialStatus};
+    let work = tempfile::tempdir().unwrap();
+    let evaluation = Evaluation {
+        evaluator: EvaluatorKind::Stub,
+        space: space(),
+        trial: TrialConfig::rapid(10, 4),
+        data: diffnas::data::DataSource::FashionMnist(None),
+        max_images: Some(10),
+        scored_with: None,
+    };
+    let mut rng = diffnas::search::strategy_rng(3, 0, 0);
+    let genome = space().random(&mut rng, 100).unwrap();
+    let spec = TrialSpec {
+        genome: genome.clone(),
+        evaluation: evaluation.clone(),
+        extractor: None,
+    };
+    let good = work.path().join("good");
+    spec.write(&good).unwrap();
+    assert_eq!(TrialSpec::read(&good).unwrap(), spec);
+    let o = run_in(
+        work.path(),
+        &["trial", "run", good.to_str().unwrap(), "--device", "flex"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let outcome = read_outcome(&good).unwrap().expect("outcome.json written");
+    assert_eq!(outcome.status, TrialStatus::Ok);
+    assert_eq!(outcome.score, Some(StubEvaluator::score(&genome)));
+    let o = run_in(
+        work.path(),
+        &["trial", "run", good.to_str().unwrap(), "--device", "flex"],
+    );
+    assert!(o.status.success());
+    assert_eq!(read_outcome(&good).unwrap().unwrap(), outcome);
+
+    let mut bad = genome.clone();
+    bad.base_channels = 7;
+    let failing = work.path().join("bad");
+    TrialSpec {
+        genome: bad,
+        evaluation,
+        extractor: None,
+    }
+    .write(&failing)
+    .unwrap();
+    let o = run_in(
+        work.path(),
+        &[
+            "trial",
+            "run",
+            failing.to_str().unwrap(),
+            "--device",
+            "flex",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let outcome = read_outcome(&failing).unwrap().unwrap();
+    assert_eq!(outcome.status, TrialStatus::Invalid);
+    assert!(outcome.reason.unwrap().contains("base_channels"));
+
+    let empty = work.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = run_in(
+        work.path(),
+        &["trial", "run", empty.to_str().unwrap(), "--device", "flex"],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("trial.json") && err.contains("a search's trial folder"),
+        "{err}"
+    );
+    assert!(!empty.join(OUTCOME_FILE).exists());
+}
+
+/// `--parallel 2`: two trial processes at a time. One is SIGKILLed mid-trial (the driver
+/// starts it again, its record counts 2 attempts), then the driver itself is SIGKILLed with
+/// trials in flight (they run on) and resumed: every trial is logged exactly once and scored,
+/// and `dispatch.jsonl` holds every job with its attempt.
+#[test]
+fn a_parallel_search_survives_a_killed_trial_and_a_killed_driver() {
+    use diffnas::search::executor::read_dispatches;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let work = tempfile::tempdir().unwrap();
+    let data_dir = work.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let data = small_fashion_mnist(&data_dir, 600, 100).expect("Fashion-MNIST");
+    let home = work.path().join("home");
+    let o = run_in(
+        &home,
+        &[
+            "eval",
+            "train-classifier",
+            "--data",
+            &data,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "50",
+            "--device",
+            "flex",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = work.path().join("search");
+    let d = dir.to_str().unwrap();
+    let args = [
+        "search",
+        "random",
+        "--run-dir",
+        d,
+        "--data",
+        &data,
+        "--trials",
+        "5",
+        "--parallel",
+        "2",
+        "--trial-steps",
+        "60",
+        "--trial-batch-size",
+        "8",
+        "--score-n",
+        "20",
+        "--score-steps",
+        "2",
+        "--max-params",
+        "300000",
+        "--max-macs",
+        "40000000",
+        "--device",
+        "flex",
+    ];
+    let spawn = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_diffnas"))
+            .args(args)
+            .env("DIFFNAS_HOME", &home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let logged = || TrialLog::open(&dir).map_or(0, |l| l.records.len());
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !done() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(600),
+                "waited too long for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let pid_of = |job: &str| -> i32 { job.split_whitespace().nth(1).unwrap().parse().unwrap() };
+    let mut driver = spawn(&args);
+    // Two trials in flight, one of them past its first checkpoint: kill that one's process.
+    let running = || {
+        let logged: HashSet<String> = TrialLog::open(&dir)
+            .map(|l| l.records.into_iter().map(|r| r.hash).collect())
+            .unwrap_or_default();
+        read_dispatches(&dir)
+            .unwrap()
+            .into_iter()
+            .filter(|x| !logged.contains(&x.hash))
+            .collect::<Vec<_>>()
+    };
+    wait_for("a checkpointed trial", &|| {
+        running().iter().any(|x| {
+            dir.join("trials")
+                .join(&x.hash)
+                .join("checkpoints/latest")
+                .exists()
+        })
+    });
+    let victim = running()
+        .into_iter()
+        .find(|x| {
+            dir.join("trials")
+                .join(&x.hash)
+                .join("checkpoints/latest")
+                .exists()
+        })
+        .unwrap();
+    // SAFETY: a signal to a process this test's search started.
+    unsafe { libc::kill(pid_of(&victim.job), libc::SIGKILL) };
+    wait_for("the killed trial's second attempt", &|| {
+        read_dispatches(&dir)
+            .unwrap()
+            .iter()
+            .any(|x| x.hash == victim.hash && x.attempt == 2)
+    });
+    // The driver goes, with trials in flight.
+    wait_for("trials in flight", &|| !running().is_empty());
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    let before = logged();
+    assert!(
+        before < 5,
+        "{before} trials logged before the driver was killed"
+    );
+
+    let o = run_in(
+        &home,
+        &[
+            "search",
+            "random",
+            "--resume",
+            "--run-dir",
+            d,
+            "--parallel",
+            "2",
+            "--device",
+            "flex",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records = TrialLog::open(&dir).unwrap().records;
+    assert_eq!(records.len(), 5);
+    let hashes: HashSet<_> = records.iter().map(|r| r.hash.clone()).collect();
+    assert_eq!(hashes.len(), 5, "a trial was logged twice");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.index, i);
+        assert!(r.score().is_some(), "trial {i}: {:?}", r.outcome);
+    }
+    let killed = records.iter().find(|r| r.hash == victim.hash).unwrap();
+    assert!(killed.attempts >= Some(2), "{:?}", killed.attempts);
+    let dispatched = read_dispatches(&dir).unwrap();
+    assert_eq!(
+        dispatched
+            .iter()
+            .map(|x| x.hash.clone())
+            .collect::<HashSet<_>>(),
+        hashes
+    );
+    for r in &records {
+        let x = dispatched.iter().find(|x| x.hash == r.hash).unwrap();
+        assert_eq!(Some(x.attempt).filter(|&a| a > 1), r.attempts, "{}", r.hash);
+        assert!(
+            dir.join("trials")
+                .join(&r.hash)
+                .join("outcome.json")
+                .is_file()
+        );
+    }
+}

@@ -11,6 +11,7 @@ pub mod report_cmd;
 mod sample;
 pub mod search_cmd;
 mod train_cmd;
+mod trial_cmd;
 
 pub use bench::BenchArgs;
 
@@ -48,6 +49,9 @@ pub enum Command {
     /// trials ranked by reduced FID (reduced FD-classifier offline); resumable.
     #[command(subcommand)]
     Search(search_cmd::SearchCmd),
+    /// One search trial as a job: what `--parallel`, `--devices` and Slurm run.
+    #[command(subcommand)]
+    Trial(trial_cmd::TrialCmd),
     /// Write report.md and PNG charts of a search (optionally overlaying other searches).
     Report(report_cmd::ReportArgs),
     /// Write a run's weights as a model bundle for the browser demo (web/): genome, weights
@@ -185,6 +189,7 @@ fn dispatch(cli: Cli, given: Given) -> anyhow::Result<i32> {
         Command::Eval(c) => eval_cmd::run_eval(c),
         Command::Search(c) => search_cmd::run(c, &given),
         Command::Report(a) => report_cmd::run(a),
+        Command::Trial(c) => trial_cmd::run(c),
         Command::Weights(c) => eval_cmd::run_weights(c),
         Command::Export(a) => export_cmd::run(a),
     }

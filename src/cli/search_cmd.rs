@@ -13,11 +13,12 @@ use crate::data::DataSource;
 use crate::search::config::{
     EvaluatorKind, FIXED_ON_RESUME, Scale, SearchConfig, SearchRequest, StrategyChoice, defaults,
 };
+use crate::search::executor::{Executor, InProcess, Processes};
 use crate::search::fidelity::{self, StudyConfig, StudyEnv, StudyEvent, run_study};
 use crate::search::llm::client::LlmConfig;
 use crate::search::llm::prompt::MemoryLimits;
 use crate::search::llm::{LlmSearchConfig, RoundFile, defaults as llm_defaults};
-use crate::search::{SearchEvent, SearchStatus, run_search};
+use crate::search::{SearchEvent, SearchStatus, run_search_with};
 use crate::trial::TrialProgress;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
@@ -224,6 +225,17 @@ pub struct SearchArgs {
     /// Use only the first N training images.
     #[arg(long)]
     pub max_images: Option<usize>,
+    /// Run N trials at once, each in its own process on --device (trials then end in the
+    /// order they finish: resumable, not reproducible run to run).
+    #[arg(long, conflicts_with = "devices")]
+    pub parallel: Option<usize>,
+    /// One trial process per device, e.g. wgpu:0,wgpu:1 (a device twice runs two there).
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<crate::device::DeviceChoice>,
+    /// Starts of a trial whose process vanished without an outcome before it is logged as
+    /// failed.
+    #[arg(long, default_value_t = defaults::MAX_ATTEMPTS)]
+    pub max_attempts: u32,
     #[command(flatten)]
     pub ext: ExtractorArgs,
 }
@@ -544,12 +556,25 @@ fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i3
     let metric = cfg.metric.clone();
     let max = cfg.limits.max_trials;
     let mut on_event = |e: SearchEvent| render(e, name, &dir, &metric, max);
-    let (status, log) = run_search(
+    let devices: Vec<String> = match (a.parallel, &a.devices[..]) {
+        (Some(n), _) => vec![a.ext.device.to_string(); n.max(1)],
+        (None, []) => Vec::new(),
+        (None, d) => d.iter().map(|d| d.to_string()).collect(),
+    };
+    let mut exec: Box<dyn Executor> = if devices.is_empty() {
+        Box::new(InProcess::new(evaluator.as_mut()))
+    } else {
+        let exe = std::env::current_exe()?;
+        Box::new(Processes::new(exe, devices, a.max_attempts))
+    };
+    let (evaluation, ext_spec) = (cfg.evaluation(), a.ext.spec());
+    let (status, log) = run_search_with(
         &dir,
         &cfg.space,
         &cfg.limits,
         strategy.as_mut(),
-        evaluator.as_mut(),
+        exec.as_mut(),
+        Some((&evaluation, Some(&ext_spec))),
         &stop,
         &mut on_event,
     )?;
@@ -604,6 +629,9 @@ fn render(e: SearchEvent, name: &str, dir: &Path, metric: &str, max: usize) {
             origin,
         } => eprintln!("trial {index} [{hash}] {origin} ..."),
         SearchEvent::Skipped { hash, why } => eprintln!("  skipped {hash}: {why}"),
+        SearchEvent::Retried { hash, attempt, why } => {
+            eprintln!("  [{hash}] {why}; attempt {attempt}")
+        }
         SearchEvent::TrialDone(r) => {
             let o = &r.outcome;
             let what = match o.score {
@@ -626,7 +654,7 @@ fn render(e: SearchEvent, name: &str, dir: &Path, metric: &str, max: usize) {
 }
 
 /// One progress bar for the running trial: its training steps, then its scored images.
-fn trial_bar() -> crate::trial::ProgressHook {
+pub(crate) fn trial_bar() -> crate::trial::ProgressHook {
     let pb = super::progress::bar(0, "trial");
     Box::new(move |p| {
         let (what, done, total) = match p {

@@ -13,6 +13,7 @@ use super::extract::{
 use super::reference::Reference;
 use crate::data::{DataSource, Split};
 use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The defaults of the classifier's training (`diffnas eval train-classifier`, and the
@@ -101,7 +102,8 @@ pub fn reference_path(
     ))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExtractorChoice {
     /// Inception when its weights are found, else the dataset's classifier.
     Auto,
@@ -114,7 +116,7 @@ pub enum ExtractorChoice {
 }
 
 /// Which feature extractor, and where its weights are (None: the defaults in [`home`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExtractorSpec {
     pub choice: ExtractorChoice,
     pub inception: Option<PathBuf>,

@@ -6,6 +6,7 @@
 //! ([`SearchConfig::resume`]).
 
 use super::evolution::{Evolution, EvolutionConfig};
+use super::job::Evaluation;
 use super::llm::client::{ChatClient, LlmConfig, RetryHook};
 use super::llm::{LlmSearch, LlmSearchConfig, RoundHook};
 use super::random::RandomSearch;
@@ -16,9 +17,8 @@ use crate::eval::extract::FeatureExtractor;
 use crate::eval::reference::Reference;
 use crate::eval::rfid::{GenerationConfig, KidConfig};
 use crate::genome::{Budget, ImageSpec, SearchSpace};
-use crate::rundir::RunSource;
 use crate::trial::TrialConfig;
-use crate::trial::{Evaluator, ProgressHook, ProxyEvaluator, StubEvaluator};
+use crate::trial::{Evaluator, ProgressHook};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -30,6 +30,8 @@ pub mod defaults {
     pub const CROSSOVER: f64 = 0.0;
     /// Proposals in a row that were all duplicates or invalid before the search gives up.
     pub const MAX_STALE: usize = 200;
+    /// Starts of a trial whose job vanished without an outcome, before it is logged as failed.
+    pub const MAX_ATTEMPTS: u32 = 3;
 }
 
 /// Which evaluator scores the trials.
@@ -472,6 +474,18 @@ impl SearchConfig {
         Ok((c, data))
     }
 
+    /// How this search evaluates its trials (what each trial's spec shares).
+    pub fn evaluation(&self) -> Evaluation {
+        Evaluation {
+            evaluator: self.evaluator,
+            space: self.space.clone(),
+            trial: self.trial.clone(),
+            data: self.data.clone(),
+            max_images: self.max_images,
+            scored_with: self.extractor.clone(),
+        }
+    }
+
     /// The evaluator this search asks for, on `data` (from [`SearchConfig::prepare`]), with
     /// the extractor and reference of `scoring` for the proxy; records the extractor's
     /// identity and the metric's label. A resumed search refuses another extractor than the
@@ -483,38 +497,13 @@ impl SearchConfig {
         selected: &SelectedDevice,
         progress: Option<ProgressHook>,
     ) -> Result<Box<dyn Evaluator>, SearchError> {
-        let evaluator: Box<dyn Evaluator> = match self.evaluator {
-            EvaluatorKind::Stub => Box::new(StubEvaluator {
-                space: self.space.clone(),
-            }),
-            EvaluatorKind::Proxy => {
-                let Some((ext, reference)) = scoring else {
-                    return Err(SearchError::Setting(
-                        "the proxy evaluator needs a feature extractor and reference statistics"
-                            .into(),
-                    ));
-                };
-                let id = ext.id().clone();
-                let mut e = ProxyEvaluator::for_search(
-                    self.space.clone(),
-                    self.trial.clone(),
-                    data,
-                    ext,
-                    reference,
-                    self.extractor.as_ref(),
-                    selected.device.clone(),
-                    RunSource {
-                        data: self.data.clone(),
-                        max_images: self.max_images,
-                        device: selected.info.clone(),
-                    },
-                )
-                .map_err(SearchError::Setting)?;
-                self.extractor = Some(id);
-                e.progress = progress;
-                Box::new(e)
-            }
-        };
+        let id = scoring.as_ref().map(|(e, _)| e.id().clone());
+        let evaluator = self
+            .evaluation()
+            .evaluator(data, scoring, selected, progress)?;
+        if id.is_some() {
+            self.extractor = id;
+        }
         self.set_metric(evaluator.metric());
         Ok(evaluator)
     }

@@ -10,7 +10,9 @@
 pub mod block;
 pub mod config;
 pub mod evolution;
+pub mod executor;
 pub mod fidelity;
+pub mod job;
 pub mod llm;
 pub mod random;
 pub mod rank;
@@ -44,6 +46,9 @@ pub struct TrialRecord {
     pub search_seconds: f64,
     /// Unix time when the trial finished.
     pub finished_unix: u64,
+    /// Jobs the trial took, when more than one (a job vanished and it was started again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 impl TrialRecord {
@@ -243,6 +248,12 @@ pub struct Proposal {
 /// included) and `log`, so that a resumed search continues exactly.
 pub trait Strategy {
     fn name(&self) -> String;
+    /// Whether a batch of proposals must all have ended before the next is asked for (the
+    /// LLM's rounds); otherwise a free slot asks at once (random search, and regularized
+    /// evolution per completion as published).
+    fn synchronous(&self) -> bool {
+        false
+    }
     fn propose(
         &mut self,
         log: &[TrialRecord],
@@ -277,6 +288,12 @@ pub enum SearchEvent<'a> {
         hash: &'a str,
         why: &'a str,
     },
+    /// A trial's job vanished without an outcome; it was started again.
+    Retried {
+        hash: &'a str,
+        attempt: u32,
+        why: &'a str,
+    },
 }
 
 /// Why a search loop returned.
@@ -289,7 +306,8 @@ pub enum SearchStatus {
     Interrupted,
 }
 
-/// Run `strategy` with `evaluator` in `dir` until the limits are reached.
+/// Run `strategy` with `evaluator` in `dir` until the limits are reached, one trial at a time
+/// in this process ([`run_search_with`] with [`executor::InProcess`] and no trial specs).
 pub fn run_search(
     dir: &Path,
     space: &SearchSpace,
@@ -299,106 +317,399 @@ pub fn run_search(
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(SearchEvent),
 ) -> Result<(SearchStatus, TrialLog), SearchError> {
+    let mut exec = executor::InProcess::new(evaluator);
+    run_search_with(
+        dir, space, limits, strategy, &mut exec, None, stop, on_event,
+    )
+}
+
+/// A trial started and not logged yet.
+struct Pending {
+    hash: String,
+    origin: String,
+    genome: Genome,
+    attempt: u32,
+}
+
+impl Pending {
+    /// A stand-in log record, so that strategies proposing while it runs neither propose it
+    /// again nor draw the same random numbers twice. Never written.
+    fn placeholder(&self, index: usize) -> TrialRecord {
+        TrialRecord {
+            index,
+            hash: self.hash.clone(),
+            strategy: String::new(),
+            origin: self.origin.clone(),
+            genome: self.genome.clone(),
+            outcome: TrialOutcome::rejected(TrialStatus::Interrupted, "", "running".into()),
+            search_seconds: 0.0,
+            finished_unix: 0,
+            attempts: None,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The driver of a search: asks `strategy` for candidates, hands them to `exec` (as many at
+/// once as it has slots; a [`Strategy::synchronous`] strategy's next batch waits for the last
+/// one), and is the one writer of `trials.jsonl`. With `spec` (the search's
+/// [`job::Evaluation`] and extractor), each trial's folder gets its `trial.json`, so that a
+/// job anywhere can run it. With an [`Executor::external`] executor, `dispatch.jsonl` records
+/// every job; trials dispatched by an earlier driver are logged from their outcome, taken over
+/// while their job runs, or started again when it is gone (up to
+/// [`Executor::max_attempts`], then logged as failed).
+#[allow(clippy::too_many_arguments)]
+pub fn run_search_with(
+    dir: &Path,
+    space: &SearchSpace,
+    limits: &Limits,
+    strategy: &mut dyn Strategy,
+    exec: &mut dyn executor::Executor,
+    spec: Option<(&job::Evaluation, Option<&crate::eval::setup::ExtractorSpec>)>,
+    stop: &AtomicBool,
+    on_event: &mut dyn FnMut(SearchEvent),
+) -> Result<(SearchStatus, TrialLog), SearchError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    let mut log = TrialLog::open(dir)?;
-    let t0 = Instant::now();
-    let base = log.records.last().map_or(0.0, |r| r.search_seconds);
-    let elapsed = || base + t0.elapsed().as_secs_f64();
+    let mut d = Driver {
+        dir,
+        log: TrialLog::open(dir)?,
+        t0: Instant::now(),
+        base: 0.0,
+        stale: 0,
+        pending: Vec::new(),
+        restart: Default::default(),
+        strategy: strategy.name(),
+    };
+    d.base = d.log.records.last().map_or(0.0, |r| r.search_seconds);
     on_event(SearchEvent::Started {
-        done: log.trials(),
+        done: d.log.trials(),
         max_trials: limits.max_trials,
     });
-    let mut stale = 0;
-    let mut seen = seen_hashes(&log.records);
+    let mut seen = seen_hashes(&d.log.records);
+    d.recover(&mut seen, on_event)?;
+    let mut queue: std::collections::VecDeque<Proposal> = Default::default();
+    let mut exhausted = false;
+    let mut stopped = false;
     loop {
-        if log.trials() >= limits.max_trials {
-            return Ok((SearchStatus::Finished, log));
-        }
-        if limits.max_seconds.is_some_and(|m| elapsed() >= m) {
-            return Ok((SearchStatus::TimeUp, log));
-        }
-        if stop.load(Ordering::SeqCst) {
-            return Ok((SearchStatus::Interrupted, log));
-        }
-        let proposals = strategy.propose(&log.records, space)?;
-        if proposals.is_empty() {
-            return Ok((SearchStatus::Exhausted, log));
-        }
-        for p in proposals {
-            if log.trials() >= limits.max_trials
-                || limits.max_seconds.is_some_and(|m| elapsed() >= m)
+        // Fill the free slots.
+        while !stopped && !exhausted && d.pending.len() < exec.slots() {
+            if d.log.trials() + d.pending.len() >= limits.max_trials
+                || limits.max_seconds.is_some_and(|m| d.elapsed() >= m)
+                || stop.load(Ordering::SeqCst)
             {
                 break;
             }
+            if let Some((p, job_name)) = d.restart.pop_front() {
+                d.resume_one(exec, p, job_name, spec, stop, on_event)?;
+                continue;
+            }
+            let Some(p) = queue.pop_front() else {
+                if strategy.synchronous() && !d.pending.is_empty() {
+                    break;
+                }
+                let n = d.log.records.len();
+                let mut view = d.log.records.clone();
+                view.extend(
+                    d.pending
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| p.placeholder(n + i)),
+                );
+                let proposals = strategy.propose(&view, space)?;
+                exhausted = proposals.is_empty();
+                queue.extend(proposals);
+                continue;
+            };
             let hash = p.genome.hash();
             if seen.contains(&hash) {
                 on_event(SearchEvent::Skipped {
                     hash: &hash,
                     why: "duplicate of an evaluated genome",
                 });
-                stale += 1;
-                if stale >= limits.max_stale {
-                    return Ok((SearchStatus::Exhausted, log));
-                }
+                d.stale += 1;
+                exhausted = d.stale >= limits.max_stale;
                 continue;
             }
-            let index = log.records.len();
             on_event(SearchEvent::TrialStarted {
-                index,
+                index: d.log.records.len() + d.pending.len(),
                 hash: &hash,
                 origin: &p.origin,
             });
-            let tdir = dir.join(TRIALS_DIR).join(&hash);
-            std::fs::create_dir_all(&tdir).map_err(|e| io_err(&tdir, e))?;
             seen.insert(hash.clone());
-            std::fs::write(tdir.join("genome.json"), p.genome.to_json_pretty())
-                .map_err(|e| io_err(&tdir, e))?;
-            let outcome = evaluator.evaluate(&p.genome, Some(&tdir), stop);
-            if outcome.status == TrialStatus::Interrupted {
-                return Ok((SearchStatus::Interrupted, log));
-            }
-            let _ = std::fs::write(
-                tdir.join("metrics.json"),
-                serde_json::to_vec_pretty(&outcome).expect("serialises"),
-            );
-            stale = if outcome.status == TrialStatus::Invalid {
-                stale + 1
-            } else {
-                0
-            };
-            let rec = TrialRecord {
-                index,
-                hash: hash.clone(),
-                strategy: strategy.name(),
+            let pending = Pending {
+                hash,
                 origin: p.origin,
                 genome: p.genome,
-                outcome,
-                search_seconds: elapsed(),
-                finished_unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
+                attempt: 1,
             };
-            let best_before = log.best().map(|b| b.hash.clone());
-            log.append(rec)?;
-            // A finished trial keeps its final weights. Its last checkpoint (optimizer state
-            // included) stays only while it is the best trial, so that the winner can be
-            // trained further with `train --resume --steps N`; the others' go.
-            let best_now = log.best().map(|b| b.hash.clone());
-            for h in [Some(hash.clone()), best_before] {
-                if let Some(h) = h
-                    && Some(&h) != best_now.as_ref()
-                {
-                    let _ =
-                        std::fs::remove_dir_all(dir.join(TRIALS_DIR).join(h).join("checkpoints"));
+            d.start(exec, &pending, spec, stop)?;
+            d.pending.push(pending);
+        }
+        if d.pending.is_empty() {
+            let status = if stopped || stop.load(Ordering::SeqCst) {
+                SearchStatus::Interrupted
+            } else if d.log.trials() >= limits.max_trials {
+                SearchStatus::Finished
+            } else if limits.max_seconds.is_some_and(|m| d.elapsed() >= m) {
+                SearchStatus::TimeUp
+            } else {
+                SearchStatus::Exhausted
+            };
+            return Ok((status, d.log));
+        }
+        for e in exec.wait(stop)? {
+            match e {
+                executor::Ended::Stopped(h) => {
+                    d.pending.retain(|p| p.hash != h);
+                    stopped = true;
                 }
-            }
-            on_event(SearchEvent::TrialDone(
-                log.records.last().expect("just added"),
-            ));
-            if stale >= limits.max_stale {
-                return Ok((SearchStatus::Exhausted, log));
+                executor::Ended::Outcome(h, outcome) => d.finish(&h, *outcome, on_event)?,
+                executor::Ended::Lost(h, why) => d.lost(exec, &h, why, spec, stop, on_event)?,
             }
         }
+        exhausted = exhausted || d.stale >= limits.max_stale;
+    }
+}
+
+/// The state of [`run_search_with`].
+struct Driver<'a> {
+    dir: &'a Path,
+    log: TrialLog,
+    t0: Instant,
+    /// Search seconds before this run (from the log).
+    base: f64,
+    stale: usize,
+    pending: Vec<Pending>,
+    /// Trials an earlier driver dispatched, with their job's name: taken over or started
+    /// again before new candidates.
+    restart: std::collections::VecDeque<(Pending, String)>,
+    strategy: String,
+}
+
+impl Driver<'_> {
+    fn elapsed(&self) -> f64 {
+        self.base + self.t0.elapsed().as_secs_f64()
+    }
+
+    fn trial_dir(&self, hash: &str) -> PathBuf {
+        self.dir.join(TRIALS_DIR).join(hash)
+    }
+
+    /// Start `p` (its folder, genome and spec written first), recording the job when it runs
+    /// outside this process.
+    fn start(
+        &mut self,
+        exec: &mut dyn executor::Executor,
+        p: &Pending,
+        spec: Option<(&job::Evaluation, Option<&crate::eval::setup::ExtractorSpec>)>,
+        stop: &AtomicBool,
+    ) -> Result<(), SearchError> {
+        let tdir = self.trial_dir(&p.hash);
+        std::fs::create_dir_all(&tdir).map_err(|e| io_err(&tdir, e))?;
+        std::fs::write(tdir.join("genome.json"), p.genome.to_json_pretty())
+            .map_err(|e| io_err(&tdir, e))?;
+        if let Some((evaluation, extractor)) = spec {
+            job::TrialSpec {
+                genome: p.genome.clone(),
+                evaluation: evaluation.clone(),
+                extractor: extractor.cloned(),
+            }
+            .write(&tdir)?;
+        }
+        let name = exec.start(
+            &executor::Job {
+                hash: &p.hash,
+                dir: &tdir,
+                genome: &p.genome,
+            },
+            stop,
+        )?;
+        if exec.external() {
+            append_line(
+                &self.dir.join(executor::DISPATCH_FILE),
+                &executor::Dispatch {
+                    hash: p.hash.clone(),
+                    origin: p.origin.clone(),
+                    attempt: p.attempt,
+                    job: name,
+                    unix: unix_now(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Log the outcome of pending trial `hash`.
+    fn finish(
+        &mut self,
+        hash: &str,
+        outcome: TrialOutcome,
+        on_event: &mut dyn FnMut(SearchEvent),
+    ) -> Result<(), SearchError> {
+        let Some(i) = self.pending.iter().position(|p| p.hash == hash) else {
+            return Ok(());
+        };
+        let p = self.pending.remove(i);
+        self.stale = if outcome.status == TrialStatus::Invalid {
+            self.stale + 1
+        } else {
+            0
+        };
+        let rec = TrialRecord {
+            index: self.log.records.len(),
+            hash: p.hash.clone(),
+            strategy: self.strategy.clone(),
+            origin: p.origin,
+            genome: p.genome,
+            outcome,
+            search_seconds: self.elapsed(),
+            finished_unix: unix_now(),
+            attempts: (p.attempt > 1).then_some(p.attempt),
+        };
+        let best_before = self.log.best().map(|b| b.hash.clone());
+        self.log.append(rec)?;
+        // A finished trial keeps its final weights. Its last checkpoint (optimizer state
+        // included) stays only while it is the best trial, so that the winner can be trained
+        // further with `train --resume --steps N`; the others' go.
+        let best_now = self.log.best().map(|b| b.hash.clone());
+        for h in [Some(p.hash), best_before] {
+            if let Some(h) = h
+                && Some(&h) != best_now.as_ref()
+            {
+                let _ = std::fs::remove_dir_all(self.trial_dir(&h).join("checkpoints"));
+            }
+        }
+        on_event(SearchEvent::TrialDone(
+            self.log.records.last().expect("just added"),
+        ));
+        Ok(())
+    }
+
+    /// Pending trial `hash` lost its job: start it again, or log it as failed once it has had
+    /// all its attempts.
+    fn lost(
+        &mut self,
+        exec: &mut dyn executor::Executor,
+        hash: &str,
+        why: String,
+        spec: Option<(&job::Evaluation, Option<&crate::eval::setup::ExtractorSpec>)>,
+        stop: &AtomicBool,
+        on_event: &mut dyn FnMut(SearchEvent),
+    ) -> Result<(), SearchError> {
+        let Some(i) = self.pending.iter().position(|p| p.hash == hash) else {
+            return Ok(());
+        };
+        if self.pending[i].attempt < exec.max_attempts() {
+            let mut p = self.pending.remove(i);
+            p.attempt += 1;
+            on_event(SearchEvent::Retried {
+                hash,
+                attempt: p.attempt,
+                why: &why,
+            });
+            self.start(exec, &p, spec, stop)?;
+            self.pending.push(p);
+            return Ok(());
+        }
+        let attempts = self.pending[i].attempt;
+        let mut o = TrialOutcome::rejected(
+            TrialStatus::Failed,
+            "",
+            format!("{why} (after {attempts} attempt(s))"),
+        );
+        if let Ok(c) = crate::genome::cost(&self.pending[i].genome) {
+            o.params = Some(c.params);
+            o.macs = Some(c.macs);
+        }
+        self.finish(hash, o, on_event)
+    }
+
+    /// Trials an earlier driver dispatched and did not log: those with an outcome are logged
+    /// now, the others queued for [`Driver::resume_one`].
+    fn recover(
+        &mut self,
+        seen: &mut std::collections::HashSet<String>,
+        on_event: &mut dyn FnMut(SearchEvent),
+    ) -> Result<(), SearchError> {
+        let logged = seen_hashes(&self.log.records);
+        for dsp in executor::read_dispatches(self.dir)? {
+            if logged.contains(&dsp.hash) {
+                continue;
+            }
+            let tdir = self.trial_dir(&dsp.hash);
+            let genome = match job::TrialSpec::read(&tdir) {
+                Ok(s) => s.genome,
+                Err(_) => {
+                    let text = std::fs::read_to_string(tdir.join("genome.json"))
+                        .map_err(|e| io_err(&tdir, e))?;
+                    Genome::from_json(&text).map_err(|e| io_err(&tdir, e))?
+                }
+            };
+            seen.insert(dsp.hash.clone());
+            let p = Pending {
+                hash: dsp.hash.clone(),
+                origin: dsp.origin.clone(),
+                genome,
+                attempt: dsp.attempt,
+            };
+            if let Some(o) = job::read_outcome(&tdir)? {
+                self.pending.push(p);
+                self.finish(&dsp.hash, o, on_event)?;
+            } else {
+                self.restart.push_back((p, dsp.job));
+            }
+        }
+        Ok(())
+    }
+
+    /// A recovered trial, into a free slot: logged if its outcome has come meanwhile, taken
+    /// over while its job runs, else started again with its next attempt (or logged as
+    /// failed once it has had them all).
+    #[allow(clippy::too_many_arguments)]
+    fn resume_one(
+        &mut self,
+        exec: &mut dyn executor::Executor,
+        mut p: Pending,
+        job_name: String,
+        spec: Option<(&job::Evaluation, Option<&crate::eval::setup::ExtractorSpec>)>,
+        stop: &AtomicBool,
+        on_event: &mut dyn FnMut(SearchEvent),
+    ) -> Result<(), SearchError> {
+        let tdir = self.trial_dir(&p.hash);
+        let hash = p.hash.clone();
+        if let Some(o) = job::read_outcome(&tdir)? {
+            self.pending.push(p);
+            return self.finish(&hash, o, on_event);
+        }
+        if exec.adopt(&hash, &tdir, &job_name) {
+            self.pending.push(p);
+            return Ok(());
+        }
+        let why = format!("its job ({job_name}) is gone");
+        if p.attempt >= exec.max_attempts() {
+            let attempts = p.attempt;
+            self.pending.push(p);
+            let o = TrialOutcome::rejected(
+                TrialStatus::Failed,
+                "",
+                format!("{why} (after {attempts} attempt(s))"),
+            );
+            return self.finish(&hash, o, on_event);
+        }
+        p.attempt += 1;
+        on_event(SearchEvent::Retried {
+            hash: &hash,
+            attempt: p.attempt,
+            why: &why,
+        });
+        self.start(exec, &p, spec, stop)?;
+        self.pending.push(p);
+        Ok(())
     }
 }
 

@@ -177,6 +177,11 @@ impl Strategy for LlmSearch {
         "llm".into()
     }
 
+    /// A round's replies are asked for once the previous round's trials have all ended.
+    fn synchronous(&self) -> bool {
+        true
+    }
+
     fn propose(
         &mut self,
         log: &[TrialRecord],

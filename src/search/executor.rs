@@ -1,0 +1,376 @@
+//! Where a search's trials run. The driver ([`super::run_search_with`]) is the one writer of
+//! `trials.jsonl`; an executor starts trials and says when they end.
+//!
+//! - [`InProcess`]: one trial at a time in this process, with the driver's evaluator (the
+//!   default, and bit-reproducible: strategies see the same log in the same order every run).
+//! - [`Processes`]: one child process (`diffnas trial run DIR --device D`) per slot, e.g. one
+//!   per GPU. Trials end in the order they finish, so which trial sees which log depends on
+//!   timing: a parallel search is resumable and loses or repeats no trial, but it is not
+//!   reproducible run to run.
+//!
+//! Executors whose trials run outside this process are [`Executor::external`]: the driver
+//! records in `dispatch.jsonl` which trial went to which job and attempt, so that a driver
+//! that was killed (its jobs run on) picks their outcomes up on `--resume`, waits for live
+//! ones and starts dead ones again.
+
+use super::job::{self, OUTCOME_FILE};
+use super::{SearchError, io_err};
+use crate::genome::Genome;
+use crate::trial::{Evaluator, TrialOutcome, TrialStatus};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub const DISPATCH_FILE: &str = "dispatch.jsonl";
+/// What a trial's job prints, in its folder.
+pub const JOB_LOG: &str = "job.log";
+
+/// One line of `dispatch.jsonl`: a trial handed to a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dispatch {
+    pub hash: String,
+    /// The strategy's account of the candidate (for its log record).
+    pub origin: String,
+    /// 1 for the first job of the trial, 2 for the one started after it vanished, ...
+    pub attempt: u32,
+    /// The executor's name for the job (`pid 1234`, `slurm 56_3`).
+    pub job: String,
+    pub unix: u64,
+}
+
+/// The newest dispatch of each trial in `dir`'s `dispatch.jsonl`, in the order of first
+/// dispatch (a torn last line, from a driver killed mid-write, is skipped).
+pub fn read_dispatches(dir: &Path) -> Result<Vec<Dispatch>, SearchError> {
+    let p = dir.join(DISPATCH_FILE);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&p, e)),
+    };
+    let mut out: Vec<Dispatch> = Vec::new();
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let d: Dispatch = match serde_json::from_str(line.trim_end()) {
+            Ok(d) => d,
+            Err(_) if !line.ends_with('\n') => break,
+            Err(e) => {
+                return Err(SearchError::Corrupt {
+                    path: p,
+                    line: i + 1,
+                    message: e.to_string(),
+                });
+            }
+        };
+        match out.iter_mut().find(|o| o.hash == d.hash) {
+            Some(o) => *o = d,
+            None => out.push(d),
+        }
+    }
+    Ok(out)
+}
+
+/// A trial to start: its hash, its folder (holding `trial.json`), its genome.
+pub struct Job<'a> {
+    pub hash: &'a str,
+    pub dir: &'a Path,
+    pub genome: &'a Genome,
+}
+
+/// How a started trial ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ended {
+    /// It wrote its outcome (ok or failed).
+    Outcome(String, Box<TrialOutcome>),
+    /// It stopped at a checkpoint because the search was asked to stop; `--resume` runs it on.
+    Stopped(String),
+    /// Its job ended without an outcome although nothing asked it to stop (killed, preempted,
+    /// out of memory): why, as far as the executor can tell.
+    Lost(String, String),
+}
+
+/// Runs trials for the driver.
+pub trait Executor {
+    /// Trials it runs at once.
+    fn slots(&self) -> usize;
+    /// Whether trials run outside this process (then the driver keeps `dispatch.jsonl`).
+    fn external(&self) -> bool;
+    /// Start a trial in a free slot; returns the job's name.
+    fn start(&mut self, job: &Job, stop: &AtomicBool) -> Result<String, SearchError>;
+    /// Take over a trial an earlier driver started (`job` as [`Executor::start`] named it), if
+    /// it still runs; false when it is gone.
+    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> bool;
+    /// Block until at least one running trial has ended (or, once `stop` is set, until all
+    /// have); every trial that ended.
+    fn wait(&mut self, stop: &AtomicBool) -> Result<Vec<Ended>, SearchError>;
+    /// Starts of one trial before it is logged as failed.
+    fn max_attempts(&self) -> u32 {
+        super::config::defaults::MAX_ATTEMPTS
+    }
+}
+
+/// One trial at a time, in this process, with `evaluator`. A trial whose process an earlier
+/// parallel driver started, and which still runs, is waited for rather than run twice.
+pub struct InProcess<'a> {
+    evaluator: &'a mut dyn Evaluator,
+    next: Option<(String, PathBuf, Genome)>,
+    adopted: Option<(String, PathBuf, u32)>,
+}
+
+impl<'a> InProcess<'a> {
+    pub fn new(evaluator: &'a mut dyn Evaluator) -> Self {
+        InProcess {
+            evaluator,
+            next: None,
+            adopted: None,
+        }
+    }
+}
+
+/// The process id in a job name `pid N ...`.
+fn job_pid(job: &str) -> Option<u32> {
+    job.strip_prefix("pid ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Waits for adopted process `pid` (running the trial in `dir`) to end: its outcome, or lost.
+fn wait_adopted(
+    hash: String,
+    dir: &Path,
+    pid: u32,
+    stop: &AtomicBool,
+) -> Result<Ended, SearchError> {
+    while runs_trial(pid, dir) {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(Ended::Stopped(hash));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(match job::read_outcome(dir)? {
+        Some(o) => Ended::Outcome(hash, Box::new(o)),
+        None => Ended::Lost(
+            hash,
+            format!("its job (pid {pid}) ended without {OUTCOME_FILE}"),
+        ),
+    })
+}
+
+impl Executor for InProcess<'_> {
+    fn slots(&self) -> usize {
+        1
+    }
+
+    fn external(&self) -> bool {
+        false
+    }
+
+    fn start(&mut self, job: &Job, _stop: &AtomicBool) -> Result<String, SearchError> {
+        self.next = Some((job.hash.into(), job.dir.into(), job.genome.clone()));
+        Ok("in process".into())
+    }
+
+    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> bool {
+        match job_pid(job) {
+            Some(pid) if runs_trial(pid, dir) => {
+                self.adopted = Some((hash.into(), dir.into(), pid));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn wait(&mut self, stop: &AtomicBool) -> Result<Vec<Ended>, SearchError> {
+        if let Some((hash, dir, pid)) = self.adopted.take() {
+            return Ok(vec![wait_adopted(hash, &dir, pid, stop)?]);
+        }
+        let Some((hash, dir, genome)) = self.next.take() else {
+            return Ok(Vec::new());
+        };
+        let outcome = job::evaluate_in(&dir, &genome, self.evaluator, stop)?;
+        Ok(vec![match outcome.status {
+            TrialStatus::Interrupted => Ended::Stopped(hash),
+            _ => Ended::Outcome(hash, Box::new(outcome)),
+        }])
+    }
+}
+
+/// A running child of [`Processes`]: one we started, or one an earlier driver started.
+enum Child {
+    Ours(std::process::Child),
+    Adopted(u32),
+}
+
+struct Running {
+    hash: String,
+    dir: PathBuf,
+    child: Child,
+    interrupted: bool,
+}
+
+/// One child process per slot: `diffnas trial run DIR --device D`, with `D` the slot's
+/// device. Children share the driver's process group, so Ctrl-C reaches them too (each
+/// stops at a checkpoint); a stop asked another way is passed on as SIGINT. A driver that is
+/// killed leaves them running.
+pub struct Processes {
+    exe: PathBuf,
+    devices: Vec<String>,
+    running: Vec<Option<Running>>,
+    attempts: u32,
+    poll: Duration,
+}
+
+impl Processes {
+    /// Children of `exe` (the `diffnas` binary), one per entry of `devices` (a `--device`
+    /// value each; the same value twice runs two trials on that device), each trial started
+    /// up to `max_attempts` times.
+    pub fn new(exe: PathBuf, devices: Vec<String>, max_attempts: u32) -> Processes {
+        let running = devices.iter().map(|_| None).collect();
+        Processes {
+            exe,
+            devices,
+            running,
+            attempts: max_attempts.max(1),
+            poll: Duration::from_millis(100),
+        }
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        self.running.iter().position(Option::is_none)
+    }
+}
+
+/// Whether process `pid` runs and is a `diffnas trial run` of `dir`.
+fn runs_trial(pid: u32, dir: &Path) -> bool {
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<String> = cmd
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // A zombie (state Z after the command's closing parenthesis) has ended.
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    !zombie
+        && args.windows(2).any(|w| w[0] == "trial" && w[1] == "run")
+        && args.iter().any(|a| Path::new(a) == dir)
+}
+
+impl Executor for Processes {
+    fn slots(&self) -> usize {
+        self.devices.len()
+    }
+
+    fn external(&self) -> bool {
+        true
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    fn start(&mut self, job: &Job, _stop: &AtomicBool) -> Result<String, SearchError> {
+        let slot = self
+            .free_slot()
+            .ok_or_else(|| SearchError::Strategy("no free slot to start a trial in".into()))?;
+        let log_path = job.dir.join(JOB_LOG);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| io_err(&log_path, e))?;
+        let err = log.try_clone().map_err(|e| io_err(&log_path, e))?;
+        let child = std::process::Command::new(&self.exe)
+            .args(["trial", "run"])
+            .arg(job.dir)
+            .args(["--device", &self.devices[slot]])
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| io_err(&self.exe, format!("starting a trial: {e}")))?;
+        let name = format!("pid {} on {}", child.id(), self.devices[slot]);
+        self.running[slot] = Some(Running {
+            hash: job.hash.into(),
+            dir: job.dir.into(),
+            child: Child::Ours(child),
+            interrupted: false,
+        });
+        Ok(name)
+    }
+
+    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> bool {
+        let (Some(pid), Some(slot)) = (job_pid(job), self.free_slot()) else {
+            return false;
+        };
+        if !runs_trial(pid, dir) {
+            return false;
+        }
+        self.running[slot] = Some(Running {
+            hash: hash.into(),
+            dir: dir.into(),
+            child: Child::Adopted(pid),
+            interrupted: false,
+        });
+        true
+    }
+
+    fn wait(&mut self, stop: &AtomicBool) -> Result<Vec<Ended>, SearchError> {
+        let mut ended = Vec::new();
+        loop {
+            let stopping = stop.load(Ordering::SeqCst);
+            for slot in self.running.iter_mut() {
+                let Some(r) = slot else { continue };
+                if stopping && !r.interrupted {
+                    // Ctrl-C reached the children already; a stop asked otherwise did not.
+                    let pid = match &r.child {
+                        Child::Ours(c) => c.id(),
+                        Child::Adopted(p) => *p,
+                    };
+                    // SAFETY: a plain signal to a process this search started.
+                    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+                    r.interrupted = true;
+                }
+                let status = match &mut r.child {
+                    Child::Ours(c) => match c.try_wait() {
+                        Ok(Some(s)) => Some(format!("{s}")),
+                        Ok(None) => None,
+                        Err(e) => Some(format!("cannot wait for it: {e}")),
+                    },
+                    Child::Adopted(pid) => {
+                        (!runs_trial(*pid, &r.dir)).then(|| "it is gone".to_string())
+                    }
+                };
+                let Some(status) = status else { continue };
+                let r = slot.take().expect("checked above");
+                ended.push(match job::read_outcome(&r.dir)? {
+                    Some(o) => Ended::Outcome(r.hash, Box::new(o)),
+                    None if stopping => Ended::Stopped(r.hash),
+                    None => {
+                        let tail = std::fs::read_to_string(r.dir.join(JOB_LOG))
+                            .ok()
+                            .and_then(|t| t.lines().last().map(str::to_string))
+                            .unwrap_or_default();
+                        Ended::Lost(
+                            r.hash,
+                            format!(
+                                "its job ended ({status}) without {OUTCOME_FILE}; last line of \
+                                 {JOB_LOG}: {tail:?}"
+                            ),
+                        )
+                    }
+                });
+            }
+            // Once stopping, every child is waited for: each stops at a checkpoint.
+            let idle = self.running.iter().all(Option::is_none);
+            if idle || (!ended.is_empty() && !stopping) {
+                return Ok(ended);
+            }
+            std::thread::sleep(self.poll);
+        }
+    }
+}
