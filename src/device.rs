@@ -291,7 +291,33 @@ pub fn describe() -> Result<String, DeviceError> {
         ))
 }
 
-/// Pick and initialise a device.
+/// The adapter of `list` (as [`adapters`] gives it) that a Slurm job's GPU is, from the GPU
+/// indices Slurm gave the job (`SLURM_STEP_GPUS`, `SLURM_JOB_GPUS` or `GPU_DEVICE_ORDINAL`,
+/// e.g. `2` or `2,3`; the first is used): with the job's devices constrained, the one hardware
+/// adapter it can see; otherwise the hardware adapter of that index on the first graphics API
+/// that lists one. None when the job has no GPU or no such adapter is seen.
+pub fn slurm_adapter(list: &[DeviceInfo], gpus: &str) -> Option<usize> {
+    let first: usize = gpus.split(',').next()?.trim().parse().ok()?;
+    let api = list.iter().find(|a| a.device_type != "Cpu")?.api.clone();
+    let hardware: Vec<usize> = (0..list.len())
+        .filter(|&i| list[i].device_type != "Cpu" && list[i].api == api)
+        .collect();
+    match hardware.len() {
+        1 => Some(hardware[0]),
+        _ => hardware.get(first).copied(),
+    }
+}
+
+/// The GPU indices Slurm gave this job, if it runs in one.
+fn slurm_gpus() -> Option<String> {
+    std::env::var_os("SLURM_JOB_ID")?;
+    ["SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "GPU_DEVICE_ORDINAL"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+}
+
+/// Pick and initialise a device. In a Slurm job, `auto` takes the GPU the job was given
+/// ([`slurm_adapter`]).
 pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
     match choice {
         DeviceChoice::Flex => Ok(flex()),
@@ -321,7 +347,11 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
         #[cfg(not(feature = "wgpu"))]
         DeviceChoice::Wgpu | DeviceChoice::WgpuAdapter(_) => Err(DeviceError::NoWgpu),
         DeviceChoice::Auto => {
-            let hardware = adapters().iter().any(|a| a.device_type != "Cpu");
+            let list = adapters();
+            if let Some(i) = slurm_gpus().and_then(|g| slurm_adapter(&list, &g)) {
+                return select(DeviceChoice::WgpuAdapter(i));
+            }
+            let hardware = list.iter().any(|a| a.device_type != "Cpu");
             if !hardware {
                 return Ok(flex());
             }

@@ -1475,3 +1475,36 @@ fn a_parallel_search_survives_a_killed_trial_and_a_killed_driver() {
         );
     }
 }
+
+/// Under Slurm, `--device auto` takes the GPU the job was given: the only hardware adapter a
+/// constrained job sees, else the one of that index on the first graphics API listing one.
+/// `--slurm-args` splits like a shell.
+#[test]
+fn slurm_gpu_maps_to_an_adapter_and_sbatch_args_split() {
+    use diffnas::device::{DeviceInfo, slurm_adapter};
+    use diffnas::search::config::shell_words;
+    let a = |name: &str, api: &str, kind: &str| DeviceInfo {
+        backend: "wgpu".into(),
+        name: name.into(),
+        api: Some(api.into()),
+        device_type: kind.into(),
+        driver: None,
+    };
+    let list = vec![
+        a("llvmpipe", "Vulkan", "Cpu"),
+        a("gpu0", "Vulkan", "DiscreteGpu"),
+        a("gpu1", "Vulkan", "DiscreteGpu"),
+        a("gpu0", "Gl", "DiscreteGpu"),
+    ];
+    assert_eq!(slurm_adapter(&list, "1"), Some(2));
+    assert_eq!(slurm_adapter(&list, "0,1"), Some(1));
+    assert_eq!(slurm_adapter(&list, "5"), None);
+    assert_eq!(slurm_adapter(&list, ""), None);
+    // A job constrained to its GPU sees one, whatever its index on the node.
+    assert_eq!(slurm_adapter(&list[..2], "3"), Some(1));
+    assert_eq!(slurm_adapter(&list[..1], "0"), None);
+    assert_eq!(
+        shell_words(r#"--partition gpu  --gres=gpu:1 --comment "two words" -J 'a b' ''"#),
+        ["--partition", "gpu", "--gres=gpu:1", "--comment", "two words", "-J", "a b", ""]
+    );
+}

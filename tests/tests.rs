@@ -14,6 +14,7 @@ mod genome;
 mod llm;
 mod model;
 mod search;
+mod slurm;
 mod train;
 mod trial;
 mod web;

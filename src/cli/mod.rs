@@ -48,7 +48,7 @@ pub enum Command {
     /// Architecture search (LLM-guided, regularized evolution, random) with rapid-convergence
     /// trials ranked by reduced FID (reduced FD-classifier offline); resumable.
     #[command(subcommand)]
-    Search(search_cmd::SearchCmd),
+    Search(Box<search_cmd::SearchCmd>),
     /// One search trial as a job: what `--parallel`, `--devices` and Slurm run.
     #[command(subcommand)]
     Trial(trial_cmd::TrialCmd),
@@ -187,7 +187,7 @@ fn dispatch(cli: Cli, given: Given) -> anyhow::Result<i32> {
         }
         Command::Bench(a) => bench::run_cli(a).map(|_| 0),
         Command::Eval(c) => eval_cmd::run_eval(c),
-        Command::Search(c) => search_cmd::run(c, &given),
+        Command::Search(c) => search_cmd::run(*c, &given),
         Command::Report(a) => report_cmd::run(a),
         Command::Trial(c) => trial_cmd::run(c),
         Command::Weights(c) => eval_cmd::run_weights(c),

@@ -11,13 +11,15 @@ use super::eval_cmd::{ExtractorArgs, scoring};
 use super::{Given, user_err};
 use crate::data::DataSource;
 use crate::search::config::{
-    EvaluatorKind, FIXED_ON_RESUME, Scale, SearchConfig, SearchRequest, StrategyChoice, defaults,
+    EvaluatorKind, ExecutorKind, FIXED_ON_RESUME, Scale, SearchConfig, SearchRequest,
+    StrategyChoice, defaults, shell_words,
 };
 use crate::search::executor::{Executor, InProcess, Processes};
 use crate::search::fidelity::{self, StudyConfig, StudyEnv, StudyEvent, run_study};
 use crate::search::llm::client::LlmConfig;
 use crate::search::llm::prompt::MemoryLimits;
 use crate::search::llm::{LlmSearchConfig, RoundFile, defaults as llm_defaults};
+use crate::search::slurm::Slurm;
 use crate::search::{SearchEvent, SearchStatus, run_search_with};
 use crate::trial::TrialProgress;
 use clap::{Args, Subcommand};
@@ -226,9 +228,17 @@ pub struct SearchArgs {
     #[arg(long)]
     pub max_images: Option<usize>,
     /// Run N trials at once, each in its own process on --device (trials then end in the
-    /// order they finish: resumable, not reproducible run to run).
+    /// order they finish: resumable, not reproducible run to run); with --executor slurm, the
+    /// jobs in flight [default there: 8].
     #[arg(long, conflicts_with = "devices")]
     pub parallel: Option<usize>,
+    /// Where trials run: `local` (this machine) or `slurm` (array jobs through sbatch; the
+    /// run directory must be on a file system the nodes share).
+    #[arg(long, value_enum, default_value = "local")]
+    pub executor: ExecutorKind,
+    /// Passed to sbatch as they are, e.g. "--partition gpu --gres gpu:1 --time 1:00:00".
+    #[arg(long, allow_hyphen_values = true)]
+    pub slurm_args: Option<String>,
     /// One trial process per device, e.g. wgpu:0,wgpu:1 (a device twice runs two there).
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<crate::device::DeviceChoice>,
@@ -561,11 +571,21 @@ fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i3
         (None, []) => Vec::new(),
         (None, d) => d.iter().map(|d| d.to_string()).collect(),
     };
-    let mut exec: Box<dyn Executor> = if devices.is_empty() {
-        Box::new(InProcess::new(evaluator.as_mut()))
-    } else {
-        let exe = std::env::current_exe()?;
-        Box::new(Processes::new(exe, devices, a.max_attempts))
+    if a.slurm_args.is_some() && a.executor != ExecutorKind::Slurm {
+        return Err(user_err("--slurm-args goes with --executor slurm"));
+    }
+    let exe = std::env::current_exe()?;
+    let mut exec: Box<dyn Executor> = match a.executor {
+        ExecutorKind::Slurm => Box::new(Slurm::new(
+            exe,
+            &dir,
+            a.ext.device.to_string(),
+            shell_words(a.slurm_args.as_deref().unwrap_or_default()),
+            a.parallel.unwrap_or(defaults::SLURM_SLOTS),
+            a.max_attempts,
+        )?),
+        ExecutorKind::Local if devices.is_empty() => Box::new(InProcess::new(evaluator.as_mut())),
+        ExecutorKind::Local => Box::new(Processes::new(exe, devices, a.max_attempts)),
     };
     let (evaluation, ext_spec) = (cfg.evaluation(), a.ext.spec());
     let (status, log) = run_search_with(

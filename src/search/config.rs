@@ -32,6 +32,8 @@ pub mod defaults {
     pub const MAX_STALE: usize = 200;
     /// Starts of a trial whose job vanished without an outcome, before it is logged as failed.
     pub const MAX_ATTEMPTS: u32 = 3;
+    /// Slurm jobs a search keeps in flight unless told (`--parallel`).
+    pub const SLURM_SLOTS: usize = 8;
 }
 
 /// Which evaluator scores the trials.
@@ -42,6 +44,41 @@ pub enum EvaluatorKind {
     Proxy,
     /// A known function of the genome, no training: for dry runs of a search's mechanics.
     Stub,
+}
+
+/// Where a search's trials run (see [`super::executor`] and [`super::slurm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// This machine: one trial at a time in the search's process, or one process per slot.
+    Local,
+    /// Slurm array jobs.
+    Slurm,
+}
+
+/// `sbatch` arguments from one string: split at whitespace, with '...' and "..." quoting.
+pub fn shell_words(s: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quote, mut any) = (Vec::new(), String::new(), None, false);
+    for c in s.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                any = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if any || !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            (None, c) => cur.push(c),
+        }
+    }
+    if any || !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// The strategy and its own settings.

@@ -94,8 +94,14 @@ pub trait Executor {
     fn slots(&self) -> usize;
     /// Whether trials run outside this process (then the driver keeps `dispatch.jsonl`).
     fn external(&self) -> bool;
-    /// Start a trial in a free slot; returns the job's name.
-    fn start(&mut self, job: &Job, stop: &AtomicBool) -> Result<String, SearchError>;
+    /// Start a trial in a free slot; returns the job's name, or None when the trial is
+    /// submitted (and named) by the next [`Executor::flush`].
+    fn start(&mut self, job: &Job, stop: &AtomicBool) -> Result<Option<String>, SearchError>;
+    /// Submit the trials started since the last flush (as one batch, where the executor
+    /// batches): each one's hash and job name.
+    fn flush(&mut self) -> Result<Vec<(String, String)>, SearchError> {
+        Ok(Vec::new())
+    }
     /// Take over a trial an earlier driver started (`job` as [`Executor::start`] named it), if
     /// it still runs; false when it is gone.
     fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> bool;
@@ -166,9 +172,9 @@ impl Executor for InProcess<'_> {
         false
     }
 
-    fn start(&mut self, job: &Job, _stop: &AtomicBool) -> Result<String, SearchError> {
+    fn start(&mut self, job: &Job, _stop: &AtomicBool) -> Result<Option<String>, SearchError> {
         self.next = Some((job.hash.into(), job.dir.into(), job.genome.clone()));
-        Ok("in process".into())
+        Ok(Some("in process".into()))
     }
 
     fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> bool {
@@ -273,7 +279,7 @@ impl Executor for Processes {
         self.attempts
     }
 
-    fn start(&mut self, job: &Job, _stop: &AtomicBool) -> Result<String, SearchError> {
+    fn start(&mut self, job: &Job, _stop: &AtomicBool) -> Result<Option<String>, SearchError> {
         let slot = self
             .free_slot()
             .ok_or_else(|| SearchError::Strategy("no free slot to start a trial in".into()))?;
@@ -300,7 +306,7 @@ impl Executor for Processes {
             child: Child::Ours(child),
             interrupted: false,
         });
-        Ok(name)
+        Ok(Some(name))
     }
 
     fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> bool {

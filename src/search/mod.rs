@@ -17,6 +17,7 @@ pub mod llm;
 pub mod random;
 pub mod rank;
 pub mod report;
+pub mod slurm;
 
 use crate::genome::{Genome, SearchSpace};
 use crate::trial::{Evaluator, TrialOutcome, TrialStatus};
@@ -450,6 +451,7 @@ pub fn run_search_with(
             d.start(exec, &pending, spec, stop)?;
             d.pending.push(pending);
         }
+        d.flush(exec)?;
         if d.pending.is_empty() {
             let status = if stopped || stop.load(Ordering::SeqCst) {
                 SearchStatus::Interrupted
@@ -529,17 +531,40 @@ impl Driver<'_> {
             },
             stop,
         )?;
-        if exec.external() {
-            append_line(
-                &self.dir.join(executor::DISPATCH_FILE),
-                &executor::Dispatch {
-                    hash: p.hash.clone(),
-                    origin: p.origin.clone(),
-                    attempt: p.attempt,
-                    job: name,
-                    unix: unix_now(),
-                },
-            )?;
+        if let Some(name) = name {
+            self.dispatched(exec, p, name)?;
+        }
+        Ok(())
+    }
+
+    /// Record in `dispatch.jsonl` that `p` went to job `name` (for external executors).
+    fn dispatched(
+        &self,
+        exec: &dyn executor::Executor,
+        p: &Pending,
+        name: String,
+    ) -> Result<(), SearchError> {
+        if !exec.external() {
+            return Ok(());
+        }
+        append_line(
+            &self.dir.join(executor::DISPATCH_FILE),
+            &executor::Dispatch {
+                hash: p.hash.clone(),
+                origin: p.origin.clone(),
+                attempt: p.attempt,
+                job: name,
+                unix: unix_now(),
+            },
+        )
+    }
+
+    /// [`Executor::flush`], with every submitted job recorded.
+    fn flush(&mut self, exec: &mut dyn executor::Executor) -> Result<(), SearchError> {
+        for (hash, name) in exec.flush()? {
+            if let Some(p) = self.pending.iter().find(|p| p.hash == hash) {
+                self.dispatched(exec, p, name)?;
+            }
         }
         Ok(())
     }
