@@ -1505,6 +1505,15 @@ fn slurm_gpu_maps_to_an_adapter_and_sbatch_args_split() {
     assert_eq!(slurm_adapter(&list[..1], "0"), None);
     assert_eq!(
         shell_words(r#"--partition gpu  --gres=gpu:1 --comment "two words" -J 'a b' ''"#),
-        ["--partition", "gpu", "--gres=gpu:1", "--comment", "two words", "-J", "a b", ""]
+        [
+            "--partition",
+            "gpu",
+            "--gres=gpu:1",
+            "--comment",
+            "two words",
+            "-J",
+            "a b",
+            ""
+        ]
     );
 }

@@ -12,14 +12,13 @@ use super::{Given, user_err};
 use crate::data::DataSource;
 use crate::search::config::{
     EvaluatorKind, ExecutorKind, FIXED_ON_RESUME, Scale, SearchConfig, SearchRequest,
-    StrategyChoice, defaults, shell_words,
+    StrategyChoice, defaults,
 };
-use crate::search::executor::{Executor, InProcess, Processes};
+use crate::search::executor::ExecutorRequest;
 use crate::search::fidelity::{self, StudyConfig, StudyEnv, StudyEvent, run_study};
 use crate::search::llm::client::LlmConfig;
 use crate::search::llm::prompt::MemoryLimits;
 use crate::search::llm::{LlmSearchConfig, RoundFile, defaults as llm_defaults};
-use crate::search::slurm::Slurm;
 use crate::search::{SearchEvent, SearchStatus, run_search_with};
 use crate::trial::TrialProgress;
 use clap::{Args, Subcommand};
@@ -566,27 +565,15 @@ fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i3
     let metric = cfg.metric.clone();
     let max = cfg.limits.max_trials;
     let mut on_event = |e: SearchEvent| render(e, name, &dir, &metric, max);
-    let devices: Vec<String> = match (a.parallel, &a.devices[..]) {
-        (Some(n), _) => vec![a.ext.device.to_string(); n.max(1)],
-        (None, []) => Vec::new(),
-        (None, d) => d.iter().map(|d| d.to_string()).collect(),
-    };
-    if a.slurm_args.is_some() && a.executor != ExecutorKind::Slurm {
-        return Err(user_err("--slurm-args goes with --executor slurm"));
+    let mut exec = ExecutorRequest {
+        kind: a.executor,
+        parallel: a.parallel,
+        devices: a.devices.clone(),
+        device: a.ext.device,
+        slurm_args: a.slurm_args.clone(),
+        max_attempts: a.max_attempts,
     }
-    let exe = std::env::current_exe()?;
-    let mut exec: Box<dyn Executor> = match a.executor {
-        ExecutorKind::Slurm => Box::new(Slurm::new(
-            exe,
-            &dir,
-            a.ext.device.to_string(),
-            shell_words(a.slurm_args.as_deref().unwrap_or_default()),
-            a.parallel.unwrap_or(defaults::SLURM_SLOTS),
-            a.max_attempts,
-        )?),
-        ExecutorKind::Local if devices.is_empty() => Box::new(InProcess::new(evaluator.as_mut())),
-        ExecutorKind::Local => Box::new(Processes::new(exe, devices, a.max_attempts)),
-    };
+    .build(&dir, std::env::current_exe()?, evaluator.as_mut())?;
     let (evaluation, ext_spec) = (cfg.evaluation(), a.ext.spec());
     let (status, log) = run_search_with(
         &dir,

@@ -23,6 +23,55 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub const DISPATCH_FILE: &str = "dispatch.jsonl";
+
+/// Where a search's trials are to run, as asked (`--executor`, `--parallel`, `--devices`,
+/// `--device`, `--slurm-args`, `--max-attempts`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutorRequest {
+    pub kind: super::config::ExecutorKind,
+    /// Trials at once: local processes on `device`, or Slurm tasks in flight.
+    pub parallel: Option<usize>,
+    /// One local process per entry.
+    pub devices: Vec<crate::device::DeviceChoice>,
+    /// The device of each trial.
+    pub device: crate::device::DeviceChoice,
+    pub slurm_args: Option<String>,
+    pub max_attempts: u32,
+}
+
+impl ExecutorRequest {
+    /// The executor for the search in `dir`: in this process with `evaluator` unless trials
+    /// are to run in parallel or on Slurm; child processes run `exe` (the `diffnas` binary).
+    pub fn build<'a>(
+        &self,
+        dir: &Path,
+        exe: PathBuf,
+        evaluator: &'a mut dyn Evaluator,
+    ) -> Result<Box<dyn Executor + 'a>, SearchError> {
+        use super::config::{ExecutorKind, defaults, shell_words};
+        if self.slurm_args.is_some() && self.kind != ExecutorKind::Slurm {
+            return Err(SearchError::Setting(
+                "--slurm-args goes with --executor slurm".into(),
+            ));
+        }
+        let devices: Vec<String> = match (self.parallel, &self.devices[..]) {
+            (Some(n), _) => vec![self.device.to_string(); n.max(1)],
+            (None, d) => d.iter().map(|d| d.to_string()).collect(),
+        };
+        Ok(match self.kind {
+            ExecutorKind::Slurm => Box::new(super::slurm::Slurm::new(
+                exe,
+                dir,
+                self.device.to_string(),
+                shell_words(self.slurm_args.as_deref().unwrap_or_default()),
+                self.parallel.unwrap_or(defaults::SLURM_SLOTS),
+                self.max_attempts,
+            )?),
+            ExecutorKind::Local if devices.is_empty() => Box::new(InProcess::new(evaluator)),
+            ExecutorKind::Local => Box::new(Processes::new(exe, devices, self.max_attempts)),
+        })
+    }
+}
 /// What a trial's job prints, in its folder.
 pub const JOB_LOG: &str = "job.log";
 
