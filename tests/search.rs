@@ -1431,22 +1431,47 @@ fn a_parallel_search_survives_a_killed_trial_and_a_killed_driver() {
         "{before} trials logged before the driver was killed"
     );
 
-    let o = run_in(
-        &home,
-        &[
-            "search",
-            "random",
-            "--resume",
-            "--run-dir",
-            d,
-            "--parallel",
-            "2",
-            "--device",
-            "flex",
-        ],
-    );
+    let resume = [
+        "search",
+        "random",
+        "--resume",
+        "--run-dir",
+        d,
+        "--parallel",
+        "2",
+    ];
+    // Resumed, it follows the trials still running; then Ctrl-C (SIGINT to the search only):
+    // every running trial stops at a checkpoint, recorded as stopped, and the search exits 130.
+    let mut driver = spawn(&[&resume[..], &["--device", "flex"]].concat());
+    wait_for("a trial running under the resumed search", &|| {
+        logged() > before || !running().is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: a signal to the search process this test started.
+    unsafe { libc::kill(driver.id() as i32, libc::SIGINT) };
+    let status = driver.wait().unwrap();
+    let stopped: Vec<_> = read_dispatches(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|x| x.stopped)
+        .collect();
+    if status.code() == Some(130) {
+        assert!(
+            !stopped.is_empty(),
+            "a stopped search recorded no stopped trial"
+        );
+    } else {
+        // The search ended before the signal reached it.
+        assert!(status.success(), "{status:?}");
+    }
+    let o = run_in(&home, &[&resume[..], &["--device", "flex"]].concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let records = TrialLog::open(&dir).unwrap().records;
+    // A stopped trial starts again at the attempt it had: stopping is not a failure.
+    for x in &stopped {
+        let r = records.iter().find(|r| r.hash == x.hash).unwrap();
+        assert_eq!(r.attempts.unwrap_or(1), x.attempt, "{}", x.hash);
+    }
     assert_eq!(records.len(), 5);
     let hashes: HashSet<_> = records.iter().map(|r| r.hash.clone()).collect();
     assert_eq!(hashes.len(), 5, "a trial was logged twice");

@@ -561,7 +561,7 @@ fn search(r: &SearchRequest, a: &SearchArgs, given: &Given) -> anyhow::Result<i3
         })),
     )?;
     cfg.write(&dir)?;
-    let stop = super::progress::stop_on_ctrlc("stopping the current trial at a checkpoint");
+    let stop = super::progress::stop_on_ctrlc("stopping the running trials at a checkpoint");
     let metric = cfg.metric.clone();
     let max = cfg.limits.max_trials;
     let mut on_event = |e: SearchEvent| render(e, name, &dir, &metric, max);
@@ -636,6 +636,9 @@ fn render(e: SearchEvent, name: &str, dir: &Path, metric: &str, max: usize) {
             origin,
         } => eprintln!("trial {index} [{hash}] {origin} ..."),
         SearchEvent::Skipped { hash, why } => eprintln!("  skipped {hash}: {why}"),
+        SearchEvent::Adopted { hash, job } => {
+            eprintln!("  [{hash}] still runs as {job}; following it")
+        }
         SearchEvent::Retried { hash, attempt, why } => {
             eprintln!("  [{hash}] {why}; attempt {attempt}")
         }

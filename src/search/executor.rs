@@ -54,6 +54,13 @@ impl ExecutorRequest {
                 "--slurm-args goes with --executor slurm".into(),
             ));
         }
+        if !self.devices.is_empty() && self.kind == ExecutorKind::Slurm {
+            return Err(SearchError::Setting(
+                "--devices is for local trial processes; on Slurm, --slurm-args asks for GPUs \
+                 (e.g. \"--gres gpu:1\") and --device auto takes the job's"
+                    .into(),
+            ));
+        }
         let devices: Vec<String> = match (self.parallel, &self.devices[..]) {
             (Some(n), _) => vec![self.device.to_string(); n.max(1)],
             (None, d) => d.iter().map(|d| d.to_string()).collect(),
@@ -67,7 +74,9 @@ impl ExecutorRequest {
                 self.parallel.unwrap_or(defaults::SLURM_SLOTS),
                 self.max_attempts,
             )?),
-            ExecutorKind::Local if devices.is_empty() => Box::new(InProcess::new(evaluator)),
+            ExecutorKind::Local if devices.is_empty() => {
+                Box::new(InProcess::new(evaluator, self.max_attempts))
+            }
             ExecutorKind::Local => Box::new(Processes::new(exe, devices, self.max_attempts)),
         })
     }
@@ -83,9 +92,13 @@ pub struct Dispatch {
     pub origin: String,
     /// 1 for the first job of the trial, 2 for the one started after it vanished, ...
     pub attempt: u32,
-    /// The executor's name for the job (`pid 1234`, `slurm 56_3`).
+    /// The executor's name for the job (`pid 1234 on wgpu:0`, `slurm 56_3`).
     pub job: String,
     pub unix: u64,
+    /// The job stopped at a checkpoint because the search was stopped (not lost): resumed,
+    /// the trial starts again at the same attempt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
 }
 
 /// The newest dispatch of each trial in `dir`'s `dispatch.jsonl`, in the order of first
@@ -98,10 +111,21 @@ pub fn read_dispatches(dir: &Path) -> Result<Vec<Dispatch>, SearchError> {
         Err(e) => return Err(io_err(&p, e)),
     };
     let mut out: Vec<Dispatch> = Vec::new();
+    let mut good = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let d: Dispatch = match serde_json::from_str(line.trim_end()) {
-            Ok(d) => d,
-            Err(_) if !line.ends_with('\n') => break,
+            Ok(d) if line.ends_with('\n') => d,
+            Ok(_) | Err(_) if !line.ends_with('\n') => {
+                // A torn last line (a driver killed mid-write): cut, so the next line starts
+                // clean.
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .map_err(|e| io_err(&p, e))?;
+                f.set_len(good as u64).map_err(|e| io_err(&p, e))?;
+                break;
+            }
+            Ok(_) => unreachable!("complete lines are handled above"),
             Err(e) => {
                 return Err(SearchError::Corrupt {
                     path: p,
@@ -110,6 +134,7 @@ pub fn read_dispatches(dir: &Path) -> Result<Vec<Dispatch>, SearchError> {
                 });
             }
         };
+        good += line.len();
         match out.iter_mut().find(|o| o.hash == d.hash) {
             Some(o) => *o = d,
             None => out.push(d),
@@ -123,6 +148,17 @@ pub struct Job<'a> {
     pub hash: &'a str,
     pub dir: &'a Path,
     pub genome: &'a Genome,
+}
+
+/// What [`Executor::adopt`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The job runs (or waits in a queue); this executor follows it now.
+    Adopted,
+    /// The job is gone.
+    Gone,
+    /// This executor cannot follow that kind of job (a Slurm task, seen from a local search).
+    Foreign,
 }
 
 /// How a started trial ended.
@@ -152,8 +188,8 @@ pub trait Executor {
         Ok(Vec::new())
     }
     /// Take over a trial an earlier driver started (`job` as [`Executor::start`] named it), if
-    /// it still runs; false when it is gone.
-    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> bool;
+    /// it still runs.
+    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> Liveness;
     /// Block until at least one running trial has ended (or, once `stop` is set, until all
     /// have); every trial that ended.
     fn wait(&mut self, stop: &AtomicBool) -> Result<Vec<Ended>, SearchError>;
@@ -168,15 +204,17 @@ pub trait Executor {
 pub struct InProcess<'a> {
     evaluator: &'a mut dyn Evaluator,
     next: Option<(String, PathBuf, Genome)>,
-    adopted: Option<(String, PathBuf, u32)>,
+    adopted: Option<(String, PathBuf, Option<u32>)>,
+    attempts: u32,
 }
 
 impl<'a> InProcess<'a> {
-    pub fn new(evaluator: &'a mut dyn Evaluator) -> Self {
+    pub fn new(evaluator: &'a mut dyn Evaluator, max_attempts: u32) -> Self {
         InProcess {
             evaluator,
             next: None,
             adopted: None,
+            attempts: max_attempts.max(1),
         }
     }
 }
@@ -190,25 +228,32 @@ fn job_pid(job: &str) -> Option<u32> {
         .ok()
 }
 
-/// Waits for adopted process `pid` (running the trial in `dir`) to end: its outcome, or lost.
+/// SIGINT to process `pid` (it stops its trial at a checkpoint).
+fn interrupt(pid: u32) {
+    // SAFETY: a plain signal; the caller checked that `pid` runs one of this search's trials.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+}
+
+/// Waits for the adopted trial in `dir` (its process `pid`, when known) to end: its outcome,
+/// lost, or stopped (passing the stop on).
 fn wait_adopted(
     hash: String,
     dir: &Path,
-    pid: u32,
+    pid: Option<u32>,
     stop: &AtomicBool,
 ) -> Result<Ended, SearchError> {
-    while runs_trial(pid, dir) {
-        if stop.load(Ordering::SeqCst) {
-            return Ok(Ended::Stopped(hash));
+    let mut interrupted = false;
+    while job::is_running(dir) {
+        if stop.load(Ordering::SeqCst) && !interrupted {
+            pid.into_iter().for_each(interrupt);
+            interrupted = true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(match job::read_outcome(dir)? {
         Some(o) => Ended::Outcome(hash, Box::new(o)),
-        None => Ended::Lost(
-            hash,
-            format!("its job (pid {pid}) ended without {OUTCOME_FILE}"),
-        ),
+        None if interrupted => Ended::Stopped(hash),
+        None => Ended::Lost(hash, format!("its job ended without {OUTCOME_FILE}")),
     })
 }
 
@@ -221,19 +266,21 @@ impl Executor for InProcess<'_> {
         false
     }
 
+    fn max_attempts(&self) -> u32 {
+        self.attempts
+    }
+
     fn start(&mut self, job: &Job, _stop: &AtomicBool) -> Result<Option<String>, SearchError> {
         self.next = Some((job.hash.into(), job.dir.into(), job.genome.clone()));
         Ok(Some("in process".into()))
     }
 
-    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> bool {
-        match job_pid(job) {
-            Some(pid) if runs_trial(pid, dir) => {
-                self.adopted = Some((hash.into(), dir.into(), pid));
-                true
-            }
-            _ => false,
+    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> Liveness {
+        if job::is_running(dir) {
+            self.adopted = Some((hash.into(), dir.into(), job_pid(job)));
+            return Liveness::Adopted;
         }
+        Liveness::Gone
     }
 
     fn wait(&mut self, stop: &AtomicBool) -> Result<Vec<Ended>, SearchError> {
@@ -251,10 +298,11 @@ impl Executor for InProcess<'_> {
     }
 }
 
-/// A running child of [`Processes`]: one we started, or one an earlier driver started.
+/// A running child of [`Processes`]: one we started, or one an earlier driver started (its
+/// process id, when its job name has it).
 enum Child {
     Ours(std::process::Child),
-    Adopted(u32),
+    Adopted(Option<u32>),
 }
 
 struct Running {
@@ -265,9 +313,9 @@ struct Running {
 }
 
 /// One child process per slot: `diffnas trial run DIR --device D`, with `D` the slot's
-/// device. Children share the driver's process group, so Ctrl-C reaches them too (each
-/// stops at a checkpoint); a stop asked another way is passed on as SIGINT. A driver that is
-/// killed leaves them running.
+/// device. Each child has its own process group, so a Ctrl-C (or a hang-up) of the search's
+/// terminal reaches only the search, which passes the stop on as one SIGINT per trial (each
+/// stops at a checkpoint); a search that is killed leaves its trials running.
 pub struct Processes {
     exe: PathBuf,
     devices: Vec<String>,
@@ -291,28 +339,14 @@ impl Processes {
         }
     }
 
-    fn free_slot(&self) -> Option<usize> {
-        self.running.iter().position(Option::is_none)
+    /// A free slot, preferring one on `device`.
+    fn free_slot(&self, device: Option<&str>) -> Option<usize> {
+        let free = |i: &usize| self.running[*i].is_none();
+        (0..self.devices.len())
+            .filter(free)
+            .find(|&i| Some(self.devices[i].as_str()) == device)
+            .or_else(|| (0..self.devices.len()).find(free))
     }
-}
-
-/// Whether process `pid` runs and is a `diffnas trial run` of `dir`.
-fn runs_trial(pid: u32, dir: &Path) -> bool {
-    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<String> = cmd
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // A zombie (state Z after the command's closing parenthesis) has ended.
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-    !zombie
-        && args.windows(2).any(|w| w[0] == "trial" && w[1] == "run")
-        && args.iter().any(|a| Path::new(a) == dir)
 }
 
 impl Executor for Processes {
@@ -329,10 +363,12 @@ impl Executor for Processes {
     }
 
     fn start(&mut self, job: &Job, _stop: &AtomicBool) -> Result<Option<String>, SearchError> {
+        use std::os::unix::process::CommandExt;
         let slot = self
-            .free_slot()
+            .free_slot(None)
             .ok_or_else(|| SearchError::Strategy("no free slot to start a trial in".into()))?;
-        let log_path = job.dir.join(JOB_LOG);
+        let dir = std::path::absolute(job.dir).map_err(|e| io_err(job.dir, e))?;
+        let log_path = dir.join(JOB_LOG);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -341,37 +377,42 @@ impl Executor for Processes {
         let err = log.try_clone().map_err(|e| io_err(&log_path, e))?;
         let child = std::process::Command::new(&self.exe)
             .args(["trial", "run"])
-            .arg(job.dir)
+            .arg(&dir)
             .args(["--device", &self.devices[slot]])
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(err)
+            .process_group(0)
             .spawn()
             .map_err(|e| io_err(&self.exe, format!("starting a trial: {e}")))?;
         let name = format!("pid {} on {}", child.id(), self.devices[slot]);
         self.running[slot] = Some(Running {
             hash: job.hash.into(),
-            dir: job.dir.into(),
+            dir,
             child: Child::Ours(child),
             interrupted: false,
         });
         Ok(Some(name))
     }
 
-    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> bool {
-        let (Some(pid), Some(slot)) = (job_pid(job), self.free_slot()) else {
-            return false;
-        };
-        if !runs_trial(pid, dir) {
-            return false;
+    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> Liveness {
+        if job.starts_with("slurm ") {
+            return Liveness::Foreign;
         }
+        if !job::is_running(dir) {
+            return Liveness::Gone;
+        }
+        let device = job.split_once(" on ").map(|(_, d)| d);
+        let Some(slot) = self.free_slot(device) else {
+            return Liveness::Foreign;
+        };
         self.running[slot] = Some(Running {
             hash: hash.into(),
             dir: dir.into(),
-            child: Child::Adopted(pid),
+            child: Child::Adopted(job_pid(job)),
             interrupted: false,
         });
-        true
+        Liveness::Adopted
     }
 
     fn wait(&mut self, stop: &AtomicBool) -> Result<Vec<Ended>, SearchError> {
@@ -380,31 +421,28 @@ impl Executor for Processes {
             let stopping = stop.load(Ordering::SeqCst);
             for slot in self.running.iter_mut() {
                 let Some(r) = slot else { continue };
-                if stopping && !r.interrupted {
-                    // Ctrl-C reached the children already; a stop asked otherwise did not.
-                    let pid = match &r.child {
-                        Child::Ours(c) => c.id(),
-                        Child::Adopted(p) => *p,
-                    };
-                    // SAFETY: a plain signal to a process this search started.
-                    unsafe { libc::kill(pid as i32, libc::SIGINT) };
-                    r.interrupted = true;
-                }
                 let status = match &mut r.child {
                     Child::Ours(c) => match c.try_wait() {
                         Ok(Some(s)) => Some(format!("{s}")),
                         Ok(None) => None,
                         Err(e) => Some(format!("cannot wait for it: {e}")),
                     },
-                    Child::Adopted(pid) => {
-                        (!runs_trial(*pid, &r.dir)).then(|| "it is gone".to_string())
+                    Child::Adopted(_) => {
+                        (!job::is_running(&r.dir)).then(|| "it is gone".to_string())
                     }
                 };
+                if status.is_none() && stopping && !r.interrupted {
+                    match &r.child {
+                        Child::Ours(c) => interrupt(c.id()),
+                        Child::Adopted(pid) => pid.iter().copied().for_each(interrupt),
+                    }
+                    r.interrupted = true;
+                }
                 let Some(status) = status else { continue };
                 let r = slot.take().expect("checked above");
                 ended.push(match job::read_outcome(&r.dir)? {
                     Some(o) => Ended::Outcome(r.hash, Box::new(o)),
-                    None if stopping => Ended::Stopped(r.hash),
+                    None if r.interrupted || stopping => Ended::Stopped(r.hash),
                     None => {
                         let tail = std::fs::read_to_string(r.dir.join(JOB_LOG))
                             .ok()

@@ -289,6 +289,11 @@ pub enum SearchEvent<'a> {
         hash: &'a str,
         why: &'a str,
     },
+    /// A trial an earlier driver started still runs; this one follows it.
+    Adopted {
+        hash: &'a str,
+        job: &'a str,
+    },
     /// A trial's job vanished without an outcome; it was started again.
     Retried {
         hash: &'a str,
@@ -318,7 +323,7 @@ pub fn run_search(
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(SearchEvent),
 ) -> Result<(SearchStatus, TrialLog), SearchError> {
-    let mut exec = executor::InProcess::new(evaluator);
+    let mut exec = executor::InProcess::new(evaluator, config::defaults::MAX_ATTEMPTS);
     run_search_with(
         dir, space, limits, strategy, &mut exec, None, stop, on_event,
     )
@@ -330,6 +335,8 @@ struct Pending {
     origin: String,
     genome: Genome,
     attempt: u32,
+    /// Its job's name, once it has one.
+    job: Option<String>,
 }
 
 impl Pending {
@@ -350,20 +357,34 @@ impl Pending {
     }
 }
 
+/// A trial an earlier driver dispatched and did not log.
+struct Recovered {
+    trial: Pending,
+    job: String,
+    /// Its job stopped at a checkpoint when that search was stopped.
+    stopped: bool,
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
+/// The spec every trial of a search shares: how it is evaluated, and its extractor.
+pub type SpecTemplate<'a> = (
+    &'a job::Evaluation,
+    Option<&'a crate::eval::setup::ExtractorSpec>,
+);
+
 /// The driver of a search: asks `strategy` for candidates, hands them to `exec` (as many at
 /// once as it has slots; a [`Strategy::synchronous`] strategy's next batch waits for the last
-/// one), and is the one writer of `trials.jsonl`. With `spec` (the search's
-/// [`job::Evaluation`] and extractor), each trial's folder gets its `trial.json`, so that a
-/// job anywhere can run it. With an [`Executor::external`] executor, `dispatch.jsonl` records
-/// every job; trials dispatched by an earlier driver are logged from their outcome, taken over
-/// while their job runs, or started again when it is gone (up to
-/// [`Executor::max_attempts`], then logged as failed).
+/// one), and is the one writer of `trials.jsonl`. With `spec`, each trial's folder gets its
+/// `trial.json`, so that a job anywhere can run it. With an [`executor::Executor::external`]
+/// executor, `dispatch.jsonl` records every job. Trials an earlier driver dispatched and did
+/// not log are logged from their outcome, followed while their job runs, or started again
+/// when it is gone (up to [`executor::Executor::max_attempts`], then logged as failed), before
+/// any new candidate.
 #[allow(clippy::too_many_arguments)]
 pub fn run_search_with(
     dir: &Path,
@@ -371,7 +392,7 @@ pub fn run_search_with(
     limits: &Limits,
     strategy: &mut dyn Strategy,
     exec: &mut dyn executor::Executor,
-    spec: Option<(&job::Evaluation, Option<&crate::eval::setup::ExtractorSpec>)>,
+    spec: Option<SpecTemplate>,
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(SearchEvent),
 ) -> Result<(SearchStatus, TrialLog), SearchError> {
@@ -385,6 +406,7 @@ pub fn run_search_with(
         pending: Vec::new(),
         restart: Default::default(),
         strategy: strategy.name(),
+        spec,
     };
     d.base = d.log.records.last().map_or(0.0, |r| r.search_seconds);
     on_event(SearchEvent::Started {
@@ -394,20 +416,26 @@ pub fn run_search_with(
     let mut seen = seen_hashes(&d.log.records);
     d.recover(&mut seen, on_event)?;
     let mut queue: std::collections::VecDeque<Proposal> = Default::default();
+    // Why the search has no new candidate, once it has none: the strategy proposed nothing,
+    // or too many proposals in a row were duplicates or invalid.
     let mut exhausted = false;
     let mut stopped = false;
     loop {
-        // Fill the free slots.
-        while !stopped && !exhausted && d.pending.len() < exec.slots() {
+        // First the trials an earlier driver left, whatever the budget (they count in it).
+        while !stop.load(Ordering::SeqCst) && d.pending.len() < exec.slots() {
+            let Some(r) = d.restart.pop_front() else {
+                break;
+            };
+            d.resume_one(exec, r, stop, on_event)?;
+        }
+        // Then new candidates into the free slots.
+        let mut wait_first = false;
+        while d.restart.is_empty() && !exhausted && !wait_first && d.pending.len() < exec.slots() {
             if d.log.trials() + d.pending.len() >= limits.max_trials
                 || limits.max_seconds.is_some_and(|m| d.elapsed() >= m)
                 || stop.load(Ordering::SeqCst)
             {
                 break;
-            }
-            if let Some((p, job_name)) = d.restart.pop_front() {
-                d.resume_one(exec, p, job_name, spec, stop, on_event)?;
-                continue;
             }
             let Some(p) = queue.pop_front() else {
                 if strategy.synchronous() && !d.pending.is_empty() {
@@ -422,12 +450,21 @@ pub fn run_search_with(
                         .map(|(i, p)| p.placeholder(n + i)),
                 );
                 let proposals = strategy.propose(&view, space)?;
-                exhausted = proposals.is_empty();
-                queue.extend(proposals);
+                // With trials in flight, nothing new may come until one of them ends.
+                match (proposals.is_empty(), d.pending.is_empty()) {
+                    (true, true) => exhausted = true,
+                    (true, false) => wait_first = true,
+                    _ => queue.extend(proposals),
+                }
                 continue;
             };
             let hash = p.genome.hash();
             if seen.contains(&hash) {
+                if d.pending.iter().any(|x| x.hash == hash) {
+                    // The strategy sees the same log until a running trial ends.
+                    wait_first = true;
+                    continue;
+                }
                 on_event(SearchEvent::Skipped {
                     hash: &hash,
                     why: "duplicate of an evaluated genome",
@@ -442,23 +479,29 @@ pub fn run_search_with(
                 origin: &p.origin,
             });
             seen.insert(hash.clone());
-            let pending = Pending {
+            let mut pending = Pending {
                 hash,
                 origin: p.origin,
                 genome: p.genome,
                 attempt: 1,
+                job: None,
             };
-            d.start(exec, &pending, spec, stop)?;
+            d.start(exec, &mut pending, stop)?;
             d.pending.push(pending);
         }
         d.flush(exec)?;
-        if d.pending.is_empty() {
-            let status = if stopped || stop.load(Ordering::SeqCst) {
+        if d.pending.is_empty() && (d.restart.is_empty() || stop.load(Ordering::SeqCst)) {
+            // The order of the sequential loop this replaces.
+            let status = if stopped {
                 SearchStatus::Interrupted
+            } else if d.stale >= limits.max_stale {
+                SearchStatus::Exhausted
             } else if d.log.trials() >= limits.max_trials {
                 SearchStatus::Finished
             } else if limits.max_seconds.is_some_and(|m| d.elapsed() >= m) {
                 SearchStatus::TimeUp
+            } else if stop.load(Ordering::SeqCst) {
+                SearchStatus::Interrupted
             } else {
                 SearchStatus::Exhausted
             };
@@ -467,11 +510,16 @@ pub fn run_search_with(
         for e in exec.wait(stop)? {
             match e {
                 executor::Ended::Stopped(h) => {
-                    d.pending.retain(|p| p.hash != h);
+                    d.stopped(exec, &h)?;
                     stopped = true;
                 }
                 executor::Ended::Outcome(h, outcome) => d.finish(&h, *outcome, on_event)?,
-                executor::Ended::Lost(h, why) => d.lost(exec, &h, why, spec, stop, on_event)?,
+                executor::Ended::Lost(h, why) if stop.load(Ordering::SeqCst) => {
+                    let _ = why;
+                    d.stopped(exec, &h)?;
+                    stopped = true;
+                }
+                executor::Ended::Lost(h, why) => d.lost(exec, &h, why, stop, on_event)?,
             }
         }
         exhausted = exhausted || d.stale >= limits.max_stale;
@@ -487,10 +535,10 @@ struct Driver<'a> {
     base: f64,
     stale: usize,
     pending: Vec<Pending>,
-    /// Trials an earlier driver dispatched, with their job's name: taken over or started
-    /// again before new candidates.
-    restart: std::collections::VecDeque<(Pending, String)>,
+    /// Trials an earlier driver dispatched, to follow or start again before new candidates.
+    restart: std::collections::VecDeque<Recovered>,
     strategy: String,
+    spec: Option<SpecTemplate<'a>>,
 }
 
 impl Driver<'_> {
@@ -507,15 +555,14 @@ impl Driver<'_> {
     fn start(
         &mut self,
         exec: &mut dyn executor::Executor,
-        p: &Pending,
-        spec: Option<(&job::Evaluation, Option<&crate::eval::setup::ExtractorSpec>)>,
+        p: &mut Pending,
         stop: &AtomicBool,
     ) -> Result<(), SearchError> {
         let tdir = self.trial_dir(&p.hash);
         std::fs::create_dir_all(&tdir).map_err(|e| io_err(&tdir, e))?;
         std::fs::write(tdir.join("genome.json"), p.genome.to_json_pretty())
             .map_err(|e| io_err(&tdir, e))?;
-        if let Some((evaluation, extractor)) = spec {
+        if let Some((evaluation, extractor)) = self.spec {
             job::TrialSpec {
                 genome: p.genome.clone(),
                 evaluation: evaluation.clone(),
@@ -532,18 +579,21 @@ impl Driver<'_> {
             stop,
         )?;
         if let Some(name) = name {
-            self.dispatched(exec, p, name)?;
+            self.dispatched(exec, p, name, false)?;
         }
         Ok(())
     }
 
-    /// Record in `dispatch.jsonl` that `p` went to job `name` (for external executors).
+    /// Record in `dispatch.jsonl` (for external executors) that `p` went to job `name`, or
+    /// that its job stopped at a checkpoint.
     fn dispatched(
         &self,
         exec: &dyn executor::Executor,
-        p: &Pending,
+        p: &mut Pending,
         name: String,
+        stopped: bool,
     ) -> Result<(), SearchError> {
+        p.job = Some(name.clone());
         if !exec.external() {
             return Ok(());
         }
@@ -555,18 +605,32 @@ impl Driver<'_> {
                 attempt: p.attempt,
                 job: name,
                 unix: unix_now(),
+                stopped,
             },
         )
     }
 
-    /// [`Executor::flush`], with every submitted job recorded.
+    /// [`executor::Executor::flush`], with every submitted job recorded.
     fn flush(&mut self, exec: &mut dyn executor::Executor) -> Result<(), SearchError> {
         for (hash, name) in exec.flush()? {
-            if let Some(p) = self.pending.iter().find(|p| p.hash == hash) {
-                self.dispatched(exec, p, name)?;
+            if let Some(i) = self.pending.iter().position(|p| p.hash == hash) {
+                let mut p = self.pending.remove(i);
+                self.dispatched(exec, &mut p, name, false)?;
+                self.pending.insert(i, p);
             }
         }
         Ok(())
+    }
+
+    /// Pending trial `hash` stopped at a checkpoint: recorded, so that `--resume` starts it
+    /// again at the same attempt.
+    fn stopped(&mut self, exec: &dyn executor::Executor, hash: &str) -> Result<(), SearchError> {
+        let Some(i) = self.pending.iter().position(|p| p.hash == hash) else {
+            return Ok(());
+        };
+        let mut p = self.pending.remove(i);
+        let name = p.job.clone().unwrap_or_default();
+        self.dispatched(exec, &mut p, name, true)
     }
 
     /// Log the outcome of pending trial `hash`.
@@ -615,6 +679,28 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// Log pending trial `hash` as failed, after its attempts.
+    fn fail(
+        &mut self,
+        hash: &str,
+        why: &str,
+        on_event: &mut dyn FnMut(SearchEvent),
+    ) -> Result<(), SearchError> {
+        let Some(p) = self.pending.iter().find(|p| p.hash == hash) else {
+            return Ok(());
+        };
+        let mut o = TrialOutcome::rejected(
+            TrialStatus::Failed,
+            "",
+            format!("{why} (after {} attempt(s))", p.attempt),
+        );
+        if let Ok(c) = crate::genome::cost(&p.genome) {
+            o.params = Some(c.params);
+            o.macs = Some(c.macs);
+        }
+        self.finish(hash, o, on_event)
+    }
+
     /// Pending trial `hash` lost its job: start it again, or log it as failed once it has had
     /// all its attempts.
     fn lost(
@@ -622,36 +708,29 @@ impl Driver<'_> {
         exec: &mut dyn executor::Executor,
         hash: &str,
         why: String,
-        spec: Option<(&job::Evaluation, Option<&crate::eval::setup::ExtractorSpec>)>,
         stop: &AtomicBool,
         on_event: &mut dyn FnMut(SearchEvent),
     ) -> Result<(), SearchError> {
         let Some(i) = self.pending.iter().position(|p| p.hash == hash) else {
             return Ok(());
         };
-        if self.pending[i].attempt < exec.max_attempts() {
-            let mut p = self.pending.remove(i);
-            p.attempt += 1;
-            on_event(SearchEvent::Retried {
-                hash,
-                attempt: p.attempt,
-                why: &why,
-            });
-            self.start(exec, &p, spec, stop)?;
-            self.pending.push(p);
-            return Ok(());
+        // An outcome written after its job was judged gone (a shared file system's caches).
+        if let Some(o) = job::read_outcome(&self.trial_dir(hash))? {
+            return self.finish(hash, o, on_event);
         }
-        let attempts = self.pending[i].attempt;
-        let mut o = TrialOutcome::rejected(
-            TrialStatus::Failed,
-            "",
-            format!("{why} (after {attempts} attempt(s))"),
-        );
-        if let Ok(c) = crate::genome::cost(&self.pending[i].genome) {
-            o.params = Some(c.params);
-            o.macs = Some(c.macs);
+        if self.pending[i].attempt >= exec.max_attempts() {
+            return self.fail(hash, &why, on_event);
         }
-        self.finish(hash, o, on_event)
+        let mut p = self.pending.remove(i);
+        p.attempt += 1;
+        on_event(SearchEvent::Retried {
+            hash,
+            attempt: p.attempt,
+            why: &why,
+        });
+        self.start(exec, &mut p, stop)?;
+        self.pending.push(p);
+        Ok(())
     }
 
     /// Trials an earlier driver dispatched and did not log: those with an outcome are logged
@@ -681,58 +760,79 @@ impl Driver<'_> {
                 origin: dsp.origin.clone(),
                 genome,
                 attempt: dsp.attempt,
+                job: Some(dsp.job.clone()),
             };
             if let Some(o) = job::read_outcome(&tdir)? {
                 self.pending.push(p);
                 self.finish(&dsp.hash, o, on_event)?;
             } else {
-                self.restart.push_back((p, dsp.job));
+                self.restart.push_back(Recovered {
+                    trial: p,
+                    job: dsp.job,
+                    stopped: dsp.stopped,
+                });
             }
         }
         Ok(())
     }
 
-    /// A recovered trial, into a free slot: logged if its outcome has come meanwhile, taken
-    /// over while its job runs, else started again with its next attempt (or logged as
-    /// failed once it has had them all).
-    #[allow(clippy::too_many_arguments)]
+    /// A recovered trial, into a free slot: logged if its outcome has come meanwhile, followed
+    /// while its job runs, else started again: at the same attempt when it had been stopped,
+    /// else with its next one (or logged as failed once it has had them all). A job this
+    /// executor cannot follow (a Slurm task, resumed locally) is refused while it may run.
     fn resume_one(
         &mut self,
         exec: &mut dyn executor::Executor,
-        mut p: Pending,
-        job_name: String,
-        spec: Option<(&job::Evaluation, Option<&crate::eval::setup::ExtractorSpec>)>,
+        r: Recovered,
         stop: &AtomicBool,
         on_event: &mut dyn FnMut(SearchEvent),
     ) -> Result<(), SearchError> {
+        let Recovered {
+            trial: mut p,
+            job: job_name,
+            stopped,
+        } = r;
         let tdir = self.trial_dir(&p.hash);
         let hash = p.hash.clone();
         if let Some(o) = job::read_outcome(&tdir)? {
             self.pending.push(p);
             return self.finish(&hash, o, on_event);
         }
-        if exec.adopt(&hash, &tdir, &job_name) {
-            self.pending.push(p);
-            return Ok(());
+        match exec.adopt(&hash, &tdir, &job_name) {
+            executor::Liveness::Adopted => {
+                on_event(SearchEvent::Adopted {
+                    hash: &hash,
+                    job: &job_name,
+                });
+                self.pending.push(p);
+                return Ok(());
+            }
+            executor::Liveness::Foreign => {
+                return Err(SearchError::Setting(format!(
+                    "trial {hash} may still run as {job_name}, which this executor cannot \
+                     follow: resume with the executor that started it (e.g. --executor slurm)"
+                )));
+            }
+            executor::Liveness::Gone => {}
         }
-        let why = format!("its job ({job_name}) is gone");
-        if p.attempt >= exec.max_attempts() {
-            let attempts = p.attempt;
+        if let Some(o) = job::read_outcome(&tdir)? {
             self.pending.push(p);
-            let o = TrialOutcome::rejected(
-                TrialStatus::Failed,
-                "",
-                format!("{why} (after {attempts} attempt(s))"),
-            );
             return self.finish(&hash, o, on_event);
         }
-        p.attempt += 1;
-        on_event(SearchEvent::Retried {
-            hash: &hash,
-            attempt: p.attempt,
-            why: &why,
-        });
-        self.start(exec, &p, spec, stop)?;
+        if !stopped {
+            let why = format!("its job ({job_name}) is gone");
+            if p.attempt >= exec.max_attempts() {
+                self.pending.push(p);
+                return self.fail(&hash, &why, on_event);
+            }
+            p.attempt += 1;
+            on_event(SearchEvent::Retried {
+                hash: &hash,
+                attempt: p.attempt,
+                why: &why,
+            });
+        }
+        self.start(exec, &mut p, stop)?;
         self.pending.push(p);
         Ok(())
     }

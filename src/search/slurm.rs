@@ -8,7 +8,7 @@
 //! resumes its trial's checkpoints. A task that ends without `outcome.json` (cancelled, out of
 //! time, killed) is submitted again by the driver, up to its maximum attempts.
 
-use super::executor::{Ended, Executor, JOB_LOG, Job};
+use super::executor::{Ended, Executor, JOB_LOG, Job, Liveness};
 use super::job;
 use super::{SearchError, io_err};
 use std::path::{Path, PathBuf};
@@ -41,7 +41,10 @@ struct Task {
     dir: PathBuf,
     /// `ARRAY_TASK`, e.g. `56_3`; None until its batch is submitted.
     id: Option<String>,
-    cancelled: bool,
+    /// Stopping: whether it was signalled (running) or cancelled (waiting).
+    stopped: bool,
+    /// Polls in a row that did not list it (a task is gone after two).
+    unseen: u32,
 }
 
 /// Submits trials as Slurm array jobs; at most `slots` are in flight.
@@ -69,12 +72,23 @@ impl Slurm {
         slots: usize,
         max_attempts: u32,
     ) -> Result<Slurm, SearchError> {
-        let dir = std::path::absolute(dir).map_err(|e| io_err(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        // One spelling of the folder, so that every driver of this search gives its jobs the
+        // same name.
+        let dir = std::fs::canonicalize(dir).map_err(|e| io_err(dir, e))?;
         let exe = std::path::absolute(&exe).map_err(|e| io_err(&exe, e))?;
         let batches = std::fs::read_dir(dir.join(SLURM_DIR)).map_or(0, |rd| {
             rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("batch-"))
-                .count()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_prefix("batch-")?
+                        .strip_suffix(".txt")?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .map(|n| n + 1)
+                .max()
+                .unwrap_or(0)
         });
         Ok(Slurm {
             exe,
@@ -85,7 +99,7 @@ impl Slurm {
             attempts: max_attempts.max(1),
             tasks: Vec::new(),
             batches,
-            poll: Duration::from_secs(1),
+            poll: Duration::from_secs(2),
         })
     }
 
@@ -126,6 +140,7 @@ impl Slurm {
             .args([
                 "-h",
                 "-r",
+                "--all",
                 "-t",
                 "all",
                 "-o",
@@ -174,7 +189,8 @@ impl Executor for Slurm {
             hash: job.hash.into(),
             dir,
             id: None,
-            cancelled: false,
+            stopped: false,
+            unseen: 0,
         });
         Ok(None)
     }
@@ -237,49 +253,70 @@ impl Executor for Slurm {
         Ok(named)
     }
 
-    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> bool {
+    fn adopt(&mut self, hash: &str, dir: &Path, job: &str) -> Liveness {
         let Some(id) = task_id(job) else {
-            return false;
+            return if job::is_running(dir) {
+                Liveness::Foreign
+            } else {
+                Liveness::Gone
+            };
         };
-        let alive = self.states().is_some_and(|s| {
-            s.iter()
+        // Unless squeue says the task is over, it is followed (an unanswered squeue is asked
+        // again by `wait`).
+        let over = self.states().is_some_and(|s| {
+            !s.iter()
                 .any(|(i, st)| i == id && ALIVE.contains(&st.as_str()))
         });
-        if alive {
-            self.tasks.push(Task {
-                hash: hash.into(),
-                dir: dir.into(),
-                id: Some(id.into()),
-                cancelled: false,
-            });
+        if over && !job::is_running(dir) {
+            return Liveness::Gone;
         }
-        alive
+        self.tasks.push(Task {
+            hash: hash.into(),
+            dir: dir.into(),
+            id: Some(id.into()),
+            stopped: false,
+            unseen: 0,
+        });
+        Liveness::Adopted
     }
 
     fn wait(&mut self, stop: &AtomicBool) -> Result<Vec<Ended>, SearchError> {
         let mut ended = Vec::new();
         loop {
             let stopping = stop.load(Ordering::SeqCst);
-            if stopping {
-                // Running tasks get SIGINT (they stop at a checkpoint); pending ones go.
-                for t in self.tasks.iter_mut().filter(|t| !t.cancelled) {
-                    if let Some(id) = &t.id {
-                        scancel_task(id);
-                    }
-                    t.cancelled = true;
-                }
-            }
             if let Some(states) = self.states() {
                 let mut i = 0;
                 while i < self.tasks.len() {
-                    let t = &self.tasks[i];
-                    let Some(id) = &t.id else {
+                    let Some(id) = self.tasks[i].id.clone() else {
                         i += 1;
                         continue;
                     };
-                    let state = states.iter().find(|(x, _)| x == id).map(|(_, s)| s.clone());
-                    let alive = state.as_deref().is_some_and(|s| ALIVE.contains(&s));
+                    let state = states
+                        .iter()
+                        .find(|(x, _)| *x == id)
+                        .map(|(_, s)| s.clone());
+                    let t = &mut self.tasks[i];
+                    t.unseen = if state.is_some() { 0 } else { t.unseen + 1 };
+                    let alive = match state.as_deref() {
+                        Some(s) => ALIVE.contains(&s),
+                        None => t.unseen < 2,
+                    };
                     if alive {
+                        if stopping && !t.stopped {
+                            // Waiting tasks go; running ones stop at a checkpoint. A task still
+                            // being set up is asked again on the next poll.
+                            match state.as_deref() {
+                                Some("PENDING" | "REQUEUED" | "REQUEUE_HOLD") => {
+                                    scancel(&[&id]);
+                                    t.stopped = true;
+                                }
+                                Some("RUNNING") => {
+                                    scancel(&["--batch", "--signal=INT", &id]);
+                                    t.stopped = true;
+                                }
+                                _ => {}
+                            }
+                        }
                         i += 1;
                         continue;
                     }
@@ -287,15 +324,21 @@ impl Executor for Slurm {
                     let state = state.unwrap_or_else(|| "gone from squeue".into());
                     ended.push(match job::read_outcome(&t.dir)? {
                         Some(o) => Ended::Outcome(t.hash, Box::new(o)),
-                        None if stopping => Ended::Stopped(t.hash),
-                        None => Ended::Lost(
-                            t.hash,
-                            format!(
-                                "its Slurm job {} ended ({state}) without {}",
-                                t.id.unwrap_or_default(),
-                                job::OUTCOME_FILE
-                            ),
-                        ),
+                        None if stopping || t.stopped => Ended::Stopped(t.hash),
+                        None => {
+                            let tail = std::fs::read_to_string(t.dir.join(JOB_LOG))
+                                .ok()
+                                .and_then(|x| x.lines().last().map(str::to_string))
+                                .unwrap_or_default();
+                            Ended::Lost(
+                                t.hash,
+                                format!(
+                                    "its Slurm job {id} ended ({state}) without {}; last line \
+                                     of {JOB_LOG}: {tail:?}",
+                                    job::OUTCOME_FILE
+                                ),
+                            )
+                        }
                     });
                 }
             }
@@ -306,13 +349,6 @@ impl Executor for Slurm {
             std::thread::sleep(self.poll);
         }
     }
-}
-
-/// Stop task `id`: SIGINT to its batch step when it runs (it checkpoints and exits), and out
-/// of the queue when it waits.
-fn scancel_task(id: &str) {
-    scancel(&["--batch", "--signal=INT", id]);
-    scancel(&["--state=PENDING", id]);
 }
 
 fn scancel(args: &[&str]) {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Random search and regularized evolution over 3 seeds on the same proxy, then the report over
+# seeds and the retraining of the best search's winner beside the `tiny` preset. Resumable: run
+# it again after a stop and every search continues where it was.
+#   bash examples/search-baselines/run.sh            # searches in runs/baselines/
+#   TARGET=1900 bash examples/search-baselines/run.sh   # trials each seed took to reach 1900
+# Then: bash examples/search-baselines/collect.sh   (copies the small results here)
+set -euo pipefail
+diffnas=${DIFFNAS:-diffnas}
+runs=${RUNS:-runs/baselines}
+seeds=${SEEDS:-0 1 2}
+mkdir -p "$runs"
+for s in $seeds; do
+  for strategy in random evolution; do
+    dir=$runs/$strategy-$s
+    if [ -f "$dir/search.json" ]; then
+      "$diffnas" search "$strategy" --resume --run-dir "$dir" --device flex
+    else
+      "$diffnas" search "$strategy" --seed "$s" --run-dir "$dir" --device flex
+    fi
+  done
+done
+compare=()
+for s in $seeds; do
+  for strategy in random evolution; do
+    [ "$strategy-$s" = "evolution-${seeds%% *}" ] || compare+=(--compare "$runs/$strategy-$s")
+  done
+done
+target=()
+[ -n "${TARGET:-}" ] && target=(--target "$TARGET")
+"$diffnas" report "$runs/evolution-${seeds%% *}" "${compare[@]}" "${target[@]}" --out "$runs/report"
+# The search whose best trial scored lowest, retrained with the full schedule beside `tiny`.
+best=$(python3 - "$runs" <<'PY'
+import json, pathlib, sys
+best = None
+for log in sorted(pathlib.Path(sys.argv[1]).glob("*/trials.jsonl")):
+    for line in log.read_text().splitlines():
+        o = json.loads(line)["outcome"]
+        if o["status"] == "ok" and o["score"] is not None and (best is None or o["score"] < best[0]):
+            best = (o["score"], str(log.parent))
+print(best[1])
+PY
+)
+if [ -f "$best/retrain/study.json" ]; then
+  "$diffnas" search retrain "$best" --resume --device flex
+else
+  "$diffnas" search retrain "$best" --baseline tiny --device flex
+fi
