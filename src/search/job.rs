@@ -238,18 +238,28 @@ pub fn write_outcome(dir: &Path, outcome: &TrialOutcome) -> Result<(), SearchErr
 }
 
 /// Runs `evaluator` on the trial whose spec is in `dir` and writes its outcome, unless it was
-/// interrupted (then the folder's checkpoints resume it next time).
+/// interrupted (then the folder's checkpoints resume it next time). The folder's lock is held
+/// throughout; a trial that has ended already returns its outcome.
 pub fn evaluate_in(
     dir: &Path,
     genome: &Genome,
     evaluator: &mut dyn Evaluator,
     stop: &AtomicBool,
 ) -> Result<TrialOutcome, SearchError> {
-    let Some(_lock) = TrialLock::try_take(dir)? else {
-        return Err(SearchError::Setting(format!(
-            "{}: the trial runs in another process already (it holds {LOCK_FILE})",
-            dir.display()
-        )));
+    // A process that runs this trial already (one a killed search started) is waited for:
+    // its outcome is this one's.
+    let _lock = loop {
+        if let Some(lock) = TrialLock::try_take(dir)? {
+            break lock;
+        }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(TrialOutcome::rejected(
+                TrialStatus::Interrupted,
+                &evaluator.metric(),
+                "stopped while another process ran the trial".into(),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     };
     if let Some(o) = read_outcome(dir)? {
         return Ok(o);
