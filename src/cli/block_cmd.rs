@@ -2,9 +2,9 @@
 //! and their files are the library's (`search::block::pipeline`); this maps the flags to a
 //! [`BlockConfig`] and renders progress.
 
+use super::Given;
 use super::eval_cmd::{ExtractorArgs, scoring};
 use super::progress::{bar, note};
-use super::{Given, user_err};
 use crate::data::DataSource;
 use crate::eval::rfid::GenerationConfig;
 use crate::genome::SearchSpace;
@@ -183,35 +183,24 @@ fn config_from(a: &BlockArgs) -> anyhow::Result<BlockConfig> {
 /// The search's configuration: the stored one on `--resume` (a given flag that differs is
 /// refused), else the flags' (with `--reuse`'s supernets), written to `block.json`.
 fn resolve(a: &BlockArgs, given: &Given, dir: &Path) -> anyhow::Result<BlockConfig> {
-    let asked = config_from(a)?;
-    if a.resume && a.reuse.is_some() {
-        return Err(user_err(
-            "--reuse starts a new search from another one's supernets; it does not go with \
-             --resume",
-        ));
-    }
-    if a.resume {
-        let fields: Vec<&str> = SETTINGS
-            .iter()
-            .filter(|(id, _)| given.has(id))
-            .map(|(_, f)| *f)
-            .collect();
-        let flag = |field: &str| {
-            let id = SETTINGS
-                .iter()
-                .find(|(_, f)| *f == field)
-                .map_or(field, |(id, _)| id);
-            format!("--{}", id.replace('_', "-"))
-        };
-        return Ok(BlockConfig::resume(dir, &asked, &fields, flag)?);
-    }
-    asked.check()?;
-    let c = match &a.reuse {
-        Some(from) => pipeline::reuse(from, dir, asked)?,
-        None => asked,
+    let fields: Vec<&str> = SETTINGS
+        .iter()
+        .filter(|(id, _)| given.has(id))
+        .map(|(_, f)| *f)
+        .collect();
+    let flag = |field: &str| {
+        let id = SETTINGS.iter().find(|(_, f)| *f == field);
+        format!("--{}", id.map_or(field, |(id, _)| id).replace('_', "-"))
     };
-    c.start(dir)?;
-    Ok(c)
+    let asked = config_from(a)?;
+    Ok(BlockConfig::open(
+        dir,
+        asked,
+        a.resume,
+        a.reuse.as_deref(),
+        &fields,
+        flag,
+    )?)
 }
 
 /// The progress bar of the phase an event belongs to, made when the phase begins.

@@ -269,13 +269,7 @@ pub struct EvolutionArgs {
 fn run_proxy_check(a: ProxyCheckArgs, given: &Given) -> anyhow::Result<i32> {
     let dir = &a.run_dir;
     if a.summary {
-        let Some(cfg) = StudyConfig::read(dir)? else {
-            return Err(user_err(format!(
-                "{}: no {} (is it a study's folder?)",
-                dir.display(),
-                fidelity::STUDY_FILE
-            )));
-        };
+        let cfg = StudyConfig::existing(dir)?;
         let rows = fidelity::read_rows(dir);
         return print_summary(dir, &cfg, &rows, false);
     }

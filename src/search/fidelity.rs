@@ -1047,6 +1047,16 @@ pub const FIXED_ON_RESUME: [&str; 12] = [
 pub const RETRAIN_FIXED_ON_RESUME: [&str; 4] = ["baseline", "steps", "score_n", "score_steps"];
 
 impl StudyConfig {
+    /// The study in `dir`, which must hold one.
+    pub fn existing(dir: &Path) -> Result<StudyConfig, SearchError> {
+        StudyConfig::read(dir)?.ok_or_else(|| {
+            SearchError::Setting(format!(
+                "{}: no {STUDY_FILE} (is it a study's folder?)",
+                dir.display()
+            ))
+        })
+    }
+
     /// Records the extractor the study's scores use; a study that started with another one
     /// refuses it (its scores would not compare).
     pub fn bind_extractor(&mut self, id: &ExtractorId) -> Result<(), SearchError> {

@@ -203,6 +203,36 @@ impl BlockConfig {
             .map_err(|e| BlockError::Config(format!("retrain: {e}")))
     }
 
+    /// The search to run in `dir`: with `resume`, the stored one (checked against `asked` as
+    /// [`BlockConfig::resume`] does); else `asked`, with the supernets of the search in `reuse`
+    /// when given, written to `block.json`.
+    pub fn open(
+        dir: &Path,
+        asked: BlockConfig,
+        resume: bool,
+        reuse_from: Option<&Path>,
+        fields: &[&str],
+        flag: impl Fn(&str) -> String,
+    ) -> Result<BlockConfig, BlockError> {
+        match (resume, reuse_from) {
+            (true, Some(_)) => Err(BlockError::Config(
+                "--reuse starts a new search from another one's supernets; it does not go with \
+                 --resume"
+                    .into(),
+            )),
+            (true, None) => BlockConfig::resume(dir, &asked, fields, flag),
+            (false, from) => {
+                asked.check()?;
+                let c = match from {
+                    Some(from) => reuse(from, dir, asked)?,
+                    None => asked,
+                };
+                c.start(dir)?;
+                Ok(c)
+            }
+        }
+    }
+
     /// The stored configuration of the search in `dir`.
     pub fn read(dir: &Path) -> Result<BlockConfig, BlockError> {
         read_json(&dir.join(CONFIG_FILE))
