@@ -69,6 +69,34 @@ pub mod defaults {
     pub const EXPORT_STEPS: usize = 20;
 }
 
+/// The sample grid of a run, in its folder.
+pub const GRID_FILE: &str = "samples.png";
+
+/// `n` images of DDIM-`steps` from the EMA weights of the run in `dir`, seed 0, as a grid in
+/// the run's folder ([`GRID_FILE`]); `on_images` counts generated image-steps.
+pub fn write_grid(
+    dir: &Path,
+    n: usize,
+    steps: usize,
+    device: &Device,
+    on_images: &mut dyn FnMut(u64),
+) -> Result<PathBuf, RunDirError> {
+    let g = ddim_grid(n, steps);
+    let out = dir.join(GRID_FILE);
+    sample(dir, Weights::Ema, &g, device, on_images)?.save_grid(&out)?;
+    Ok(out)
+}
+
+/// The generation of a sample grid: `n` images, DDIM-`steps`, seed 0.
+pub fn ddim_grid(n: usize, steps: usize) -> crate::eval::rfid::GenerationConfig {
+    crate::eval::rfid::GenerationConfig {
+        n,
+        steps,
+        batch_size: defaults::SAMPLE_BATCH_SIZE,
+        ..crate::eval::rfid::GenerationConfig::rfid()
+    }
+}
+
 /// Where a run's data came from and where it ran: what `train.json` holds beside the
 /// training configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

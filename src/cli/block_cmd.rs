@@ -6,14 +6,10 @@ use super::Given;
 use super::eval_cmd::{ExtractorArgs, scoring};
 use super::progress::{bar, note};
 use crate::data::DataSource;
-use crate::eval::rfid::GenerationConfig;
-use crate::genome::SearchSpace;
-use crate::rundir::{RunFiles, Weights, weights_path};
 use crate::search::block::distill::DistillEvent;
-use crate::search::block::local::LocalSearchConfig;
 use crate::search::block::pipeline::{
-    self, BlockConfig, BlockEvent, Phase, ReportInput, Scorer, StudentInit, SupernetInit, Teacher,
-    defaults, short_schedule,
+    self, BlockAsk, BlockConfig, BlockEvent, Phase, ReportInput, Scorer, StudentInit, SupernetInit,
+    Teacher, defaults,
 };
 use crate::search::block::retrain::LambdaSchedule;
 use clap::Args;
@@ -142,42 +138,33 @@ const SETTINGS: [(&str, &str); 24] = [
 
 /// The configuration the flags describe, for the teacher in `a.teacher`.
 fn config_from(a: &BlockArgs) -> anyhow::Result<BlockConfig> {
-    let (tg, tfiles): (_, RunFiles) = RunFiles::read(&a.teacher)?;
-    let space = SearchSpace::for_image(tg.image);
-    let base = &tfiles.config;
-    Ok(BlockConfig {
+    Ok(BlockConfig::for_teacher(&BlockAsk {
         teacher: a.teacher.clone(),
-        teacher_weights: weights_path(&a.teacher, Weights::Ema)?,
-        data: a.data.clone().unwrap_or_else(|| tfiles.data.clone()),
-        max_images: a.max_images.or(tfiles.max_images),
+        data: a.data.clone(),
+        max_images: a.max_images,
         seed: a.seed,
-        supernet: short_schedule(base, a.supernet_steps, a.batch_size, a.supernet_lr, a.seed),
+        supernet_steps: a.supernet_steps,
+        batch_size: a.batch_size,
+        supernet_lr: a.supernet_lr,
         supernet_init: a.supernet_init,
         eval_batches: a.eval_batches,
-        kernels: space.kernels.clone(),
-        hidden_mults: space.hidden_mults.clone(),
         gamma: a.gamma,
         gamma_sweep: a.gamma_sweep.clone(),
         budget_macs: a.budget_macs,
-        local: LocalSearchConfig {
-            max_exhaustive: a.max_exhaustive,
-            samples: a.samples,
-            rounds: a.rounds,
-            children: a.children,
-            seed: a.seed,
-        },
-        retrain: short_schedule(base, a.retrain_steps, a.batch_size, a.retrain_lr, a.seed),
+        max_exhaustive: a.max_exhaustive,
+        samples: a.samples,
+        rounds: a.rounds,
+        children: a.children,
+        retrain_steps: a.retrain_steps,
+        retrain_lr: a.retrain_lr,
         lambda: a.lambda,
-        lambda_steps: a.lambda_steps.unwrap_or(a.retrain_steps / 2),
+        lambda_steps: a.lambda_steps,
         student_init: a.student_init,
         ablation: a.ablation,
-        score: GenerationConfig {
-            n: a.score_n,
-            steps: a.score_steps,
-            ..GenerationConfig::rfid()
-        },
+        score_n: a.score_n,
+        score_steps: a.score_steps,
         latency_batch: a.latency_batch,
-    })
+    })?)
 }
 
 /// The search's configuration: the stored one on `--resume` (a given flag that differs is

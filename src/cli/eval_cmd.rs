@@ -372,13 +372,13 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
         .or_else(|| a.data.clone())
         .unwrap_or(DataSource::FashionMnist(None));
     let ext = extractor(&a.ext, &ref_data, &selected)?;
+    let reference = |spec| match &a.reference {
+        Some(p) => Ok(Reference::load(p, Some(ext.id()))?),
+        None => cached_reference(ext.as_ref(), &ref_data, a.ref_split, spec),
+    };
     let score: Score = if let Some(dir) = &a.run_dir {
         let (genome, _) = run.expect("read above");
-        let spec = [genome.image.channels, genome.image.size, genome.image.size];
-        let reference = match &a.reference {
-            Some(p) => Reference::load(p, Some(ext.id()))?,
-            None => cached_reference(ext.as_ref(), &ref_data, a.ref_split, spec)?,
-        };
+        let reference = reference([genome.image.channels, genome.image.size, genome.image.size])?;
         let pb = bar(a.n as u64, "generate+score");
         let s = crate::rundir::score_run(
             dir,
@@ -406,11 +406,7 @@ fn fid(a: FidArgs) -> anyhow::Result<()> {
         };
         let mut d = d;
         d.truncate(a.n);
-        let spec = [d.channels, d.height, d.width];
-        let reference = match &a.reference {
-            Some(p) => Reference::load(p, Some(ext.id()))?,
-            None => cached_reference(ext.as_ref(), &ref_data, a.ref_split, spec)?,
-        };
+        let reference = reference([d.channels, d.height, d.width])?;
         let pb = bar(d.len as u64, "features");
         let s = score_dataset(ext.as_ref(), &reference, &d, what, kid_cfg, &mut |k| {
             pb.set_position(k as u64)

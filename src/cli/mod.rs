@@ -78,19 +78,12 @@ pub fn main() -> i32 {
     };
     crate::device::quiet_headless_probe();
     #[cfg(feature = "kernel-cache")]
-    {
-        let dir = std::env::var_os("DIFFNAS_KERNEL_CACHE").map_or_else(
-            || crate::eval::setup::home().join("kernel-cache"),
-            std::path::PathBuf::from,
-        );
-        crate::device::set_kernel_cache_dir(&dir);
-    }
+    crate::device::set_kernel_cache_dir(&crate::eval::setup::kernel_cache_dir());
     // How every convolution and GroupNorm in this process runs (`bench --conv/--norm`
     // override them).
-    if let Err(code) = env_setting("DIFFNAS_CONV", crate::model::conv::set_conv_algorithm)
-        .and_then(|()| env_setting("DIFFNAS_NORM", crate::model::norm::set_norm_algorithm))
-    {
-        return code;
+    if let Err(e) = crate::model::algorithms_from_env() {
+        eprintln!("error: {e}");
+        return 2;
     }
     match crate::cpu::run_in_pool(|| dispatch(cli, Given::of(&matches))) {
         Ok(code) => code,
@@ -211,22 +204,4 @@ pub(crate) fn select_device(
         unsafe { std::env::set_var("BURN_DEVICE", "flex") };
     }
     Ok(d)
-}
-
-/// Applies the setting named by environment variable `name`, when set; a value that does not
-/// parse is reported with the variable's name (exit code 2).
-fn env_setting<T: std::str::FromStr<Err = String>>(name: &str, set: fn(T)) -> Result<(), i32> {
-    let Some(v) = std::env::var_os(name) else {
-        return Ok(());
-    };
-    match v.to_string_lossy().parse::<T>() {
-        Ok(a) => {
-            set(a);
-            Ok(())
-        }
-        Err(e) => {
-            eprintln!("error: {name}: {e}");
-            Err(2)
-        }
-    }
 }

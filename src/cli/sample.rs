@@ -93,7 +93,7 @@ pub fn sample_run(a: &SampleArgs, selected: &SelectedDevice) -> anyhow::Result<O
     }
     let grid = match (&a.out, &a.individual) {
         (Some(p), _) => Some(p.clone()),
-        (None, None) => Some(a.run_dir.join("samples.png")),
+        (None, None) => Some(a.run_dir.join(rundir::GRID_FILE)),
         (None, Some(_)) => None,
     };
     if let Some(p) = &grid {

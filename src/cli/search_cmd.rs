@@ -7,8 +7,8 @@
 //! appended to `RUN_DIR/trials.jsonl`; each trial's folder `RUN_DIR/trials/<hash>/` is a run
 //! directory. Ctrl-C (or a kill) stops it; `--resume` continues with no trial lost or repeated.
 
+use super::Given;
 use super::eval_cmd::{ExtractorArgs, scoring};
-use super::{Given, user_err};
 use crate::data::DataSource;
 use crate::search::config::{
     EvaluatorKind, ExecutorKind, FIXED_ON_RESUME, Scale, SearchConfig, SearchRequest,
@@ -313,12 +313,10 @@ fn print_summary(
         dir.display(),
         cfg.units().len()
     );
-    let Some(summary) = fidelity::summarise(cfg, rows) else {
+    let Some(summary) = fidelity::write_results(dir, cfg, rows)? else {
         eprintln!("no architecture has its full training yet; continue with --resume");
         return Ok(if stopped { 130 } else { 0 });
     };
-    fidelity::write_summary(dir, &summary)?;
-    fidelity::write_table(dir, cfg, rows)?;
     eprint!("{}", summary.best_lines(8));
     eprintln!("summary: {}", dir.join(fidelity::SUMMARY_CSV).display());
     if stopped {
@@ -362,11 +360,7 @@ fn run_study_cli(
     let (ext, reference) = scoring(ext_args, &cfg.data, cfg.space.image, selected)?;
     cfg.bind_extractor(ext.id())?;
     cfg.write(dir)?;
-    let source = crate::rundir::RunSource {
-        data: cfg.data.clone(),
-        max_images: cfg.max_images,
-        device: selected.info.clone(),
-    };
+    let source = cfg.source(&selected.info);
     let env = StudyEnv {
         source: &source,
         train: &train,
@@ -457,18 +451,8 @@ fn request(a: &SearchArgs, strategy: StrategyChoice) -> SearchRequest {
 
 /// The LLM strategy the flags describe.
 fn llm_choice(l: &LlmArgs) -> anyhow::Result<StrategyChoice> {
-    let Some(base_url) = l.llm_base_url.clone() else {
-        return Err(user_err(
-            "no LLM endpoint configured: pass --llm-base-url (or set DIFFNAS_LLM_BASE_URL) \
-             to an OpenAI-compatible server. Offline, the baselines `diffnas search random` \
-             and `diffnas search evolution` need none.",
-        ));
-    };
-    if l.rounds == 0 || l.per_round == 0 {
-        return Err(user_err("--rounds and --per-round must be at least 1"));
-    }
     let endpoint = LlmConfig {
-        base_url,
+        base_url: l.llm_base_url.clone().unwrap_or_default(),
         model: l.llm_model.clone(),
         temperature: l.temperature,
         max_tokens: l.max_tokens,
@@ -488,7 +472,7 @@ fn llm_choice(l: &LlmArgs) -> anyhow::Result<StrategyChoice> {
         dataset: l.common.data.to_string(),
         metric: String::new(),
     };
-    Ok(StrategyChoice::Llm(endpoint, search))
+    Ok(StrategyChoice::llm(endpoint, search)?)
 }
 
 pub fn run(cmd: SearchCmd, given: &Given) -> anyhow::Result<i32> {

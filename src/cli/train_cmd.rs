@@ -6,8 +6,7 @@ use super::progress::{bar, note};
 use super::user_err;
 use crate::device::DeviceChoice;
 use crate::diffusion::BetaSchedule;
-use crate::eval::rfid::GenerationConfig;
-use crate::rundir::{self, RunFiles, Weights};
+use crate::rundir::{self, RunFiles};
 use crate::train::{LrSchedule, TrainConfig, TrainEvent, TrainStatus, defaults};
 use clap::Args;
 use std::path::PathBuf;
@@ -22,7 +21,7 @@ pub struct TrainArgs {
     /// Dataset: fashion-mnist[:DIR], mnist:DIR, cifar10:PATH or folder:DIR. Images are padded
     /// or resized to the genome's image size.
     #[arg(long, default_value = "fashion-mnist")]
-    pub data: String,
+    pub data: crate::data::DataSource,
     /// Use only the first N training images.
     #[arg(long)]
     pub max_images: Option<usize>,
@@ -121,15 +120,10 @@ fn resumed_config(
         .has("genome")
         .then(|| load_genome(&a.genome))
         .transpose()?;
-    let asked_data = given
-        .has("data")
-        .then(|| a.data.parse())
-        .transpose()
-        .map_err(user_err)?;
     let fields = TrainConfig::fields();
     let request = rundir::ResumeRequest {
         genome: asked_genome.as_ref(),
-        data: asked_data.as_ref(),
+        data: given.has("data").then_some(&a.data),
         max_images: given.has("max_images").then_some(a.max_images),
         config: config_from(a),
         fields: fields
@@ -160,7 +154,7 @@ pub fn run(a: TrainArgs, given: &Given) -> anyhow::Result<i32> {
         rundir::check_fresh(&run_dir)?;
         let files = RunFiles {
             config: config_from(&a),
-            data: a.data.parse().map_err(user_err)?,
+            data: a.data.clone(),
             max_images: a.max_images,
             device: selected.info.clone(),
         };
@@ -216,19 +210,10 @@ pub fn run(a: TrainArgs, given: &Given) -> anyhow::Result<i32> {
         return Ok(130);
     }
     if a.samples > 0 {
-        let g = GenerationConfig {
-            n: a.samples,
-            steps: a.sample_steps,
-            batch_size: rundir::defaults::SAMPLE_BATCH_SIZE,
-            ..GenerationConfig::rfid()
-        };
+        let g = rundir::ddim_grid(a.samples, a.sample_steps);
         let pb = bar(rundir::Samples::work(&g), "sample");
-        let samples = rundir::sample(&run_dir, Weights::Ema, &g, &selected.device, &mut |k| {
-            pb.inc(k)
-        })?;
+        let out = rundir::write_grid(&run_dir, g.n, g.steps, &selected.device, &mut |k| pb.inc(k))?;
         pb.finish_and_clear();
-        let out = run_dir.join("samples.png");
-        samples.save_grid(&out)?;
         eprintln!("samples: {}", out.display());
     }
     Ok(0)

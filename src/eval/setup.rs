@@ -63,6 +63,13 @@ pub fn home() -> PathBuf {
     home.join(".cache").join("diffnas")
 }
 
+/// Where compiled GPU kernels and autotune results are kept between processes:
+/// `$DIFFNAS_KERNEL_CACHE`, else `$DIFFNAS_HOME/kernel-cache`.
+pub fn kernel_cache_dir() -> PathBuf {
+    std::env::var_os("DIFFNAS_KERNEL_CACHE")
+        .map_or_else(|| home().join("kernel-cache"), PathBuf::from)
+}
+
 /// Default location of pytorch-fid's Inception weights.
 pub fn default_inception_path() -> PathBuf {
     home().join("weights").join(INCEPTION_FILE)

@@ -9,6 +9,23 @@ pub mod conv;
 pub mod im2col;
 pub mod norm;
 
+/// How every convolution and GroupNorm of this process runs, from `DIFFNAS_CONV` and
+/// `DIFFNAS_NORM` when they are set; a value that does not parse is named with its variable.
+pub fn algorithms_from_env() -> Result<(), String> {
+    fn apply<T: std::str::FromStr<Err = String>>(name: &str, set: fn(T)) -> Result<(), String> {
+        match std::env::var_os(name) {
+            None => Ok(()),
+            Some(v) => v
+                .to_string_lossy()
+                .parse::<T>()
+                .map(set)
+                .map_err(|e| format!("{name}: {e}")),
+        }
+    }
+    apply("DIFFNAS_CONV", conv::set_conv_algorithm)?;
+    apply("DIFFNAS_NORM", norm::set_norm_algorithm)
+}
+
 pub use blocks::{AttentionBlock, ResBlock, TimeEmbedding, UnetBlock, multi_head_attention};
 
 use crate::diffusion::Denoiser;

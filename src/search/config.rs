@@ -114,6 +114,24 @@ pub enum StrategyChoice {
 }
 
 impl StrategyChoice {
+    /// The LLM strategy: an endpoint (its base URL given) and rounds of at least one proposal.
+    pub fn llm(endpoint: LlmConfig, search: LlmSearchConfig) -> Result<Self, SearchError> {
+        if endpoint.base_url.trim().is_empty() {
+            return Err(SearchError::Setting(
+                "no LLM endpoint configured: pass --llm-base-url (or set DIFFNAS_LLM_BASE_URL) \
+                 to an OpenAI-compatible server. Offline, the baselines `diffnas search random` \
+                 and `diffnas search evolution` need none."
+                    .into(),
+            ));
+        }
+        if search.rounds == 0 || search.per_round == 0 {
+            return Err(SearchError::Setting(
+                "--rounds and --per-round must be at least 1".into(),
+            ));
+        }
+        Ok(StrategyChoice::Llm(endpoint, search))
+    }
+
     /// The strategy's name, as in `diffnas search <name>` and `search.json`.
     pub fn name(&self) -> &'static str {
         match self {

@@ -881,6 +881,21 @@ fn best_in_top(proxy: &[f64], is_best: impl Iterator<Item = bool>, k: usize) -> 
     order.iter().take(k).any(|&i| i == best)
 }
 
+/// Rank what the study in `dir` has measured ([`summarise`]) and write `summary.json`,
+/// `summary.csv` and `architectures.csv`; None while no architecture has its full training.
+pub fn write_results(
+    dir: &Path,
+    cfg: &StudyConfig,
+    rows: &[StudyRow],
+) -> Result<Option<StudySummary>, SearchError> {
+    let Some(summary) = summarise(cfg, rows) else {
+        return Ok(None);
+    };
+    write_summary(dir, &summary)?;
+    write_table(dir, cfg, rows)?;
+    Ok(Some(summary))
+}
+
 /// Write `summary.json` and `summary.csv`.
 pub fn write_summary(dir: &Path, s: &StudySummary) -> Result<(), SearchError> {
     let p = dir.join(SUMMARY_FILE);
@@ -1047,6 +1062,15 @@ pub const FIXED_ON_RESUME: [&str; 12] = [
 pub const RETRAIN_FIXED_ON_RESUME: [&str; 4] = ["baseline", "steps", "score_n", "score_steps"];
 
 impl StudyConfig {
+    /// Where the study's training data came from, and the device it runs on.
+    pub fn source(&self, device: &crate::device::DeviceInfo) -> crate::rundir::RunSource {
+        crate::rundir::RunSource {
+            data: self.data.clone(),
+            max_images: self.max_images,
+            device: device.clone(),
+        }
+    }
+
     /// The study in `dir`, which must hold one.
     pub fn existing(dir: &Path) -> Result<StudyConfig, SearchError> {
         StudyConfig::read(dir)?.ok_or_else(|| {

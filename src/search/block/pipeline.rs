@@ -150,6 +150,82 @@ pub struct BlockConfig {
     pub latency_batch: usize,
 }
 
+/// What `search block` is asked for; the data, its cut and the schedules' other settings come
+/// from the teacher's run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockAsk {
+    pub teacher: PathBuf,
+    /// None: the teacher's data and cut.
+    pub data: Option<DataSource>,
+    pub max_images: Option<usize>,
+    pub seed: u64,
+    pub supernet_steps: u64,
+    pub batch_size: usize,
+    pub supernet_lr: f64,
+    pub supernet_init: SupernetInit,
+    pub eval_batches: usize,
+    pub gamma: f64,
+    pub gamma_sweep: Vec<f64>,
+    pub budget_macs: Option<u64>,
+    pub max_exhaustive: u128,
+    pub samples: usize,
+    pub rounds: usize,
+    pub children: usize,
+    pub retrain_steps: u64,
+    pub retrain_lr: f64,
+    pub lambda: LambdaSchedule,
+    /// None: half the retraining.
+    pub lambda_steps: Option<u64>,
+    pub student_init: StudentInit,
+    pub ablation: bool,
+    pub score_n: usize,
+    pub score_steps: usize,
+    pub latency_batch: usize,
+}
+
+impl BlockConfig {
+    /// The configuration `a` describes for its teacher: the teacher's EMA weights, data and
+    /// image space, and short schedules on top of its training configuration.
+    pub fn for_teacher(a: &BlockAsk) -> Result<BlockConfig, BlockError> {
+        let (tg, tfiles) = RunFiles::read(&a.teacher)?;
+        let space = SearchSpace::for_image(tg.image);
+        let base = &tfiles.config;
+        Ok(BlockConfig {
+            teacher: a.teacher.clone(),
+            teacher_weights: crate::rundir::weights_path(&a.teacher, Weights::Ema)?,
+            data: a.data.clone().unwrap_or_else(|| tfiles.data.clone()),
+            max_images: a.max_images.or(tfiles.max_images),
+            seed: a.seed,
+            supernet: short_schedule(base, a.supernet_steps, a.batch_size, a.supernet_lr, a.seed),
+            supernet_init: a.supernet_init,
+            eval_batches: a.eval_batches,
+            kernels: space.kernels.clone(),
+            hidden_mults: space.hidden_mults.clone(),
+            gamma: a.gamma,
+            gamma_sweep: a.gamma_sweep.clone(),
+            budget_macs: a.budget_macs,
+            local: LocalSearchConfig {
+                max_exhaustive: a.max_exhaustive,
+                samples: a.samples,
+                rounds: a.rounds,
+                children: a.children,
+                seed: a.seed,
+            },
+            retrain: short_schedule(base, a.retrain_steps, a.batch_size, a.retrain_lr, a.seed),
+            lambda: a.lambda,
+            lambda_steps: a.lambda_steps.unwrap_or(a.retrain_steps / 2),
+            student_init: a.student_init,
+            ablation: a.ablation,
+            score: GenerationConfig {
+                n: a.score_n,
+                steps: a.score_steps,
+                ..GenerationConfig::rfid()
+            },
+            latency_batch: a.latency_batch,
+        })
+    }
+}
+
 /// The short schedule of the supernets and the retraining: warm-up 5% of the steps, cosine to
 /// 10% of the peak, EMA 0.999 with warm-up, ten checkpoints; the rest from the teacher's run.
 pub fn short_schedule(
