@@ -72,6 +72,24 @@ impl Slurm {
         slots: usize,
         max_attempts: u32,
     ) -> Result<Slurm, SearchError> {
+        if let Some(a) = args.iter().find(|a| {
+            let flag = a.split('=').next().unwrap_or_default();
+            [
+                "-M",
+                "--clusters",
+                "--cluster",
+                "-J",
+                "--job-name",
+                "-a",
+                "--array",
+            ]
+            .contains(&flag)
+        }) {
+            return Err(SearchError::Setting(format!(
+                "--slurm-args {a}: the search names, sizes and follows its array jobs itself \
+                 (on the default cluster); leave it out"
+            )));
+        }
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         // One spelling of the folder, so that every driver of this search gives its jobs the
         // same name.
@@ -214,7 +232,10 @@ impl Executor for Slurm {
         crate::train::write_atomic(&list, lines.as_bytes()).map_err(|e| io_err(&list, e))?;
         self.batches += 1;
         let output = self.dir.join(SLURM_DIR).join("%A_%a.out");
+        // The user's arguments first: what follows is how the search finds its tasks, and
+        // sbatch takes the last of a repeated option.
         let out = Command::new("sbatch")
+            .args(&self.args)
             .arg("--parsable")
             .arg(format!("--array=0-{}", new.len() - 1))
             .args([
@@ -224,7 +245,6 @@ impl Executor for Slurm {
                 "--open-mode=append",
             ])
             .arg(format!("--output={}", output.display()))
-            .args(&self.args)
             .arg(&script)
             .arg(&list)
             .output()
