@@ -557,6 +557,18 @@ fn home_with_classifier(work: &Path, images: usize) -> (String, std::path::PathB
 }
 
 /// The binary with `home` as its `DIFFNAS_HOME`.
+/// One epoch of the offline classifier on `data`, into `home` (a slice of Fashion-MNIST
+/// trains in seconds).
+pub fn small_classifier(home: &Path, data: &str) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
+        .args(["eval", "train-classifier", "--data", data, "--epochs", "1"])
+        .args(["--batch-size", "50", "--device", "flex"])
+        .env("DIFFNAS_HOME", home)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn run_in(home: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_diffnas"))
         .args(args)
@@ -1319,22 +1331,7 @@ fn a_parallel_search_survives_a_killed_trial_and_a_killed_driver() {
     std::fs::create_dir_all(&data_dir).unwrap();
     let data = small_fashion_mnist(&data_dir, 600, 100).expect("Fashion-MNIST");
     let home = work.path().join("home");
-    let o = run_in(
-        &home,
-        &[
-            "eval",
-            "train-classifier",
-            "--data",
-            &data,
-            "--epochs",
-            "1",
-            "--batch-size",
-            "50",
-            "--device",
-            "flex",
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    small_classifier(&home, &data);
     let dir = work.path().join("search");
     let d = dir.to_str().unwrap();
     let args = [

@@ -195,11 +195,7 @@ fn a_search_runs_its_trials_as_slurm_jobs() {
     let data_dir = work.path().join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
     let data = crate::search::small_fashion_mnist(&data_dir, 300, 50).expect("Fashion-MNIST");
-    ok(&diffnas(&cluster, &home)
-        .args(["eval", "train-classifier", "--data", &data, "--epochs", "1"])
-        .args(["--batch-size", "50", "--device", "flex"])
-        .output()
-        .unwrap());
+    crate::search::small_classifier(&home, &data);
     let real = work.path().join("real");
     let o = diffnas(&cluster, &home)
         .args([
