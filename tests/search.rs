@@ -790,9 +790,9 @@ fn scale_sets_the_defaults_and_a_resume_keeps_them() {
     let c = config(&small);
     assert_eq!(c["space"]["budget"]["max_macs"], 40_000_000);
     assert_eq!(c["space"]["budget"]["max_params"], 1_000_000);
-    assert_eq!(c["trial"]["train"]["steps"], 200);
+    assert_eq!(c["trial"]["train"]["steps"], 400);
     assert_eq!(c["trial"]["train"]["lr"], 0.001);
-    assert_eq!(c["trial"]["score"]["n"], 500);
+    assert_eq!(c["trial"]["score"]["n"], 250);
     assert_eq!(c["trial"]["score"]["steps"], 10);
     assert_eq!(c["evolution"]["population"], 4);
     // Trials override dropout, so the search does not vary it.
@@ -950,7 +950,8 @@ fn search_config_resume_check() {
     let msg = e.to_string();
     assert!(e.is_bad_input(), "{msg}");
     assert!(
-        msg.contains("--trial-steps 999 differs from the 200") && msg.contains("search.json"),
+        msg.contains(&format!("--trial-steps 999 differs from the {}", small.trial_steps))
+            && msg.contains("search.json"),
         "{msg}"
     );
     let mut bigger = request.clone();

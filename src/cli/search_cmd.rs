@@ -207,7 +207,7 @@ pub struct SearchArgs {
     #[arg(long)]
     pub max_macs: Option<u64>,
     /// Training steps of each trial (rapid convergence: warm-up + cosine, EMA warm-up)
-    /// [default: 200 small, 300 standard].
+    /// [default: 400 small, 300 standard].
     #[arg(long)]
     pub trial_steps: Option<u64>,
     #[arg(long, default_value_t = defaults::TRIAL_BATCH_SIZE)]
@@ -217,7 +217,7 @@ pub struct SearchArgs {
     #[arg(long)]
     pub trial_lr: Option<f64>,
     /// Samples scored per trial (RFID uses 5,000; fewer is faster and noisier, never compare
-    /// scores made with different numbers) [default: 500 small, 1000 standard].
+    /// scores made with different numbers) [default: 250 small, 1000 standard].
     #[arg(long)]
     pub score_n: Option<usize>,
     /// DDIM steps of the scoring samples [default: 10 small, 20 standard].
