@@ -449,5 +449,9 @@ fn bench_profiles_phases_traces_memory_and_refuses_what_it_cannot_measure() {
     }
     let o = run(&["bench", "--genome", g, "--device", "tpu"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("expected auto, wgpu, wgpu:N"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("expected auto, wgpu, wgpu:N"),
+        "{}",
+        stderr(&o)
+    );
 }

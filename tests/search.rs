@@ -950,8 +950,10 @@ fn search_config_resume_check() {
     let msg = e.to_string();
     assert!(e.is_bad_input(), "{msg}");
     assert!(
-        msg.contains(&format!("--trial-steps 999 differs from the {}", small.trial_steps))
-            && msg.contains("search.json"),
+        msg.contains(&format!(
+            "--trial-steps 999 differs from the {}",
+            small.trial_steps
+        )) && msg.contains("search.json"),
         "{msg}"
     );
     let mut bigger = request.clone();
