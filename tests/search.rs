@@ -190,19 +190,7 @@ fn killed_search_resumes_with_every_trial_once() {
             .output()
             .unwrap()
     };
-    let o = run(&[
-        "eval",
-        "train-classifier",
-        "--data",
-        &data,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "50",
-        "--device",
-        "flex",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    small_classifier(&home, &data);
     let dir = work.path().join("search");
     let args = [
         "search",
@@ -564,6 +552,7 @@ pub fn small_classifier(home: &Path, data: &str) {
         .args(["eval", "train-classifier", "--data", data, "--epochs", "1"])
         .args(["--batch-size", "50", "--device", "flex"])
         .env("DIFFNAS_HOME", home)
+        .env_remove("DIFFNAS_INCEPTION")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

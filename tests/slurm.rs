@@ -1,6 +1,6 @@
 //! Trials as Slurm array jobs on a real one-node Slurm (`tests/slurm/cluster.sh`: Debian's
 //! slurm-wlm and munge, bound to 127.0.0.1). Needs root and the packages (`.ci/setup`
-//! installs them); without them the tests fail, unless DIFFNAS_SKIP_SLURM is set.
+//! installs them); without them the tests fail.
 
 use diffnas::search::TrialLog;
 use diffnas::search::executor::read_dispatches;
@@ -24,7 +24,7 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    fn start(dir: &Path) -> Option<Cluster> {
+    fn start(dir: &Path) -> Cluster {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm/cluster.sh");
         let (a, b) = (free_port(), free_port());
         let o = Command::new("bash")
@@ -37,18 +37,15 @@ impl Cluster {
             ])
             .output()
             .unwrap();
-        if !o.status.success() {
-            let why = String::from_utf8_lossy(&o.stderr);
-            if std::env::var_os("DIFFNAS_SKIP_SLURM").is_some() {
-                eprintln!("skipped (DIFFNAS_SKIP_SLURM): {why}");
-                return None;
-            }
-            panic!("no test Slurm cluster ({why}); DIFFNAS_SKIP_SLURM=1 skips these tests");
-        }
-        Some(Cluster {
+        assert!(
+            o.status.success(),
+            "no test Slurm cluster: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Cluster {
             dir: dir.into(),
             conf: dir.join("slurm.conf"),
-        })
+        }
     }
 
     fn cmd(&self, program: &str) -> Command {
@@ -98,9 +95,7 @@ fn wait_for(what: &str, done: &mut dyn FnMut() -> bool) {
 #[test]
 fn a_search_runs_its_trials_as_slurm_jobs() {
     let work = tempfile::tempdir().unwrap();
-    let Some(cluster) = Cluster::start(&work.path().join("slurm")) else {
-        return;
-    };
+    let cluster = Cluster::start(&work.path().join("slurm"));
     let home = work.path().join("home");
     let dir = work.path().join("search");
     let d = dir.to_str().unwrap();
