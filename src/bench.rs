@@ -8,7 +8,9 @@ use crate::genome::{Genome, cost};
 use crate::model::Unet;
 use crate::model::conv::{ConvAlgorithm, set_conv_algorithm};
 use crate::model::norm::{NormAlgorithm, set_norm_algorithm};
-use crate::train::{EpsObjective, StepPhase, TrainConfig, optimizer_for, train_step_marked};
+use crate::train::{
+    EpsObjective, HybridObjective, StepPhase, TrainConfig, optimizer_for, train_step_marked,
+};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
@@ -233,6 +235,13 @@ impl Trainer {
 
     /// Issue one step; `mark` is called after each phase.
     fn step(&mut self, mark: &mut dyn FnMut(StepPhase)) -> Tensor<1> {
+        // A learned-variance genome trains with L_hybrid, and is timed so.
+        let objective: &dyn crate::train::Objective<Unet> =
+            if self.model.as_ref().is_some_and(|m| m.learn_sigma) {
+                &HybridObjective
+            } else {
+                &EpsObjective
+            };
         let (m, e, loss, _) = train_step_marked(
             self.model
                 .take()
@@ -243,7 +252,7 @@ impl Trainer {
             &self.schedule,
             self.x0.clone(),
             self.step,
-            &EpsObjective,
+            objective,
             mark,
         );
         (self.model, self.ema) = (Some(m), Some(e));

@@ -5,19 +5,23 @@
 //!
 //! Module dependency rules (an arrow reads "may use"):
 //! - `genome` -> nothing of ours (plain serde data, no Burn, no I/O).
-//! - `diffusion` -> burn only; it owns the [`diffusion::Denoiser`] trait.
+//! - `diffusion` -> burn only; it owns the [`diffusion::Denoiser`] trait, the samplers and
+//!   IDDPM's variational bound (`diffusion::vlb`: learned variance, `L_hybrid`, KL terms).
 //! - `cpu` -> burn only: our CPU kernels (convolution, GroupNorm + SiLU, AdamW, EMA) for the
 //!   `flex` backend, plain Rust over slices (so the browser's CPU fallback has them too).
 //! - `model` -> genome, diffusion, cpu. The only place a genome meets Burn. `model::bundle` is the
 //!   model-bundle format (manifest, hashes, f16 storage; bytes in, no I/O) that `diffnas export`
 //!   writes and the browser crate reads.
 //! - `data` -> burn, image. `train` -> diffusion, data, cpu (generic over any module and
-//!   `Objective`; the default objective is the DDPM epsilon loss of a `Denoiser`).
+//!   `Objective`; the run's loss picks the DDPM epsilon loss or IDDPM's `L_hybrid` of a
+//!   `Denoiser`).
 //! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
 //!   `model::conv` (the CPU convolution for its extractors), f64 linear algebra (faer).
 //!   `eval::setup` finds or makes what scoring needs on disk: the home folder, the extractor,
 //!   the reference-statistics cache, the classifier (trained on first use). `eval::heldout` is
-//!   the held-out denoising loss (eps-MSE on fixed `(x0, t, noise)` triples).
+//!   the held-out denoising loss (eps-MSE on fixed `(x0, t, noise)` triples); `eval::nll` the
+//!   negative log-likelihood in bits per dimension (the full variational bound of
+//!   `diffusion::vlb`).
 //! - `rundir` -> genome, model, train, data, device, eval: the run-directory format
 //!   (`genome.json`, `train.json`, weights) that `train`, every search trial, the block
 //!   search's students and every command that opens a model share; training, sampling,

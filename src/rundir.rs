@@ -255,6 +255,10 @@ pub fn train_run(
         )));
     }
     files.config.check().map_err(RunDirError::Settings)?;
+    files
+        .config
+        .check_genome(genome)
+        .map_err(RunDirError::Settings)?;
     let data = files
         .data
         .load_for(
@@ -436,6 +440,49 @@ pub fn score_run(
         run.weights.display()
     ));
     Ok(s)
+}
+
+/// The negative log-likelihood (bits per dimension) of the run in `dir` on the first
+/// `cfg.n` images of `split` of its training data (or `data`); `progress(done, total)` counts
+/// model evaluations.
+pub fn nll_run(
+    dir: &Path,
+    which: Weights,
+    data: Option<&crate::data::DataSource>,
+    split: crate::data::Split,
+    cfg: &crate::eval::nll::NllConfig,
+    device: &Device,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(crate::eval::nll::Nll, RunSourceNote), RunDirError> {
+    let run = load_denoiser(dir, which, device)?;
+    let c = &run.files.config;
+    let schedule =
+        crate::diffusion::NoiseSchedule::new(c.beta_schedule, c.timesteps).map_err(|e| {
+            RunDirError::Invalid {
+                path: dir.join(RUN_FILE),
+                message: e.to_string(),
+            }
+        })?;
+    let source = data.unwrap_or(&run.files.data).clone();
+    let image = run.genome.image;
+    let images = source
+        .load_for(split, Some(cfg.n), image.channels, image.size)
+        .map_err(|e| RunDirError::Settings(e.to_string()))?;
+    let nll = crate::eval::nll::nll(&run.model, &schedule, &images, cfg, device, progress);
+    Ok((
+        nll,
+        RunSourceNote {
+            data: format!("{source} ({})", split.name()),
+            weights: run.weights,
+        },
+    ))
+}
+
+/// What a metric of a run was computed on.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSourceNote {
+    pub data: String,
+    pub weights: PathBuf,
 }
 
 /// Images drawn from a run: `n` CHW images of `shape`, 8 bits per channel.

@@ -300,7 +300,11 @@ impl ProxyEvaluator {
             .validate(genome)
             .map_err(|e| (TrialStatus::Invalid, e.to_string()))?;
         let c = cost(genome).map_err(|e| (TrialStatus::Invalid, e.to_string()))?;
-        let mut g = genome.clone();
+        let mut g = self
+            .cfg
+            .train
+            .genome_for(genome)
+            .map_err(|e| (TrialStatus::Invalid, e))?;
         if let Some(p) = self.cfg.proxy_dropout {
             g.dropout = p;
         }

@@ -10,10 +10,29 @@ fn presets_are_valid_in_their_default_space() {
     for name in Genome::PRESETS {
         let g = Genome::preset(name).unwrap();
         g.check().unwrap_or_else(|e| panic!("{name}: {e}"));
-        SearchSpace::for_image(g.image)
-            .validate(&g)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // A learned-variance preset (iddpm-cifar10) belongs to the space of a hybrid-loss search.
+        let mut space = SearchSpace::for_image(g.image);
+        space.learn_sigma = g.learn_sigma;
+        space.validate(&g).unwrap_or_else(|e| panic!("{name}: {e}"));
+        space.learn_sigma = !g.learn_sigma;
+        let e = space.validate(&g).unwrap_err().to_string();
+        assert!(e.contains("learn_sigma"), "{name}: {e}");
     }
+}
+
+#[test]
+fn learn_sigma_is_part_of_the_network_and_absent_from_old_genomes() {
+    let g = tiny16();
+    assert!(!g.to_json_pretty().contains("learn_sigma"));
+    let mut l = g.clone();
+    l.learn_sigma = true;
+    assert_ne!(g.hash(), l.hash(), "a learned variance builds another head");
+    let back = Genome::from_json(&l.to_json_pretty()).unwrap();
+    assert_eq!(back, l);
+    // The head's output channels double, and the cost model counts them.
+    let (a, b) = (cost(&g).unwrap(), cost(&l).unwrap());
+    let head_in = g.layout().unwrap().head_channels as u64;
+    assert_eq!(b.params - a.params, head_in * 9 + 1);
 }
 
 #[test]

@@ -21,6 +21,26 @@ fn cost_model_matches_built_parameter_count_for_presets() {
 }
 
 #[test]
+fn a_learned_variance_genome_predicts_eps_and_its_variance() {
+    let device = Device::flex();
+    let mut g = tiny16();
+    g.learn_sigma = true;
+    let model = Unet::new(&g, &device)
+        .unwrap()
+        .map(&mut crate::common::Randomize::new(2, 0.05));
+    assert_eq!(model.num_params() as u64, cost(&g).unwrap().params);
+    let x = Tensor::<4>::random([2, 1, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let t = Tensor::<1>::from_floats([3.0, 700.0], &device);
+    let raw = model.forward(x.clone(), t.clone());
+    assert_eq!(raw.dims(), [2, 2, 16, 16]);
+    let p = model.predict(x.clone(), t.clone());
+    let v = p.variance.expect("a learned variance");
+    assert_eq!(to_vec(p.eps), to_vec(raw.clone().narrow(1, 0, 1)));
+    assert_eq!(to_vec(v), to_vec(raw.narrow(1, 1, 1)));
+    assert_eq!(model.predict_eps(x, t).dims(), [2, 1, 16, 16]);
+}
+
+#[test]
 fn random_genomes_build_match_cost_and_keep_the_input_shape() {
     let device = Device::flex();
     let mut space = SearchSpace::for_image(ImageSpec {

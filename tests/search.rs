@@ -887,6 +887,7 @@ fn search_config_resume_check() {
         trial_lr: None,
         score_n: None,
         score_steps: None,
+        loss: None,
     };
     let image = ImageSpec {
         channels: 1,

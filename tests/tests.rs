@@ -17,6 +17,7 @@ mod search;
 mod slurm;
 mod train;
 mod trial;
+mod vlb;
 mod web;
 // Needs the wgpu backend: a CPU-only build (`--no-default-features --features cli`) has none.
 #[cfg(feature = "wgpu")]

@@ -36,15 +36,21 @@ fn cfg() -> TrainConfig {
         .with_seed(17)
 }
 
+/// The test preset without dropout (its masks come from the process-wide device RNG, which
+/// tests running in parallel in this process also draw from; the dropout replay is checked by
+/// the CLI kill test, where the training process is alone), initialised from `seed` without
+/// that RNG for the same reason.
+fn init(seed: u64) -> Unet {
+    let mut g = tiny16();
+    g.dropout = 0.0;
+    Unet::new(&g, &Device::flex().autodiff())
+        .unwrap()
+        .map(&mut crate::common::Randomize::new(seed, 0.05))
+}
+
 fn run(dir: &std::path::Path, stop_at: Option<u64>, init_seed: u64) -> (Unet, Unet, TrainStatus) {
     let device = Device::flex().autodiff();
-    device.seed(init_seed);
-    let mut g = tiny16();
-    // Dropout masks come from the process-wide device RNG, which tests running in parallel in
-    // this process also draw from; the dropout replay is checked by the CLI kill test, where the
-    // training process is alone.
-    g.dropout = 0.0;
-    let model = Unet::new(&g, &device).unwrap();
+    let model = init(init_seed);
     let out = train(
         model,
         &synthetic(24),

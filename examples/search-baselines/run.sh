@@ -4,15 +4,23 @@
 # it again after a stop and every search continues where it was.
 #   bash examples/search-baselines/run.sh            # searches in runs/baselines/
 #   TARGET=1900 bash examples/search-baselines/run.sh   # trials each seed took to reach 1900
-# Then: bash examples/search-baselines/collect.sh   (copies the small results here)
+# Then: bash examples/search-baselines/collect.sh   (copies the small results here; run it
+# during a long run too, so that a fresh clone can continue from them)
 set -euo pipefail
 diffnas=${DIFFNAS:-diffnas}
+here=$(cd "$(dirname "$0")" && pwd)
 runs=${RUNS:-runs/baselines}
 seeds=${SEEDS:-0 1 2}
 mkdir -p "$runs"
 for s in $seeds; do
   for strategy in random evolution; do
     dir=$runs/$strategy-$s
+    # A search collect.sh saved (in a fresh clone, say) continues from its log: the trials it
+    # logged stay done, an unfinished one starts again.
+    if [ ! -f "$dir/search.json" ] && [ -f "$here/$strategy-$s/search.json" ]; then
+      mkdir -p "$dir"
+      cp "$here/$strategy-$s/search.json" "$here/$strategy-$s/trials.jsonl" "$dir/"
+    fi
     if [ -f "$dir/search.json" ]; then
       "$diffnas" search "$strategy" --resume --run-dir "$dir" --device flex
     else

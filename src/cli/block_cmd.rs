@@ -104,12 +104,17 @@ pub struct BlockArgs {
     /// Images per sampling batch in the latency measurement.
     #[arg(long, default_value_t = defaults::LATENCY_BATCH)]
     pub latency_batch: usize,
+    /// The retraining's diffusion loss, simple or hybrid [default: the teacher's; the student
+    /// keeps the teacher's head, so another is refused].
+    #[arg(long)]
+    pub loss: Option<crate::diffusion::LossKind>,
     #[command(flatten)]
     pub ext: ExtractorArgs,
 }
 
 /// Each flag that sets a field of `block.json`: (argument id, JSON path of the field).
-const SETTINGS: [(&str, &str); 24] = [
+const SETTINGS: [(&str, &str); 25] = [
+    ("loss", "retrain.loss"),
     ("data", "data"),
     ("max_images", "max_images"),
     ("seed", "seed"),
@@ -164,6 +169,7 @@ fn config_from(a: &BlockArgs) -> anyhow::Result<BlockConfig> {
         score_n: a.score_n,
         score_steps: a.score_steps,
         latency_batch: a.latency_batch,
+        loss: a.loss,
     })?)
 }
 

@@ -9,6 +9,7 @@ use crate::device::{DeviceChoice, SelectedDevice};
 use crate::eval::classifier::{ClassifierEvent, ClassifierTraining};
 use crate::eval::extract::{FeatureExtractor, INCEPTION_SHA256_PREFIX};
 use crate::eval::fetch::{Fetched, INCEPTION_URL, fetch};
+use crate::eval::nll;
 use crate::eval::reference::Reference;
 use crate::eval::rfid::{KidConfig, Score, score_dataset};
 pub use crate::eval::setup::ExtractorChoice;
@@ -38,6 +39,47 @@ pub enum EvalCmd {
     /// Its feature space gives FD-classifier and KID-classifier where the Inception weights
     /// cannot be downloaded. Never reported as FID.
     TrainClassifier(TrainClassifierArgs),
+    /// Negative log-likelihood in bits per dimension: the full variational bound (IDDPM's
+    /// prior term plus every L_t) of a run on a dataset split, T model evaluations per image.
+    ///
+    /// Example:
+    ///   diffnas eval nll runs/iddpm-cifar10 --split test --n 1000
+    #[command(verbatim_doc_comment)]
+    Nll(NllArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NllArgs {
+    /// Run directory written by `diffnas train` or a search trial.
+    pub run_dir: PathBuf,
+    /// Data [default: the run's training data].
+    #[arg(long)]
+    pub data: Option<DataSource>,
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: Split,
+    /// Images scored: the first N of the split.
+    #[arg(long, default_value_t = nll::defaults::N)]
+    pub n: usize,
+    #[arg(long, default_value_t = nll::defaults::BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Seed of the noise of every x_t.
+    #[arg(long, default_value_t = nll::defaults::SEED)]
+    pub seed: u64,
+    /// ema (default) or the raw model weights.
+    #[arg(long, value_enum, default_value = "ema")]
+    pub weights: crate::rundir::Weights,
+    /// Do not clip the predicted x0 to [-1, 1] (IDDPM clips by default).
+    #[arg(long)]
+    pub no_clip: bool,
+    /// The variance of a model that does not learn it: fixed-large (its DDPM sampler's) or
+    /// fixed-small.
+    #[arg(long, default_value = "fixed-large")]
+    pub fixed_variance: crate::diffusion::VarianceKind,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Write the JSON result here too (it is always printed on stdout).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,6 +219,7 @@ pub fn run_eval(cmd: EvalCmd) -> anyhow::Result<i32> {
         EvalCmd::Stats(a) => stats(a),
         EvalCmd::Fid(a) => fid(a),
         EvalCmd::TrainClassifier(a) => classifier_cmd(a),
+        EvalCmd::Nll(a) => nll_cmd(a),
     }
     .map(|_| 0)
 }
@@ -347,6 +390,46 @@ fn stats(a: StatsArgs) -> anyhow::Result<()> {
             "path": out, "meta": r.meta,
         }))?
     );
+    Ok(())
+}
+
+fn nll_cmd(a: NllArgs) -> anyhow::Result<()> {
+    if a.n == 0 || a.batch_size == 0 {
+        return Err(user_err("--n and --batch-size must be at least 1"));
+    }
+    let selected = super::select_device(a.device)?;
+    eprintln!("device: {}", selected.info);
+    let cfg = nll::NllConfig {
+        n: a.n,
+        batch_size: a.batch_size,
+        seed: a.seed,
+        clip_denoised: !a.no_clip,
+        fixed_variance: a.fixed_variance,
+    };
+    let pb = bar(0, "nll");
+    let (result, on) = crate::rundir::nll_run(
+        &a.run_dir,
+        a.weights,
+        a.data.as_ref(),
+        a.split,
+        &cfg,
+        &selected.device,
+        &mut |done, total| {
+            pb.set_length(total);
+            pb.set_position(done)
+        },
+    )?;
+    pb.finish_and_clear();
+    eprintln!(
+        "NLL {:.4} bits/dim over {} images of {} (T = {}, {} variance)",
+        result.bits_per_dim, result.images, on.data, result.timesteps, result.variance
+    );
+    let json = serde_json::to_string_pretty(&serde_json::json!({ "nll": result, "on": on }))?;
+    if let Some(p) = &a.out {
+        crate::train::write_atomic(p, json.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("{json}");
     Ok(())
 }
 

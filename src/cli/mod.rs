@@ -31,7 +31,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a UNet denoiser (DDPM, epsilon loss) into a run directory; resumable.
+    /// Train a UNet denoiser (DDPM epsilon loss, or IDDPM L_hybrid with a learned variance) into
+    /// a run directory; resumable.
     Train(train_cmd::TrainArgs),
     /// Sample images from a trained run directory (PNG grid and/or one PNG per image).
     Sample(sample::SampleArgs),

@@ -223,6 +223,10 @@ pub struct SearchArgs {
     /// DDIM steps of the scoring samples [default: 10 small, 20 standard].
     #[arg(long)]
     pub score_steps: Option<usize>,
+    /// The trials' loss: simple, or hybrid (IDDPM's L_hybrid; every genome then learns its
+    /// variance) [default: simple].
+    #[arg(long)]
+    pub loss: Option<crate::diffusion::LossKind>,
     /// Use only the first N training images.
     #[arg(long)]
     pub max_images: Option<usize>,
@@ -446,6 +450,7 @@ fn request(a: &SearchArgs, strategy: StrategyChoice) -> SearchRequest {
         trial_lr: a.trial_lr,
         score_n: a.score_n,
         score_steps: a.score_steps,
+        loss: a.loss,
     }
 }
 

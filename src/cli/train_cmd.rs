@@ -6,6 +6,7 @@ use super::progress::{bar, note};
 use super::user_err;
 use crate::device::DeviceChoice;
 use crate::diffusion::BetaSchedule;
+use crate::diffusion::vlb::{LossKind, TimestepSampling};
 use crate::rundir::{self, RunFiles};
 use crate::train::{LrSchedule, TrainConfig, TrainEvent, TrainStatus, defaults};
 use clap::Args;
@@ -64,11 +65,21 @@ pub struct TrainArgs {
     pub grad_clip: f64,
     #[arg(long, default_value_t = defaults::EMA_DECAY)]
     pub ema_decay: f64,
-    /// Diffusion steps T.
+    /// Diffusion steps T (a learned-variance genome such as iddpm-cifar10 defaults to IDDPM's
+    /// 4000).
     #[arg(long, default_value_t = defaults::TIMESTEPS)]
     pub timesteps: usize,
+    /// linear or cosine (a learned-variance genome defaults to cosine).
     #[arg(long, default_value_t = defaults::BETA_SCHEDULE)]
     pub beta_schedule: BetaSchedule,
+    /// simple (epsilon MSE, fixed variances) or hybrid (IDDPM's L_simple + 0.001 L_vlb with a
+    /// learned variance, which hybrid adds to the genome). Default: hybrid for a genome with
+    /// learn_sigma (iddpm-cifar10), else simple.
+    #[arg(long)]
+    pub loss: Option<LossKind>,
+    /// Timesteps of the hybrid loss: uniform, or importance (IDDPM section 3.3).
+    #[arg(long, default_value = "uniform")]
+    pub timestep_sampling: TimestepSampling,
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
     /// Steps between checkpoints (a kill loses at most this many steps).
@@ -104,6 +115,23 @@ fn config_from(a: &TrainArgs) -> TrainConfig {
         .with_seed(a.seed)
         .with_checkpoint_every(a.checkpoint_every)
         .with_log_every(a.log_every)
+        .with_loss(a.loss)
+        .with_timestep_sampling(Some(a.timestep_sampling))
+}
+
+/// A fresh run's configuration and network ([`TrainConfig::fresh_run`]).
+fn fresh_config(
+    a: &TrainArgs,
+    given: &Given,
+    genome: &crate::genome::Genome,
+) -> anyhow::Result<(TrainConfig, crate::genome::Genome)> {
+    let fields = TrainConfig::fields();
+    let given_fields: Vec<&str> = fields
+        .iter()
+        .map(String::as_str)
+        .filter(|f| given.has(f))
+        .collect();
+    TrainConfig::fresh_run(genome, &config_from(a), &given_fields).map_err(user_err)
 }
 
 /// A resumed run's configuration: the stored one, with the flags the user gave applied where
@@ -152,13 +180,14 @@ pub fn run(a: TrainArgs, given: &Given) -> anyhow::Result<i32> {
         (genome, files)
     } else {
         rundir::check_fresh(&run_dir)?;
+        let (config, genome) = fresh_config(&a, given, &load_genome(&a.genome)?)?;
         let files = RunFiles {
-            config: config_from(&a),
+            config,
             data: a.data.clone(),
             max_images: a.max_images,
             device: selected.info.clone(),
         };
-        (load_genome(&a.genome)?, files)
+        (genome, files)
     };
     eprintln!("device: {}", selected.info);
     let stop = super::progress::stop_on_ctrlc("writing a checkpoint");

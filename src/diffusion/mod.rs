@@ -6,6 +6,7 @@
 mod noise;
 mod sampler;
 mod schedule;
+pub mod vlb;
 
 pub use noise::{NoiseSource, normals, training_rng};
 pub use sampler::{
@@ -13,6 +14,7 @@ pub use sampler::{
     respaced_timesteps,
 };
 pub use schedule::{BetaSchedule, NoiseSchedule, ScheduleError};
+pub use vlb::LossKind;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -21,6 +23,24 @@ pub trait Denoiser {
     /// `x_t`: `[B, C, H, W]`; `t`: `[B]` timesteps on the original `0..T` scale (float, so a
     /// respaced sampler can pass its own). Returns the predicted epsilon, `[B, C, H, W]`.
     fn predict_eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4>;
+
+    /// The predicted epsilon and, for a model that learns its variance (IDDPM), its raw
+    /// variance output `v` (`[B, C, H, W]`; the log-variance is
+    /// [`vlb::learned_log_variance`] of it). The default has fixed variances.
+    fn predict(&self, x_t: Tensor<4>, t: Tensor<1>) -> Prediction {
+        Prediction {
+            eps: self.predict_eps(x_t, t),
+            variance: None,
+        }
+    }
+}
+
+/// What a [`Denoiser`] predicts at one step.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    pub eps: Tensor<4>,
+    /// The raw variance output of a learned-variance model; `None` for fixed variances.
+    pub variance: Option<Tensor<4>>,
 }
 
 /// Per-sample coefficients `[B, 1, 1, 1]` gathered from a host-side schedule array.

@@ -4,7 +4,7 @@
 
 use super::noise::NoiseSource;
 use super::schedule::NoiseSchedule;
-use super::{Denoiser, timestep_tensor};
+use super::{Denoiser, Prediction, timestep_tensor};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,29 @@ pub enum VarianceKind {
     FixedSmall,
 }
 
+impl std::str::FromStr for VarianceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fixed-large" => Ok(VarianceKind::FixedLarge),
+            "fixed-small" => Ok(VarianceKind::FixedSmall),
+            other => Err(format!(
+                "unknown variance {other:?}: expected fixed-large or fixed-small"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for VarianceKind {
+    /// The name [`std::str::FromStr`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VarianceKind::FixedLarge => "fixed-large",
+            VarianceKind::FixedSmall => "fixed-small",
+        })
+    }
+}
+
 /// `n` timesteps evenly spread over `0..T`, descending, always containing `T - 1` and `0`.
 pub fn respaced_timesteps(num_train_timesteps: usize, n: usize) -> Vec<usize> {
     let t = num_train_timesteps;
@@ -62,6 +85,17 @@ pub trait Sampler {
     /// One reverse step from `x_t` at `timesteps()[i]` to the next visited timestep.
     fn step(&self, eps: Tensor<4>, i: usize, x_t: Tensor<4>, noise: Option<Tensor<4>>)
     -> Tensor<4>;
+    /// [`Sampler::step`] from a whole [`Prediction`]: a sampler that can use a learned variance
+    /// does (DDPM); the others ignore it (DDIM).
+    fn step_predicted(
+        &self,
+        pred: Prediction,
+        i: usize,
+        x_t: Tensor<4>,
+        noise: Option<Tensor<4>>,
+    ) -> Tensor<4> {
+        self.step(pred.eps, i, x_t, noise)
+    }
 }
 
 fn alphas(schedule: &NoiseSchedule, timesteps: &[usize], i: usize) -> (f64, f64) {
@@ -100,6 +134,60 @@ impl Ddpm {
     }
 }
 
+impl Ddpm {
+    /// The respaced process's beta and posterior variance at step `i` (IDDPM section 4).
+    fn respaced(&self, i: usize) -> (f64, f64, f64, f64) {
+        let (abar_t, abar_prev) = alphas(&self.schedule, &self.timesteps, i);
+        let beta = 1.0 - abar_t / abar_prev;
+        (
+            abar_t,
+            abar_prev,
+            beta,
+            beta * (1.0 - abar_prev) / (1.0 - abar_t),
+        )
+    }
+
+    fn step_with(
+        &self,
+        eps: Tensor<4>,
+        variance: Option<Tensor<4>>,
+        i: usize,
+        x_t: Tensor<4>,
+        noise: Option<Tensor<4>>,
+    ) -> Tensor<4> {
+        let (abar_t, abar_prev, beta, posterior) = self.respaced(i);
+        let x0 = predict_x0(x_t.clone(), eps, abar_t, self.clip_denoised);
+        let c1 = beta * abar_prev.sqrt() / (1.0 - abar_t);
+        let c2 = (1.0 - abar_prev) * (1.0 - beta).sqrt() / (1.0 - abar_t);
+        let mean = x0 * c1 + x_t * c2;
+        if !self.needs_noise(i) {
+            return mean;
+        }
+        let z = noise.expect("needs_noise(i) is true: the caller passes noise");
+        match variance {
+            // IDDPM eq. 15 between the respaced process's beta and beta_tilde; beta_tilde of
+            // the step that ends at 0 is 0, so that step takes the next one's (as IDDPM clips).
+            Some(raw) => {
+                let min_log = if posterior > 0.0 {
+                    posterior.ln()
+                } else {
+                    self.respaced(i.saturating_sub(1)).3.ln()
+                };
+                let frac = (raw + 1.0) * 0.5;
+                let log_var = frac.clone() * beta.ln() + (-frac + 1.0) * min_log;
+                mean + z * (log_var * 0.5).exp()
+            }
+            None => {
+                let var = match self.variance {
+                    VarianceKind::FixedLarge => beta,
+                    VarianceKind::FixedSmall => posterior,
+                };
+                mean + z * var.sqrt()
+            }
+        }
+    }
+}
+
 impl Sampler for Ddpm {
     fn set_timesteps(&mut self, n: usize) {
         self.timesteps = respaced_timesteps(self.schedule.num_timesteps(), n);
@@ -117,22 +205,17 @@ impl Sampler for Ddpm {
         x_t: Tensor<4>,
         noise: Option<Tensor<4>>,
     ) -> Tensor<4> {
-        let (abar_t, abar_prev) = alphas(&self.schedule, &self.timesteps, i);
-        // The respaced process's own beta (IDDPM section 4).
-        let beta = 1.0 - abar_t / abar_prev;
-        let x0 = predict_x0(x_t.clone(), eps, abar_t, self.clip_denoised);
-        let c1 = beta * abar_prev.sqrt() / (1.0 - abar_t);
-        let c2 = (1.0 - abar_prev) * (1.0 - beta).sqrt() / (1.0 - abar_t);
-        let mean = x0 * c1 + x_t * c2;
-        if !self.needs_noise(i) {
-            return mean;
-        }
-        let var = match self.variance {
-            VarianceKind::FixedLarge => beta,
-            VarianceKind::FixedSmall => beta * (1.0 - abar_prev) / (1.0 - abar_t),
-        };
-        let z = noise.expect("needs_noise(i) is true: the caller passes noise");
-        mean + z * var.sqrt()
+        self.step_with(eps, None, i, x_t, noise)
+    }
+    /// With a learned variance (IDDPM eq. 15), the noise added is the model's own.
+    fn step_predicted(
+        &self,
+        pred: Prediction,
+        i: usize,
+        x_t: Tensor<4>,
+        noise: Option<Tensor<4>>,
+    ) -> Tensor<4> {
+        self.step_with(pred.eps, pred.variance, i, x_t, noise)
     }
 }
 
@@ -280,12 +363,12 @@ impl<S: SamplerHandle> SamplingRun<S> {
         let t = self.sampler.get().timesteps()[self.i];
         let b = self.x.dims()[0];
         let tt = timestep_tensor(&vec![t; b], &self.device);
-        let eps = model.predict_eps(self.x.clone(), tt);
+        let pred = model.predict(self.x.clone(), tt);
         let sampler = self.sampler.get();
         let noise = sampler
             .needs_noise(self.i)
             .then(|| self.noise.next(&self.device));
-        self.x = sampler.step(eps, self.i, self.x.clone(), noise);
+        self.x = sampler.step_predicted(pred, self.i, self.x.clone(), noise);
         self.i += 1;
         true
     }

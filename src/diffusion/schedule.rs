@@ -60,6 +60,13 @@ pub struct NoiseSchedule {
     /// Coefficients of `x0` and `x_t` in the posterior mean (DDPM eq. 7).
     pub posterior_mean_coef1: Vec<f64>,
     pub posterior_mean_coef2: Vec<f64>,
+    /// `log beta_tilde_t` with t = 0 (where beta_tilde is 0) taking t = 1's value, as IDDPM.
+    pub posterior_log_variance_clipped: Vec<f64>,
+    pub log_betas: Vec<f64>,
+    pub log_one_minus_alphas_cumprod: Vec<f64>,
+    /// `sqrt(1 / abar_t)` and `sqrt(1 / abar_t - 1)`: x0 from x_t and epsilon.
+    pub sqrt_recip_alphas_cumprod: Vec<f64>,
+    pub sqrt_recipm1_alphas_cumprod: Vec<f64>,
 }
 
 impl NoiseSchedule {
@@ -127,8 +134,22 @@ impl NoiseSchedule {
             c1.push(b * abp.sqrt() / (1.0 - ab));
             c2.push((1.0 - abp) * (1.0 - b).sqrt() / (1.0 - ab));
         }
+        let mut posterior_log_variance_clipped: Vec<f64> =
+            posterior_variance.iter().map(|v| v.ln()).collect();
+        posterior_log_variance_clipped[0] = match posterior_variance.get(1) {
+            Some(v) => v.ln(),
+            None => betas[0].ln(),
+        };
         Ok(NoiseSchedule {
             kind,
+            posterior_log_variance_clipped,
+            log_betas: betas.iter().map(|b| b.ln()).collect(),
+            log_one_minus_alphas_cumprod: alphas_cumprod.iter().map(|a| (1.0 - a).ln()).collect(),
+            sqrt_recip_alphas_cumprod: alphas_cumprod.iter().map(|a| (1.0 / a).sqrt()).collect(),
+            sqrt_recipm1_alphas_cumprod: alphas_cumprod
+                .iter()
+                .map(|a| (1.0 / a - 1.0).sqrt())
+                .collect(),
             sqrt_alphas_cumprod: alphas_cumprod.iter().map(|a| a.sqrt()).collect(),
             sqrt_one_minus_alphas_cumprod: alphas_cumprod
                 .iter()

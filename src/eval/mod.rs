@@ -21,6 +21,8 @@ pub mod fetch;
 #[cfg(feature = "cli")]
 pub mod heldout;
 #[cfg(feature = "cli")]
+pub mod nll;
+#[cfg(feature = "cli")]
 pub mod reference;
 #[cfg(feature = "cli")]
 pub mod rfid;

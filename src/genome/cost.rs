@@ -136,7 +136,7 @@ fn layout_cost(genome: &Genome, l: &UnetLayout) -> Cost {
         }
     }
     acc.norm(l.head_channels, l.image.size);
-    acc.conv(l.head_channels, l.image.channels, 3, l.image.size);
+    acc.conv(l.head_channels, l.out_channels, 3, l.image.size);
     Cost {
         params: acc.params,
         macs: acc.macs,

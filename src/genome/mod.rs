@@ -109,6 +109,11 @@ pub struct Genome {
     pub middle: Middle,
     /// Decoder levels, lowest resolution first (the mirror of `encoder`).
     pub decoder: Vec<DecoderLevel>,
+    /// IDDPM's learned variance: the head outputs `2 C` channels, epsilon and the raw
+    /// interpolation `v` of eq. 15 (trained with `L_hybrid`). Absent in JSON when false, so
+    /// genomes without it keep their hashes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learn_sigma: bool,
 }
 
 /// A validation failure: where in the genome's JSON and what is wrong.
@@ -182,6 +187,8 @@ pub struct UnetLayout {
     pub decoder: Vec<LevelLayout>,
     /// Width entering the head.
     pub head_channels: usize,
+    /// Channels the head produces: the image's, twice over with a learned variance.
+    pub out_channels: usize,
 }
 
 impl Genome {
@@ -479,6 +486,7 @@ impl Genome {
             middle,
             decoder,
             head_channels: cur,
+            out_channels: self.image.channels * if self.learn_sigma { 2 } else { 1 },
         }
     }
 

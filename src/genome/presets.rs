@@ -55,6 +55,7 @@ fn uniform(
                 res_blocks: vec![rb; n + 1],
             })
             .collect(),
+        learn_sigma: false,
     }
 }
 
@@ -160,11 +161,12 @@ impl Genome {
         )
     }
 
-    /// The IDDPM CIFAR-10 UNet (Nichol & Dhariwal 2021) with the epsilon head only (no learned
-    /// variance channels): 3 blocks per level, attention at 16 and 8 with 4 heads, scale-shift
-    /// norm, dropout 0.3.
+    /// The published IDDPM CIFAR-10 UNet (Nichol & Dhariwal 2021): 3 blocks per level,
+    /// attention at 16 and 8 with 4 heads, scale-shift norm, dropout 0.3, and the learned
+    /// variance (6 output channels). Its recipe (`TrainConfig::for_genome`) is `L_hybrid`, the
+    /// cosine schedule and T = 4,000.
     pub fn iddpm_cifar10() -> Genome {
-        uniform(
+        let mut g = uniform(
             ImageSpec {
                 channels: 3,
                 size: 32,
@@ -179,6 +181,8 @@ impl Genome {
             },
             0.3,
             true,
-        )
+        );
+        g.learn_sigma = true;
+        g
     }
 }

@@ -44,6 +44,9 @@ pub struct SearchSpace {
     /// in the number of pixels).
     pub attention_max_resolution: usize,
     pub budget: Budget,
+    /// Every genome of the space learns its variance (a search trained with `L_hybrid`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learn_sigma: bool,
 }
 
 fn not_one_of<T: std::fmt::Debug + PartialEq>(
@@ -81,6 +84,7 @@ impl SearchSpace {
             time_embed_mults: vec![2, 4],
             attention_max_resolution: 16,
             budget: Budget::default(),
+            learn_sigma: false,
         }
     }
 
@@ -107,6 +111,20 @@ impl SearchSpace {
                     self.image.channels,
                     self.image.size,
                     self.image.size
+                ),
+            ));
+        }
+        if g.learn_sigma != self.learn_sigma {
+            errs.push(GenomeError::new(
+                "learn_sigma",
+                format!(
+                    "{} in a space whose genomes {} their variance (the search's loss decides it)",
+                    g.learn_sigma,
+                    if self.learn_sigma {
+                        "learn"
+                    } else {
+                        "do not learn"
+                    }
                 ),
             ));
         }
@@ -327,6 +345,7 @@ impl SearchSpace {
                 res_blocks: [self.random_block(rng), self.random_block(rng)],
             },
             decoder,
+            learn_sigma: self.learn_sigma,
         }
     }
 

@@ -28,7 +28,7 @@ pub fn algorithms_from_env() -> Result<(), String> {
 
 pub use blocks::{AttentionBlock, ResBlock, TimeEmbedding, UnetBlock, multi_head_attention};
 
-use crate::diffusion::Denoiser;
+use crate::diffusion::{Denoiser, Prediction};
 use crate::genome::{Genome, GenomeErrors, ImageSpec};
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;
@@ -87,6 +87,9 @@ pub struct Unet {
     pub head_conv: Conv2d,
     #[module(skip)]
     pub image: ImageSpec,
+    /// The head also gives the raw variance of IDDPM eq. 15 (`Genome::learn_sigma`).
+    #[module(skip)]
+    pub learn_sigma: bool,
 }
 
 impl Unet {
@@ -136,17 +139,20 @@ impl Unet {
             head_norm: group_norm(g, layout.head_channels, device),
             head_conv: conv(
                 layout.head_channels,
-                layout.image.channels,
+                layout.out_channels,
                 3,
                 1,
                 true,
                 device,
             ),
             image: layout.image,
+            learn_sigma: genome.learn_sigma,
         })
     }
 
-    /// `x`: `[B, C, H, W]` noisy images, `t`: `[B]` timesteps. Returns predicted eps, `[B, C, H, W]`.
+    /// `x`: `[B, C, H, W]` noisy images, `t`: `[B]` timesteps. Returns the head's output: the
+    /// predicted eps, `[B, C, H, W]`, followed by the raw variance channels (`[B, 2C, H, W]`)
+    /// when the network learns its variance.
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
         self.run(x, t, None)
     }
@@ -291,7 +297,7 @@ pub struct Trace {
     /// The timestep embedding after SiLU, `[B, temb]`.
     pub emb: Tensor<2>,
     pub blocks: Vec<BlockIo>,
-    /// The predicted noise.
+    /// The head's output (as [`Unet::forward`]).
     pub eps: Tensor<4>,
 }
 
@@ -335,6 +341,21 @@ pub fn upsample_nearest2(x: Tensor<4>) -> Tensor<4> {
 
 impl Denoiser for Unet {
     fn predict_eps(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
-        self.forward(x_t, t)
+        self.predict(x_t, t).eps
+    }
+
+    fn predict(&self, x_t: Tensor<4>, t: Tensor<1>) -> Prediction {
+        let out = self.forward(x_t, t);
+        if !self.learn_sigma {
+            return Prediction {
+                eps: out,
+                variance: None,
+            };
+        }
+        let c = self.image.channels;
+        Prediction {
+            eps: out.clone().narrow(1, 0, c),
+            variance: Some(out.narrow(1, c, c)),
+        }
     }
 }

@@ -345,6 +345,8 @@ pub struct SearchRequest {
     pub trial_lr: Option<f64>,
     pub score_n: Option<usize>,
     pub score_steps: Option<usize>,
+    /// The trials' loss (None: simple); hybrid makes every genome learn its variance.
+    pub loss: Option<crate::diffusion::LossKind>,
 }
 
 impl SearchRequest {
@@ -366,13 +368,15 @@ impl SearchRequest {
             trial_lr: None,
             score_n: None,
             score_steps: None,
+            loss: None,
         }
     }
 }
 
 /// The settings of a [`SearchRequest`] that a resume may not change, by name (the CLI's
 /// argument ids).
-pub const FIXED_ON_RESUME: [&str; 14] = [
+pub const FIXED_ON_RESUME: [&str; 15] = [
+    "loss",
     "data",
     "max_images",
     "seed",
@@ -402,6 +406,9 @@ impl SearchConfig {
             TrialConfig::rapid(r.trial_steps.unwrap_or(d.trial_steps), r.trial_batch_size);
         trial.train.lr = r.trial_lr.unwrap_or(d.trial_lr);
         trial.train.seed = r.seed;
+        let loss = r.loss.unwrap_or_default();
+        trial.train.loss = Some(loss);
+        space.learn_sigma = loss == crate::diffusion::LossKind::Hybrid;
         if let Some(p) = trial.proxy_dropout {
             // Trials train with the proxy dropout whatever the genome says, so genomes that
             // differ only in dropout would score the same: dropout is not searched (set it
@@ -643,6 +650,10 @@ impl SearchConfig {
                     c.trial.train.lr.to_string(),
                 ),
                 "score_n" => (asked.trial.score.n.to_string(), c.trial.score.n.to_string()),
+                "loss" => (
+                    asked.trial.train.loss_kind().to_string(),
+                    c.trial.train.loss_kind().to_string(),
+                ),
                 "score_steps" => (
                     asked.trial.score.steps.to_string(),
                     c.trial.score.steps.to_string(),

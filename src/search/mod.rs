@@ -458,6 +458,10 @@ pub fn run_search_with(
                 }
                 continue;
             };
+            // The search's loss decides whether a network learns its variance, whatever a
+            // proposal (an LLM's reply) says.
+            let mut p = p;
+            p.genome.learn_sigma = space.learn_sigma;
             let hash = p.genome.hash();
             if seen.contains(&hash) {
                 if d.pending.iter().any(|x| x.hash == hash) {

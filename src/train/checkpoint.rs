@@ -19,6 +19,9 @@ pub struct TrainState {
     pub elapsed_s: f64,
     /// Last loss read from the device.
     pub last_loss: Option<f64>,
+    /// The history of `L_hybrid`'s importance-sampled timesteps, when the run draws them so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importance: Option<crate::diffusion::vlb::ImportanceSampler>,
 }
 
 impl TrainState {
@@ -30,6 +33,7 @@ impl TrainState {
             rng: "chacha8: step s draws from stream s of the seed".into(),
             elapsed_s: 0.0,
             last_loss: None,
+            importance: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! preset's size ([`defaults`]).
 
 use crate::diffusion::BetaSchedule;
+use crate::diffusion::vlb::{LossKind, TimestepSampling};
 use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +54,8 @@ pub mod defaults {
     pub const GRAD_CLIP: f64 = 1.0;
     pub const EMA_DECAY: f64 = 0.9999;
     pub const TIMESTEPS: usize = 1000;
+    /// T of IDDPM's recipe (a learned-variance genome's default).
+    pub const IDDPM_TIMESTEPS: usize = 4000;
     pub const SEED: u64 = 0;
     /// A kill loses at most this many steps.
     pub const CHECKPOINT_EVERY: u64 = 250;
@@ -121,6 +124,11 @@ pub struct TrainConfig {
     /// Checkpoints kept on disk (the newest ones).
     #[config(default = 2)]
     pub keep_checkpoints: usize,
+    /// The loss: `simple` (epsilon MSE, fixed variances) or `hybrid` (IDDPM's `L_hybrid`, for a
+    /// genome with `learn_sigma`). Absent (runs written before it existed): simple.
+    pub loss: Option<LossKind>,
+    /// How `L_hybrid` draws timesteps (absent: uniform).
+    pub timestep_sampling: Option<TimestepSampling>,
 }
 
 /// A setting that a resumed run was asked to change (see [`TrainConfig::resumed_as`]); its
@@ -150,7 +158,14 @@ impl TrainConfig {
             _ => unreachable!("a TrainConfig serialises to an object"),
         };
         let show = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
-        let (old, given) = (value(self), value(new));
+        // An absent loss option is its default (runs written before the option existed).
+        let settled = |c: &TrainConfig| {
+            let mut c = c.clone();
+            c.loss.get_or_insert_default();
+            c.timestep_sampling.get_or_insert_default();
+            c
+        };
+        let (old, given) = (value(&settled(self)), value(&settled(new)));
         for (field, stored) in &old {
             let asked = &given[field];
             let refused = match field.as_str() {
@@ -184,6 +199,77 @@ impl TrainConfig {
             mine[*f] = theirs[*f].clone();
         }
         serde_json::from_value(mine).expect("fields of a TrainConfig make a TrainConfig")
+    }
+
+    /// The loss this run trains with ([`LossKind::Simple`] when absent).
+    pub fn loss_kind(&self) -> LossKind {
+        self.loss.unwrap_or_default()
+    }
+
+    /// The timestep sampling of `L_hybrid` (uniform when absent).
+    pub fn timesteps_drawn(&self) -> TimestepSampling {
+        self.timestep_sampling.unwrap_or_default()
+    }
+
+    /// The defaults for `genome`: IDDPM's recipe for a learned-variance genome (`L_hybrid`,
+    /// the cosine schedule, T = 4,000), the DDPM defaults for any other.
+    pub fn recipe_for(genome: &crate::genome::Genome) -> TrainConfig {
+        let c = TrainConfig::new();
+        if genome.learn_sigma {
+            c.with_loss(Some(LossKind::Hybrid))
+                .with_beta_schedule(BetaSchedule::Cosine)
+                .with_timesteps(defaults::IDDPM_TIMESTEPS)
+        } else {
+            c.with_loss(Some(LossKind::Simple))
+        }
+    }
+
+    /// A fresh run of `genome`: its recipe ([`TrainConfig::recipe_for`]) with the `given`
+    /// fields (as in `train.json`) taken from `flags`, and the network that loss trains
+    /// ([`TrainConfig::genome_for`]). Errors name the flag.
+    pub fn fresh_run(
+        genome: &crate::genome::Genome,
+        flags: &TrainConfig,
+        given: &[&str],
+    ) -> Result<(TrainConfig, crate::genome::Genome), String> {
+        let config = TrainConfig::recipe_for(genome).with_fields_of(flags, given);
+        let genome = config
+            .genome_for(genome)
+            .map_err(|e| format!("--loss {}: {e}", config.loss_kind()))?;
+        Ok((config, genome))
+    }
+
+    /// The network this loss trains: `genome` itself, or for `L_hybrid` the same network with
+    /// the learned variance (`learn_sigma`) it needs. `L_simple` on a learned-variance genome
+    /// is refused (the variance would stay untrained).
+    pub fn genome_for(
+        &self,
+        genome: &crate::genome::Genome,
+    ) -> Result<crate::genome::Genome, String> {
+        let mut g = genome.clone();
+        if self.loss_kind() == LossKind::Hybrid {
+            g.learn_sigma = true;
+        }
+        self.check_genome(&g)?;
+        Ok(g)
+    }
+
+    /// Whether the loss suits the network: `L_hybrid` trains a learned variance, so it needs a
+    /// genome with `learn_sigma`, and `L_simple` would leave such a genome's variance untrained.
+    pub fn check_genome(&self, genome: &crate::genome::Genome) -> Result<(), String> {
+        match (self.loss_kind(), genome.learn_sigma) {
+            (LossKind::Hybrid, false) => Err(
+                "train.loss: hybrid trains a learned variance, and the genome has none (set \
+                 \"learn_sigma\": true in it)"
+                    .into(),
+            ),
+            (LossKind::Simple, true) => Err(
+                "train.loss: simple leaves the genome's learned variance (learn_sigma) untrained: \
+                 use hybrid"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// A few hundred steps of the test preset: for tests and smoke runs.
@@ -253,6 +339,15 @@ impl TrainConfig {
                 "timesteps",
                 self.timesteps.to_string(),
                 "must be at least 2",
+            );
+        }
+        if self.timesteps_drawn() == TimestepSampling::Importance
+            && self.loss_kind() != LossKind::Hybrid
+        {
+            return bad(
+                "timestep_sampling",
+                "importance".into(),
+                "needs loss hybrid (it samples the terms of L_vlb)",
             );
         }
         if self.log_every == 0 {

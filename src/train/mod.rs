@@ -16,6 +16,7 @@ pub use config::{ChangedSetting, LrSchedule, TrainConfig, defaults};
 pub use ema::ema_update;
 
 use crate::data::{Batcher, Dataset};
+use crate::diffusion::vlb::{self, LossKind};
 use crate::diffusion::{Denoiser, NoiseSchedule, eps_loss, normals, timestep_tensor, training_rng};
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
@@ -127,12 +128,33 @@ fn optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
 
 /// One step's host-side randomness: timesteps and noise, from the (seed, step) stream.
 pub fn step_inputs(cfg: &TrainConfig, step: u64, shape: [usize; 4]) -> (Vec<usize>, Vec<f32>) {
-    let mut rng = training_rng(cfg.seed, step);
-    let t: Vec<usize> = (0..shape[0])
-        .map(|_| rng.random_range(0..cfg.timesteps))
-        .collect();
-    let eps = normals(&mut rng, shape.iter().product());
+    let (t, eps, _) = drawn_inputs(cfg, step, shape, None);
     (t, eps)
+}
+
+/// [`step_inputs`], with the timesteps drawn by `importance` when given (and their weights).
+fn drawn_inputs(
+    cfg: &TrainConfig,
+    step: u64,
+    shape: [usize; 4],
+    importance: Option<&vlb::ImportanceSampler>,
+) -> (Vec<usize>, Vec<f32>, Option<Vec<f64>>) {
+    let mut rng = training_rng(cfg.seed, step);
+    let (t, w) = match importance {
+        Some(sampler) => {
+            let u: Vec<f64> = (0..shape[0]).map(|_| rng.random::<f64>()).collect();
+            let (t, w) = sampler.draw(&u);
+            (t, Some(w))
+        }
+        None => (
+            (0..shape[0])
+                .map(|_| rng.random_range(0..cfg.timesteps))
+                .collect(),
+            None,
+        ),
+    };
+    let eps = normals(&mut rng, shape.iter().product());
+    (t, eps, w)
 }
 
 /// Seed of the device RNG (dropout) for one step.
@@ -219,19 +241,67 @@ pub fn optimizer_for(cfg: &TrainConfig) -> ModuleOptimizer {
     optimizer(cfg)
 }
 
-/// What a training step minimises, given the noisy batch, its timesteps and the noise.
-pub trait Objective<M> {
-    /// The scalar loss of `model` at `step` (on the autodiff device).
-    fn loss(&self, model: &M, x_t: Tensor<4>, t: Tensor<1>, eps: Tensor<4>, step: u64)
-    -> Tensor<1>;
+/// One training step's batch as an [`Objective`] sees it: the clean images, their noisy
+/// versions at the drawn timesteps, the noise, and the schedule that made them.
+pub struct StepBatch<'a> {
+    pub x0: Tensor<4>,
+    pub x_t: Tensor<4>,
+    /// The timesteps as the float tensor a [`Denoiser`] takes.
+    pub t: Tensor<1>,
+    /// The same timesteps on the host.
+    pub timesteps: &'a [usize],
+    pub eps: Tensor<4>,
+    pub schedule: &'a NoiseSchedule,
+    pub step: u64,
+    /// Per-sample loss weights of importance-sampled timesteps (`[B]`); None: uniform.
+    pub weights: Option<Tensor<1>>,
 }
 
-/// The DDPM objective: MSE between the true and the predicted noise.
+/// What a training step minimises, given the noisy batch, its timesteps and the noise.
+pub trait Objective<M> {
+    /// The scalar loss of `model` at `batch.step` (on the autodiff device).
+    fn loss(&self, model: &M, batch: StepBatch<'_>) -> Tensor<1>;
+
+    /// The loss and, for an objective whose timesteps may be importance-sampled, the
+    /// per-sample terms `L_t` (detached, `[B]`) the sampler records.
+    fn loss_and_terms(&self, model: &M, batch: StepBatch<'_>) -> (Tensor<1>, Option<Tensor<1>>) {
+        (self.loss(model, batch), None)
+    }
+}
+
+/// The DDPM objective: MSE between the true and the predicted noise (`L_simple`).
 pub struct EpsObjective;
 
 impl<M: Denoiser> Objective<M> for EpsObjective {
-    fn loss(&self, model: &M, x_t: Tensor<4>, t: Tensor<1>, eps: Tensor<4>, _: u64) -> Tensor<1> {
-        eps_loss(model.predict_eps(x_t, t), eps)
+    fn loss(&self, model: &M, b: StepBatch<'_>) -> Tensor<1> {
+        eps_loss(model.predict_eps(b.x_t, b.t), b.eps)
+    }
+}
+
+/// IDDPM's `L_hybrid` (eq. 16) for a model that learns its variance, timesteps uniform.
+pub struct HybridObjective;
+
+impl<M: Denoiser> Objective<M> for HybridObjective {
+    fn loss(&self, model: &M, b: StepBatch<'_>) -> Tensor<1> {
+        self.loss_and_terms(model, b).0
+    }
+
+    fn loss_and_terms(&self, model: &M, b: StepBatch<'_>) -> (Tensor<1>, Option<Tensor<1>>) {
+        let pred = model.predict(b.x_t.clone(), b.t);
+        let variance = pred
+            .variance
+            .expect("check_genome: L_hybrid trains a model with a learned variance");
+        let (loss, terms) = vlb::hybrid_loss(
+            b.schedule,
+            b.x0,
+            b.x_t,
+            b.timesteps,
+            b.eps,
+            pred.eps,
+            variance,
+            b.weights,
+        );
+        (loss, Some(terms))
     }
 }
 
@@ -307,14 +377,57 @@ pub fn train_step_marked<M: Module>(
     objective: &dyn Objective<M>,
     mark: &mut dyn FnMut(StepPhase),
 ) -> (M, M, Tensor<1>, Option<Tensor<1>>) {
+    let s = step_core(
+        model, ema, optim, cfg, schedule, x0, step, objective, None, mark,
+    );
+    (s.model, s.ema, s.loss, s.grad_norm)
+}
+
+/// What [`step_core`] returns.
+struct StepOut<M> {
+    model: M,
+    ema: M,
+    loss: Tensor<1>,
+    grad_norm: Option<Tensor<1>>,
+    timesteps: Vec<usize>,
+    terms: Option<Tensor<1>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_core<M: Module>(
+    model: M,
+    ema: M,
+    optim: &mut ModuleOptimizer,
+    cfg: &TrainConfig,
+    schedule: &NoiseSchedule,
+    x0: Tensor<4>,
+    step: u64,
+    objective: &dyn Objective<M>,
+    importance: Option<&vlb::ImportanceSampler>,
+    mark: &mut dyn FnMut(StepPhase),
+) -> StepOut<M> {
     let device = x0.device();
     let shape = x0.dims();
-    let (t, eps) = step_inputs(cfg, step, shape);
+    let (t, eps, weights) = drawn_inputs(cfg, step, shape, importance);
+    let weights = weights.map(|w| {
+        let w: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+        Tensor::<1>::from_data(TensorData::new(w, [shape[0]]), &device)
+    });
     let eps = Tensor::<4>::from_data(TensorData::new(eps, shape), &device);
     device.seed(device_seed(cfg.seed, step));
-    let x_t = schedule.q_sample(x0, &t, eps.clone());
+    let x_t = schedule.q_sample(x0.clone(), &t, eps.clone());
     mark(StepPhase::Inputs);
-    let loss = objective.loss(&model, x_t, timestep_tensor(&t, &device), eps, step);
+    let batch = StepBatch {
+        x0,
+        x_t,
+        t: timestep_tensor(&t, &device),
+        timesteps: &t,
+        eps,
+        schedule,
+        step,
+        weights,
+    };
+    let (loss, terms) = objective.loss_and_terms(&model, batch);
     mark(StepPhase::Forward);
     let mut grads = GradientsParams::from_grads(loss.backward(), &model);
     mark(StepPhase::Backward);
@@ -328,7 +441,14 @@ pub fn train_step_marked<M: Module>(
     mark(StepPhase::Optimizer);
     let ema = ema_update(ema, &model, cfg.ema_decay_at(step));
     mark(StepPhase::Ema);
-    (model, ema, loss.inner(), norm)
+    StepOut {
+        model,
+        ema,
+        loss: loss.inner(),
+        grad_norm: norm,
+        timesteps: t,
+        terms: terms.map(|x| x.inner()),
+    }
 }
 
 /// Train `model` (built on the autodiff device `device`) on `data`.
@@ -343,7 +463,14 @@ pub fn train<M>(
 where
     M: Module + Denoiser,
 {
-    train_objective(model, data, cfg, device, opts, &EpsObjective, on_event)
+    match cfg.loss_kind() {
+        LossKind::Simple => {
+            train_objective(model, data, cfg, device, opts, &EpsObjective, on_event)
+        }
+        LossKind::Hybrid => {
+            train_objective(model, data, cfg, device, opts, &HybridObjective, on_event)
+        }
+    }
 }
 
 /// Where a run starts: fresh, or its newest checkpoint (weights, EMA, optimizer, state, log).
@@ -445,6 +572,9 @@ pub fn train_objective<M: Module>(
         std::fs::create_dir_all(dir).map_err(|e| checkpoint::io_err(dir, e))?;
         write_log(&dir.join("log.jsonl"), &log)?;
     }
+    if cfg.timesteps_drawn() == vlb::TimestepSampling::Importance && state.importance.is_none() {
+        state.importance = Some(vlb::ImportanceSampler::new(cfg.timesteps));
+    }
     on_event(&TrainEvent::Started {
         step: state.step,
         total: cfg.steps,
@@ -467,9 +597,29 @@ pub fn train_objective<M: Module>(
         let step = state.step;
         let lr = cfg.lr_at(step);
         let x0 = data.batch(&batcher.indices(step), device);
-        let (m, e, loss, norm) =
-            train_step(model, ema, &mut optim, cfg, &schedule, x0, step, objective);
-        (model, ema) = (m, e);
+        let out = step_core(
+            model,
+            ema,
+            &mut optim,
+            cfg,
+            &schedule,
+            x0,
+            step,
+            objective,
+            state.importance.as_ref(),
+            &mut |_| {},
+        );
+        (model, ema) = (out.model, out.ema);
+        let (loss, norm) = (out.loss, out.grad_norm);
+        if let (Some(sampler), Some(terms)) = (state.importance.as_mut(), out.terms) {
+            // The sampler's history needs this step's terms before the next draw: a sync.
+            let terms: Vec<f32> = terms
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32 terms");
+            sampler.record(&out.timesteps, &terms);
+        }
         state.step = step + 1;
         on_event(&TrainEvent::Step { step: state.step });
 

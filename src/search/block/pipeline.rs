@@ -181,6 +181,8 @@ pub struct BlockAsk {
     pub score_n: usize,
     pub score_steps: usize,
     pub latency_batch: usize,
+    /// The retraining's loss (None: the teacher's, the only one its head allows).
+    pub loss: Option<crate::diffusion::LossKind>,
 }
 
 impl BlockConfig {
@@ -190,6 +192,16 @@ impl BlockConfig {
         let (tg, tfiles) = RunFiles::read(&a.teacher)?;
         let space = SearchSpace::for_image(tg.image);
         let base = &tfiles.config;
+        let loss = base.loss_kind();
+        if let Some(asked) = a.loss
+            && asked != loss
+        {
+            return Err(BlockError::Config(format!(
+                "--loss {asked}: the student keeps its teacher's head, and the teacher {} trained \
+                 with {loss}",
+                a.teacher.display()
+            )));
+        }
         Ok(BlockConfig {
             teacher: a.teacher.clone(),
             teacher_weights: crate::rundir::weights_path(&a.teacher, Weights::Ema)?,
@@ -211,7 +223,10 @@ impl BlockConfig {
                 children: a.children,
                 seed: a.seed,
             },
-            retrain: short_schedule(base, a.retrain_steps, a.batch_size, a.retrain_lr, a.seed),
+            // The joint loss draws its timesteps uniformly (its distillation terms are not
+            // L_vlb's, which importance sampling would weigh).
+            retrain: short_schedule(base, a.retrain_steps, a.batch_size, a.retrain_lr, a.seed)
+                .with_timestep_sampling(Some(crate::diffusion::vlb::TimestepSampling::Uniform)),
             lambda: a.lambda,
             lambda_steps: a.lambda_steps.unwrap_or(a.retrain_steps / 2),
             student_init: a.student_init,
@@ -836,6 +851,7 @@ pub fn retrain(
         teacher: teacher.model.valid(),
         schedule: lambda,
         ramp: cfg.lambda_steps,
+        loss: cfg.retrain.loss_kind(),
     };
     let lambda_at = |step: u64| lambda.at(step, cfg.lambda_steps);
     let out = train_objective(

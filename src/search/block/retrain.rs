@@ -7,9 +7,10 @@
 //! timestep embedding. lambda rises from 0 to 1 over `S` steps.
 
 use super::distill::block_loss;
-use crate::diffusion::eps_loss;
+use crate::diffusion::vlb::{LossKind, hybrid_loss};
+use crate::diffusion::{Denoiser, eps_loss};
 use crate::model::Unet;
-use crate::train::Objective;
+use crate::train::{Objective, StepBatch};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
@@ -92,21 +93,35 @@ pub struct JointObjective {
     pub schedule: LambdaSchedule,
     /// `S`: steps over which lambda rises.
     pub ramp: u64,
+    /// The diffusion term: `L_simple`, or `L_hybrid` for a student that learns its variance
+    /// (as its teacher does).
+    pub loss: LossKind,
 }
 
 impl Objective<Unet> for JointObjective {
-    fn loss(
-        &self,
-        model: &Unet,
-        x_t: Tensor<4>,
-        t: Tensor<1>,
-        eps: Tensor<4>,
-        step: u64,
-    ) -> Tensor<1> {
+    fn loss(&self, model: &Unet, b: StepBatch<'_>) -> Tensor<1> {
+        let StepBatch {
+            x0,
+            x_t,
+            t,
+            timesteps,
+            eps,
+            schedule,
+            step,
+            weights,
+        } = b;
         let lambda = self.schedule.at(step, self.ramp);
         let device = x_t.device();
-        let diffusion =
-            (lambda > 0.0).then(|| eps_loss(model.forward(x_t.clone(), t.clone()), eps));
+        let diffusion = (lambda > 0.0).then(|| match self.loss {
+            LossKind::Simple => eps_loss(model.predict_eps(x_t.clone(), t.clone()), eps),
+            LossKind::Hybrid => {
+                let p = model.predict(x_t.clone(), t.clone());
+                let v = p
+                    .variance
+                    .expect("check_genome: a hybrid student learns its variance");
+                hybrid_loss(schedule, x0, x_t.clone(), timesteps, eps, p.eps, v, weights).0
+            }
+        });
         let distill = (lambda < 1.0).then(|| {
             let trace = self.teacher.trace(x_t.inner(), t.clone().inner());
             let emb = model.embed(t);
