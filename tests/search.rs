@@ -988,6 +988,29 @@ fn search_config_resume_check() {
         e.to_string().contains("unknown strategy \"annealing\""),
         "{e}"
     );
+
+    // --loss hybrid: every genome of the space learns its variance and every trial trains
+    // with L_hybrid; a resume may not change the loss.
+    use diffnas::diffusion::LossKind;
+    use rand::SeedableRng;
+    let hybrid = SearchRequest {
+        loss: Some(LossKind::Hybrid),
+        ..request.clone()
+    };
+    let h = SearchConfig::new(&hybrid, image, &cpu);
+    assert!(h.space.learn_sigma);
+    assert_eq!(h.trial.train.loss_kind(), LossKind::Hybrid);
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(3);
+    let mut unbounded = h.space.clone();
+    unbounded.budget = Default::default();
+    let g = unbounded.random(&mut rng, 1000).unwrap();
+    assert!(g.learn_sigma);
+    unbounded.validate(&g).unwrap();
+    assert!(!cfg.space.learn_sigma && cfg.trial.train.loss_kind() == LossKind::Simple);
+    let hdir = work.path().join("hybrid");
+    h.write(&hdir).unwrap();
+    let e = SearchConfig::resume(&hdir, &request, &["loss"], &cpu).unwrap_err();
+    assert!(e.to_string().contains("loss"), "{e}");
 }
 
 /// `SearchConfig::prepare` as a library call: a fresh search takes the data's image shape and
