@@ -41,6 +41,8 @@
 //! - `bench` -> genome, model, train, diffusion, eval, device: throughput, phase profiles and
 //!   memory of training and sampling (`diffnas bench`).
 //! - `device` -> burn, wgpu.
+//! - `lock` -> std only: the exclusive lock (`flock` on `job.lock`) that every process writing
+//!   a run, search, study or trial directory holds; read-only commands take none.
 //! - `cli` -> everything, and nothing points back at it. It only maps arguments to the
 //!   library's configurations (whose defaults it shows from the library's `defaults`
 //!   modules) and renders progress from the library's events. Library errors are typed; the
@@ -65,6 +67,8 @@ pub mod cli;
 pub mod data;
 #[cfg(feature = "cli")]
 pub mod device;
+#[cfg(feature = "cli")]
+pub mod lock;
 #[cfg(feature = "cli")]
 pub mod rundir;
 #[cfg(feature = "cli")]

@@ -47,13 +47,20 @@ pub enum RunDirError {
     /// Writing the run's files, or loading its weights, failed.
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
+    /// Another process writes the run.
+    #[error("{0}")]
+    Locked(#[from] crate::lock::LockError),
 }
 
 impl RunDirError {
     /// Whether the user pointed at the wrong thing (as opposed to a failure while reading or
     /// writing a valid run).
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, RunDirError::Io { .. })
+        match self {
+            RunDirError::Io { .. } => false,
+            RunDirError::Locked(l) => l.is_bad_input(),
+            _ => true,
+        }
     }
 }
 
@@ -254,6 +261,7 @@ pub fn train_run(
             dir.display()
         )));
     }
+    let _lock = crate::lock::DirLock::take(dir)?;
     files.config.check().map_err(RunDirError::Settings)?;
     files
         .config

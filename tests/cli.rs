@@ -244,9 +244,21 @@ fn killed_training_resumes_to_the_same_weights() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // While it runs, a second process on the same folder is refused, naming the holder.
+    let o = run(&["train", "--resume", "--run-dir", b.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let pid = format!("pid {}", child.id());
+    assert!(
+        stderr(&o).contains("in use by another diffnas process") && stderr(&o).contains(&pid),
+        "{}",
+        stderr(&o)
+    );
+    assert!(diffnas::lock::is_held(&b));
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(latest_step(&b) < 40, "killed before the end");
+    // SIGKILL leaves no stale lock.
+    assert!(!diffnas::lock::is_held(&b));
 
     // A second run into the same folder without --resume refuses.
     let o = run(&train_args(gs, &data, b.to_str().unwrap()));
@@ -454,4 +466,49 @@ fn bench_profiles_phases_traces_memory_and_refuses_what_it_cannot_measure() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn a_directory_another_process_writes_is_refused_by_search_and_block_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = dir.path().join("held");
+    // This test process holds the lock, as a running search would.
+    let _lock = diffnas::lock::DirLock::take(&held).unwrap();
+    let h = held.to_str().unwrap();
+    let mine = format!("pid {}", std::process::id());
+    for args in [
+        vec![
+            "search",
+            "random",
+            "--evaluator",
+            "stub",
+            "--trials",
+            "1",
+            "--run-dir",
+            h,
+            "--device",
+            "flex",
+        ],
+        vec![
+            "search",
+            "block",
+            "--teacher",
+            "tests/fixtures/fmnist-tiny",
+            "--run-dir",
+            h,
+            "--device",
+            "flex",
+        ],
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("in use by another diffnas process") && stderr(&o).contains(&mine),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    // Read-only commands take no lock.
+    let o = run(&["report", h]);
+    assert!(!stderr(&o).contains("in use"), "{}", stderr(&o));
 }

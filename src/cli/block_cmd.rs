@@ -174,8 +174,13 @@ fn config_from(a: &BlockArgs) -> anyhow::Result<BlockConfig> {
 }
 
 /// The search's configuration: the stored one on `--resume` (a given flag that differs is
-/// refused), else the flags' (with `--reuse`'s supernets), written to `block.json`.
-fn resolve(a: &BlockArgs, given: &Given, dir: &Path) -> anyhow::Result<BlockConfig> {
+/// refused), else the flags' (with `--reuse`'s supernets), written to `block.json`; with the
+/// directory's lock, held while the search runs.
+fn resolve(
+    a: &BlockArgs,
+    given: &Given,
+    dir: &Path,
+) -> anyhow::Result<(BlockConfig, crate::lock::DirLock)> {
     let fields: Vec<&str> = SETTINGS
         .iter()
         .filter(|(id, _)| given.has(id))
@@ -321,7 +326,7 @@ pub fn run(a: BlockArgs, given: &Given) -> anyhow::Result<i32> {
             .map_or("teacher".into(), |s| s.to_string_lossy().into_owned());
         PathBuf::from("runs").join(format!("block-{name}"))
     });
-    let cfg = resolve(&a, given, &dir)?;
+    let (cfg, _lock) = resolve(&a, given, &dir)?;
     let device = selected.device.clone();
     let teacher = Teacher::load(&cfg, &device)?;
     eprintln!(

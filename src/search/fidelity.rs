@@ -446,6 +446,7 @@ pub fn run_study(
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(StudyEvent),
 ) -> Result<Vec<StudyRow>, SearchError> {
+    let _lock = crate::lock::DirLock::take(dir)?;
     let mut rows = read_rows(dir);
     let units = cfg.units();
     // A unit that failed (a device error, a full disk, a diverged run) is tried again.

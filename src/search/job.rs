@@ -30,44 +30,23 @@ use std::sync::atomic::AtomicBool;
 
 pub const SPEC_FILE: &str = "trial.json";
 pub const OUTCOME_FILE: &str = "outcome.json";
-/// Locked (`flock`) by the process that runs the trial, for as long as it runs: how the driver
-/// tells a live trial from a dead one, whatever host, path spelling or process id.
-pub const LOCK_FILE: &str = "job.lock";
+/// Locked by the process that runs the trial, for as long as it runs: how the driver tells a
+/// live trial from a dead one, whatever host, path spelling or process id.
+pub use crate::lock::LOCK_FILE;
 
 /// The lock of a trial's folder, held while this process runs the trial.
-pub struct TrialLock(#[allow(dead_code)] std::fs::File);
+pub struct TrialLock(#[allow(dead_code)] crate::lock::DirLock);
 
 impl TrialLock {
     /// The lock of `dir`, or None when another process holds it (the trial runs there).
     pub fn try_take(dir: &Path) -> Result<Option<TrialLock>, SearchError> {
-        use std::io::Write;
-        use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        let p = dir.join(LOCK_FILE);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(|e| io_err(&p, e))?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => Ok(None),
-                _ => Err(io_err(&p, e)),
-            };
-        }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let _ = f.set_len(0);
-        let _ = writeln!(f, "pid {} on {}", std::process::id(), host.trim());
-        Ok(Some(TrialLock(f)))
+        Ok(crate::lock::DirLock::try_take(dir)?.map(TrialLock))
     }
 }
 
 /// Whether a process runs the trial in `dir` now (it holds the folder's lock).
 pub fn is_running(dir: &Path) -> bool {
-    dir.join(LOCK_FILE).is_file() && matches!(TrialLock::try_take(dir), Ok(None))
+    crate::lock::is_held(dir)
 }
 
 /// How a search evaluates its trials: the part of its configuration every trial shares.

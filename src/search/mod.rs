@@ -127,6 +127,9 @@ pub enum SearchError {
         reasons.join("\n  ")
     )]
     NothingScored { dir: PathBuf, reasons: Vec<String> },
+    /// Another process writes the directory.
+    #[error("{0}")]
+    Locked(#[from] crate::lock::LockError),
 }
 
 impl SearchError {
@@ -142,7 +145,7 @@ impl SearchError {
                 | SearchError::Data(_)
                 | SearchError::Corrupt { .. }
                 | SearchError::Setting(_)
-        )
+        ) || matches!(self, SearchError::Locked(l) if l.is_bad_input())
     }
 }
 
@@ -396,7 +399,7 @@ pub fn run_search_with(
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(SearchEvent),
 ) -> Result<(SearchStatus, TrialLog), SearchError> {
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    let _lock = crate::lock::DirLock::take(dir)?;
     let mut d = Driver {
         dir,
         log: TrialLog::open(dir)?,

@@ -296,7 +296,8 @@ impl BlockConfig {
 
     /// The search to run in `dir`: with `resume`, the stored one (checked against `asked` as
     /// [`BlockConfig::resume`] does); else `asked`, with the supernets of the search in `reuse`
-    /// when given, written to `block.json`.
+    /// when given, written to `block.json`. The directory's lock comes with it: hold it for as
+    /// long as the search runs.
     pub fn open(
         dir: &Path,
         asked: BlockConfig,
@@ -304,22 +305,28 @@ impl BlockConfig {
         reuse_from: Option<&Path>,
         fields: &[&str],
         flag: impl Fn(&str) -> String,
-    ) -> Result<BlockConfig, BlockError> {
+    ) -> Result<(BlockConfig, crate::lock::DirLock), BlockError> {
+        let lock = || crate::lock::DirLock::take(dir).map_err(RunDirError::from);
         match (resume, reuse_from) {
             (true, Some(_)) => Err(BlockError::Config(
                 "--reuse starts a new search from another one's supernets; it does not go with \
                  --resume"
                     .into(),
             )),
-            (true, None) => BlockConfig::resume(dir, &asked, fields, flag),
+            (true, None) => {
+                // Checked before the lock is taken, so that a mistyped folder is not created.
+                let c = BlockConfig::resume(dir, &asked, fields, flag)?;
+                Ok((c, lock()?))
+            }
             (false, from) => {
                 asked.check()?;
+                let lock = lock()?;
                 let c = match from {
                     Some(from) => reuse(from, dir, asked)?,
                     None => asked,
                 };
                 c.start(dir)?;
-                Ok(c)
+                Ok((c, lock))
             }
         }
     }
