@@ -380,7 +380,33 @@ pub struct LoadedRun {
     pub weights: PathBuf,
 }
 
-/// Build a run's UNet on `device` and load its weights.
+/// Check a weights file against the SHA-256 that the state file beside it recorded (files
+/// written before checksums existed have none and pass).
+fn verify_weights(weights: &Path) -> Result<(), RunDirError> {
+    let (Some(folder), Some(name)) = (weights.parent(), weights.file_name()) else {
+        return Ok(());
+    };
+    let Ok(state) = crate::train::checkpoint::read_state(folder) else {
+        return Ok(());
+    };
+    let Some(expected) = state.sha256.get(&*name.to_string_lossy()) else {
+        return Ok(());
+    };
+    let found = crate::train::checkpoint::file_sha256(weights).map_err(|e| io_at(weights, e))?;
+    if &found != expected {
+        return Err(RunDirError::Invalid {
+            path: weights.to_path_buf(),
+            message: format!(
+                "damaged: its SHA-256 is {found}, and {} beside it recorded {expected}",
+                crate::train::STATE_FILE
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Build a run's UNet on `device` and load its weights (checked against their recorded
+/// SHA-256).
 pub fn load_denoiser(
     dir: &Path,
     which: Weights,
@@ -392,6 +418,7 @@ pub fn load_denoiser(
         message: format!("invalid genome:\n{e}"),
     })?;
     let weights = weights_path(dir, which)?;
+    verify_weights(&weights)?;
     let model = model.try_load_file(&weights).map_err(|e| RunDirError::Io {
         path: weights.clone(),
         message: e.to_string(),

@@ -267,3 +267,92 @@ fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
 fn to_bits<const D: usize>(t: &Tensor<D>) -> Vec<u32> {
     to_vec(t).into_iter().map(f32::to_bits).collect()
 }
+
+/// Flip one byte of `path` at `offset` (from the start; negative from the end).
+fn flip(path: &std::path::Path, offset: i64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = if offset < 0 {
+        (bytes.len() as i64 + offset) as usize
+    } else {
+        offset as usize
+    };
+    bytes[i] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn damaged_checkpoints_are_caught_and_resume_falls_back_to_an_intact_one() {
+    use diffnas::train::checkpoint::{all_newest_first, read_state};
+    use diffnas::train::{EMA_FILE, MODEL_FILE, OPTIM_FILE};
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (m_full, _, _) = run(a.path(), None, 1);
+    // Stopped at step 8: checkpoints at 4 and 8.
+    run(b.path(), Some(8), 1);
+    let cks = all_newest_first(b.path());
+    assert_eq!(cks.len(), 2);
+    // Every weights file of a checkpoint is sealed in its state file, and a flipped bit
+    // anywhere (start, middle, end) is caught naming the file and both hashes.
+    let newest = &cks[0];
+    let state = read_state(newest).unwrap();
+    for f in [MODEL_FILE, EMA_FILE, OPTIM_FILE] {
+        assert_eq!(state.sha256[f].len(), 64, "{f}");
+        let len = std::fs::metadata(newest.join(f)).unwrap().len() as i64;
+        for off in [0, len / 2, -1] {
+            let copy = tempfile::tempdir().unwrap();
+            for g in [MODEL_FILE, EMA_FILE, OPTIM_FILE, diffnas::train::STATE_FILE] {
+                std::fs::copy(newest.join(g), copy.path().join(g)).unwrap();
+            }
+            flip(&copy.path().join(f), off);
+            let s = read_state(copy.path()).unwrap();
+            let e = s.verify(copy.path()).unwrap_err().to_string();
+            assert!(
+                e.contains(f) && e.contains("damaged") && e.contains(&state.sha256[f]),
+                "{f} at {off}: {e}"
+            );
+        }
+    }
+    // The newest checkpoint damaged: the resume passes over it (keeping it) and continues
+    // from step 4, ending with the weights of the uninterrupted run.
+    flip(&newest.join(MODEL_FILE), 1000);
+    let mut notes = Vec::new();
+    let out = train(
+        init(12345),
+        &synthetic(24),
+        &cfg(),
+        &Device::flex().autodiff(),
+        TrainOptions {
+            run_dir: Some(b.path()),
+            resume: true,
+            stop: None,
+            stop_at: None,
+        },
+        &mut |e| {
+            if let diffnas::train::TrainEvent::Note(n) = e {
+                notes.push(n.clone());
+            }
+        },
+    )
+    .unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("damaged") && n.contains(MODEL_FILE)),
+        "{notes:?}"
+    );
+    assert!(
+        notes.iter().any(|n| n.contains("resuming from")),
+        "{notes:?}"
+    );
+    assert!(
+        newest.with_extension("damaged").join(MODEL_FILE).is_file(),
+        "the damaged checkpoint is kept"
+    );
+    assert!(param_values(&out.model) == param_values(&m_full));
+    // The finished run's final weights are sealed too: a damaged one does not load.
+    let ema = b.path().join(EMA_FILE);
+    flip(&ema, -5);
+    let state = read_state(b.path()).unwrap();
+    let e = state.verify(b.path()).unwrap_err().to_string();
+    assert!(e.contains(EMA_FILE) && e.contains("damaged"), "{e}");
+}

@@ -291,6 +291,7 @@ impl Render {
                         }
                     }
                     crate::train::TrainEvent::Checkpoint { .. } => {}
+                    crate::train::TrainEvent::Note(n) => note(pb, format!("{name}: {n}")),
                 }
             }
             BlockEvent::ScoringModel { name, done, total } => {

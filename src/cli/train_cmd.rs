@@ -274,5 +274,6 @@ fn render(pb: &indicatif::ProgressBar, e: &TrainEvent) {
         TrainEvent::Checkpoint { step, path } => {
             note(pb, format!("checkpoint at step {step}: {}", path.display()))
         }
+        TrainEvent::Note(n) => note(pb, n.clone()),
     }
 }

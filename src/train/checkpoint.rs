@@ -22,6 +22,10 @@ pub struct TrainState {
     /// The history of `L_hybrid`'s importance-sampled timesteps, when the run draws them so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub importance: Option<crate::diffusion::vlb::ImportanceSampler>,
+    /// SHA-256 (hex) of each weights file beside this state file, checked on load. Absent in
+    /// files written before checksums existed (they load unchecked).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sha256: std::collections::BTreeMap<String, String>,
 }
 
 impl TrainState {
@@ -34,6 +38,7 @@ impl TrainState {
             elapsed_s: 0.0,
             last_loss: None,
             importance: None,
+            sha256: Default::default(),
         }
     }
 }
@@ -44,6 +49,60 @@ pub enum CheckpointError {
     Io { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A file whose bytes are not the ones its state file recorded.
+    #[error(
+        "{path}: damaged: its SHA-256 is {found}, and {STATE_FILE} beside it recorded {expected}"
+    )]
+    Damaged {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+}
+
+/// SHA-256 of a file, hex.
+pub fn file_sha256(path: &Path) -> Result<String, CheckpointError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io_err(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl TrainState {
+    /// Record the SHA-256 of `files` (names in `dir`).
+    pub fn seal(&mut self, dir: &Path, files: &[&str]) -> Result<(), CheckpointError> {
+        for f in files {
+            self.sha256
+                .insert(f.to_string(), file_sha256(&dir.join(f))?);
+        }
+        Ok(())
+    }
+
+    /// Check every file this state recorded in `dir` against its SHA-256. Returns whether
+    /// there was anything to check (false: a state from before checksums).
+    pub fn verify(&self, dir: &Path) -> Result<bool, CheckpointError> {
+        for (f, expected) in &self.sha256 {
+            let path = dir.join(f);
+            let found = file_sha256(&path)?;
+            if &found != expected {
+                return Err(CheckpointError::Damaged {
+                    path,
+                    expected: expected.clone(),
+                    found,
+                });
+            }
+        }
+        Ok(!self.sha256.is_empty())
+    }
 }
 
 pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
@@ -133,6 +192,13 @@ pub fn publish(
 /// block supernets', look incomplete: never resumed, never pruned.)
 fn is_complete(dir: &Path) -> bool {
     dir.join(STATE_FILE).is_file()
+}
+
+/// Every complete checkpoint of a run, newest first.
+pub fn all_newest_first(run_dir: &Path) -> Vec<PathBuf> {
+    let mut all = complete_checkpoints(run_dir);
+    all.sort_by_key(|(s, _)| std::cmp::Reverse(*s));
+    all.into_iter().map(|(_, p)| p).collect()
 }
 
 /// `(step, dir)` of every complete checkpoint.

@@ -64,6 +64,9 @@ pub enum TrainEvent {
     Log(LogRecord),
     /// A checkpoint was written.
     Checkpoint { step: u64, path: PathBuf },
+    /// Something the user should know that does not stop the run (a damaged checkpoint passed
+    /// over on resume, one loaded without checksums).
+    Note(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,7 +185,10 @@ fn save_checkpoint<M: Module>(
     optim
         .save(tmp.join(OPTIM_FILE))
         .map_err(|e| rec(e, OPTIM_FILE))?;
-    let json = serde_json::to_vec_pretty(state).expect("state serialises");
+    let mut state = state.clone();
+    state.sha256.clear();
+    state.seal(&tmp, &[MODEL_FILE, EMA_FILE, OPTIM_FILE])?;
+    let json = serde_json::to_vec_pretty(&state).expect("state serialises");
     std::fs::write(tmp.join(STATE_FILE), json).map_err(|e| checkpoint::io_err(&tmp, e))?;
     checkpoint::publish(run_dir, &tmp, state.step, keep)
 }
@@ -198,6 +204,8 @@ pub fn load_checkpoint<M: Module>(
         path: dir.join(f),
         message: e.to_string(),
     };
+    let state = checkpoint::read_state(dir)?;
+    state.verify(dir)?;
     let model = model
         .try_load_file(dir.join(MODEL_FILE))
         .map_err(|e| bad(MODEL_FILE, e))?;
@@ -207,7 +215,6 @@ pub fn load_checkpoint<M: Module>(
     let optim = optim
         .load(dir.join(OPTIM_FILE))
         .map_err(|e| bad(OPTIM_FILE, e))?;
-    let state = checkpoint::read_state(dir)?;
     Ok((model, ema, optim, state))
 }
 
@@ -481,6 +488,8 @@ struct Restored<M: Module> {
     state: TrainState,
     log: Vec<LogRecord>,
     resumed: bool,
+    /// What the user should hear about the checkpoint chosen.
+    notes: Vec<String>,
 }
 
 fn restore<M: Module>(
@@ -490,8 +499,9 @@ fn restore<M: Module>(
 ) -> Result<Restored<M>, TrainError> {
     let ema = model.valid();
     let optim = optimizer(cfg);
+    let mut notes = Vec::new();
     if let (Some(dir), true) = (opts.run_dir, opts.resume)
-        && let Some(ck) = checkpoint::latest(dir)
+        && let Some(ck) = intact_checkpoint(dir, &mut notes)?
     {
         let (model, ema, optim, state) = load_checkpoint(&ck, model, ema, optim)?;
         if state.seed != cfg.seed {
@@ -510,6 +520,7 @@ fn restore<M: Module>(
             state,
             log,
             resumed: true,
+            notes,
         });
     }
     Ok(Restored {
@@ -519,7 +530,51 @@ fn restore<M: Module>(
         state: TrainState::start(cfg.seed),
         log: Vec::new(),
         resumed: false,
+        notes,
     })
+}
+
+/// The newest checkpoint of `dir` whose files match their checksums: `latest` first, then the
+/// others newest first. A damaged one is passed over (and kept on disk) with a note; none
+/// intact among several is an error naming the newest's damage.
+fn intact_checkpoint(dir: &Path, notes: &mut Vec<String>) -> Result<Option<PathBuf>, TrainError> {
+    let mut candidates: Vec<PathBuf> = checkpoint::latest(dir).into_iter().collect();
+    for c in checkpoint::all_newest_first(dir) {
+        if !candidates.contains(&c) {
+            candidates.push(c);
+        }
+    }
+    let mut first_damage = None;
+    for ck in &candidates {
+        match checkpoint::read_state(ck).and_then(|s| s.verify(ck)) {
+            Ok(checked) => {
+                if !checked {
+                    notes.push(format!(
+                        "{}: no checksums (written before diffnas recorded them): loaded unchecked",
+                        ck.display()
+                    ));
+                }
+                if first_damage.is_some() {
+                    notes.push(format!("resuming from {}", ck.display()));
+                }
+                return Ok(Some(ck.clone()));
+            }
+            Err(e) => {
+                // Kept, out of the way: the run writes this step again.
+                let aside = ck.with_extension("damaged");
+                let kept = match std::fs::rename(ck, &aside) {
+                    Ok(()) => format!("moved to {}", aside.display()),
+                    Err(_) => "left in place".into(),
+                };
+                notes.push(format!("{e}; passed over ({kept})"));
+                first_damage.get_or_insert(e);
+            }
+        }
+    }
+    match first_damage {
+        Some(e) => Err(e.into()),
+        None => Ok(None),
+    }
 }
 
 /// A finished run's final weights and state, beside its checkpoints.
@@ -537,9 +592,12 @@ fn save_final<M: Module>(
     ema.clone()
         .save_file(dir.join(EMA_FILE))
         .map_err(|e| rec(e, EMA_FILE))?;
+    let mut state = state.clone();
+    state.sha256.clear();
+    state.seal(dir, &[MODEL_FILE, EMA_FILE])?;
     write_atomic(
         &dir.join(STATE_FILE),
-        &serde_json::to_vec_pretty(state).expect("state serialises"),
+        &serde_json::to_vec_pretty(&state).expect("state serialises"),
     )?;
     Ok(())
 }
@@ -567,7 +625,11 @@ pub fn train_objective<M: Module>(
         mut state,
         mut log,
         resumed,
+        notes,
     } = restore(model, cfg, &opts)?;
+    for n in notes {
+        on_event(&TrainEvent::Note(n));
+    }
     if let Some(dir) = opts.run_dir {
         std::fs::create_dir_all(dir).map_err(|e| checkpoint::io_err(dir, e))?;
         write_log(&dir.join("log.jsonl"), &log)?;
