@@ -10,6 +10,7 @@ mod eval;
 mod export;
 mod fd_classifier;
 mod fetch;
+mod fuzz;
 mod genome;
 mod llm;
 mod model;

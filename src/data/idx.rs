@@ -5,14 +5,25 @@ use super::DataError;
 use std::io::Read;
 use std::path::Path;
 
+/// The most a gzipped IDX file may inflate to (MNIST-like sets are under 50 MB): a bound on
+/// what a damaged or hostile file can make us allocate.
+pub const MAX_INFLATED_BYTES: u64 = 1 << 30;
+
 /// Read a whole file, transparently gunzipping when it starts with the gzip magic.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&raw[..])
+            .take(MAX_INFLATED_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| DataError::format(path, format!("corrupt gzip stream: {e}")))?;
+        if out.len() as u64 > MAX_INFLATED_BYTES {
+            return Err(DataError::format(
+                path,
+                format!("inflates to more than {MAX_INFLATED_BYTES} bytes: not an IDX file"),
+            ));
+        }
         Ok(out)
     } else {
         Ok(raw)
@@ -54,7 +65,13 @@ fn parse(path: &Path, bytes: &[u8], rank: usize) -> Result<(Vec<usize>, usize), 
             u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
         })
         .collect();
-    let expected = dims.iter().product::<usize>();
+    // Checked: four u32 dimensions can exceed usize, and a wrapped product could match.
+    let Some(expected) = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
+        return Err(DataError::format(
+            path,
+            format!("the header's dimensions {dims:?} overflow: not an IDX file"),
+        ));
+    };
     let have = bytes.len() - header;
     if have != expected {
         return Err(DataError::format(
