@@ -512,3 +512,74 @@ fn a_directory_another_process_writes_is_refused_by_search_and_block_search() {
     let o = run(&["report", h]);
     assert!(!stderr(&o).contains("in use"), "{}", stderr(&o));
 }
+
+/// A tmpfs of `mib` MiB at `dir`, unmounted on drop (root, as the Slurm tests).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, mib: usize) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount runs");
+        assert!(
+            o.status.success(),
+            "mounting a tmpfs needs root (as CI has): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_training_with_a_clear_error_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("images");
+    image_folder(&data_dir, 12);
+    let genome = dir.path().join("g.json");
+    std::fs::write(&genome, tiny16().to_json_pretty()).unwrap();
+    let data = format!("folder:{}", data_dir.display());
+    // Room for one checkpoint of tiny16 (model, EMA, optimizer: about 10 MB), not two.
+    let mount = dir.path().join("small");
+    let _fs = Tmpfs::mount(&mount, 16);
+    let run_dir = mount.join("run");
+    let o = run(&train_args(
+        genome.to_str().unwrap(),
+        &data,
+        run_dir.to_str().unwrap(),
+    ));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("No space left on device") && e.contains("checkpoints"),
+        "{e}"
+    );
+    // The last published checkpoint is intact and resumable.
+    let latest = diffnas::train::latest_checkpoint(&run_dir).expect("a checkpoint");
+    assert_eq!(latest_step(&run_dir), 5);
+    let state = diffnas::train::checkpoint::read_state(&latest).unwrap();
+    assert!(state.verify(&latest).unwrap(), "checked and intact");
+    // A read-only file system: refused the same way, the checkpoint still intact.
+    let o = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&mount)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["train", "--resume", "--run-dir", run_dir.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(state.verify(&latest).unwrap());
+}
