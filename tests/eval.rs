@@ -394,9 +394,56 @@ fn reference_file_round_trips_and_refuses_another_extractor() {
         Err(ReferenceError::Extractor { found, .. }) => assert_eq!(*found, id),
         other => panic!("expected an extractor mismatch, got {other:?}"),
     }
+    // A flipped bit in the middle (where the features sit, which the format cannot see) is
+    // caught by the SHA-256 recorded beside the file.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = Reference::load(&path, None).unwrap_err().to_string();
+    assert!(e.contains("damaged") && e.contains(".sha256"), "{e}");
     std::fs::write(&path, b"not a statistics file").unwrap();
     assert!(matches!(
         Reference::load(&path, None),
         Err(ReferenceError::Format { .. })
     ));
+    // A file from before the sidecars loads (unchecked).
+    r.save(&path).unwrap();
+    std::fs::remove_file(diffnas::eval::extract::sidecar_path(&path)).unwrap();
+    assert!(Reference::load(&path, Some(&id)).is_ok());
+}
+
+#[test]
+fn a_damaged_classifier_file_is_refused() {
+    use diffnas::eval::classifier::{Classifier, ClassifierMeta};
+    use diffnas::eval::extract::ClassifierExtractor;
+    let device = burn::tensor::Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.bpk");
+    let meta = ClassifierMeta {
+        input: [1, 28, 28],
+        classes: 10,
+        data: "fashion-mnist".into(),
+        train_images: 0,
+        test_accuracy: 0.0,
+        epochs: 0,
+        seed: 0,
+    };
+    ClassifierExtractor::save(
+        Classifier::new([1, 28, 28], 10, &device),
+        meta,
+        &path,
+        &device,
+    )
+    .unwrap();
+    assert!(ClassifierExtractor::load(&path, &device).is_ok());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = ClassifierExtractor::load(&path, &device)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("damaged") && e.contains("c.bpk"), "{e}");
 }

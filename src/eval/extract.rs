@@ -42,6 +42,38 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// `<file>.sha256`: the SHA-256 (hex) of a weights file diffnas wrote, checked on load.
+pub fn sidecar_path(file: &Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".sha256");
+    PathBuf::from(s)
+}
+
+/// Record `file`'s SHA-256 beside it.
+pub fn write_sidecar(file: &Path) -> std::io::Result<String> {
+    let sha = sha256_file(file)?;
+    std::fs::write(sidecar_path(file), format!("{sha}\n"))?;
+    Ok(sha)
+}
+
+/// Check `file` against its sidecar: Ok(Some(sha)) when it matches, Ok(None) when there is
+/// no sidecar (a file from before them), and an error naming the file and both hashes when it
+/// does not match.
+pub fn check_sidecar(file: &Path) -> Result<Option<String>, String> {
+    let Ok(text) = std::fs::read_to_string(sidecar_path(file)) else {
+        return Ok(None);
+    };
+    let expected = text.trim();
+    let found = sha256_file(file).map_err(|e| e.to_string())?;
+    if found != expected {
+        return Err(format!(
+            "damaged: its SHA-256 is {found}, and {} recorded {expected}",
+            sidecar_path(file).display()
+        ));
+    }
+    Ok(Some(found))
+}
+
 /// The FID Inception on a device.
 pub struct InceptionExtractor {
     net: FidInception,
@@ -106,6 +138,7 @@ impl InceptionExtractor {
                     serde_json::from_slice(&b)
                         .map_err(|e| read_err(format!("{}: {e}", meta_path.display())))
                 })?;
+            check_sidecar(path).map_err(read_err)?;
             let net = FidInception::zeros(device)
                 .try_load_file(path)
                 .map_err(|e| read_err(e.to_string()))?;
@@ -117,6 +150,8 @@ impl InceptionExtractor {
         if let Ok(b) = std::fs::read(meta_path(&converted))
             && let Ok(meta) = serde_json::from_slice::<ConvertedMeta>(&b)
             && meta.source_sha256 == sha
+            // A damaged conversion is made again.
+            && check_sidecar(&converted).is_ok()
             && let Ok(net) = FidInception::zeros(device).try_load_file(&converted)
         {
             return Ok(Self::new(net, id, device));
@@ -130,6 +165,7 @@ impl InceptionExtractor {
             extractor: id.clone(),
         };
         if net.clone().save_file(&converted).is_ok() {
+            let _ = write_sidecar(&converted);
             let _ = std::fs::write(
                 meta_path(&converted),
                 serde_json::to_vec_pretty(&meta).expect("meta serialises"),
@@ -197,7 +233,10 @@ impl ClassifierExtractor {
         let bytes = std::fs::read(&mp).map_err(|e| err(&mp, e.to_string()))?;
         let meta: ClassifierMeta =
             serde_json::from_slice(&bytes).map_err(|e| err(&mp, e.to_string()))?;
-        let sha = sha256_file(path).map_err(|e| err(path, e.to_string()))?;
+        let sha = match check_sidecar(path).map_err(|m| err(path, m))? {
+            Some(sha) => sha,
+            None => sha256_file(path).map_err(|e| err(path, e.to_string()))?,
+        };
         let net = Classifier::new(meta.input, meta.classes, device)
             .try_load_file(path)
             .map_err(|e| err(path, e.to_string()))?;
@@ -224,7 +263,7 @@ impl ClassifierExtractor {
         let mp = meta_path(path);
         std::fs::write(&mp, serde_json::to_vec_pretty(&meta).expect("serialises"))
             .map_err(|e| err(&mp, e.to_string()))?;
-        let sha = sha256_file(path).map_err(|e| err(path, e.to_string()))?;
+        let sha = write_sidecar(path).map_err(|e| err(path, e.to_string()))?;
         Ok(Self::new(net, meta, &sha, device))
     }
 }

@@ -138,7 +138,9 @@ impl Reference {
         }
         let tmp = path.with_extension("safetensors.tmp");
         std::fs::write(&tmp, bytes).map_err(|e| io(&e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(&e))
+        std::fs::rename(&tmp, path).map_err(|e| io(&e))?;
+        super::extract::write_sidecar(path).map_err(|e| io(&e))?;
+        Ok(())
     }
 
     /// Read a statistics file; with `expected`, refuse one made by another extractor.
@@ -147,6 +149,7 @@ impl Reference {
             path: path.to_path_buf(),
             message: m,
         };
+        super::extract::check_sidecar(path).map_err(fmt)?;
         let bytes = std::fs::read(path).map_err(|e| ReferenceError::Io {
             path: path.to_path_buf(),
             message: e.to_string(),

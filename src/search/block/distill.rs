@@ -128,7 +128,14 @@ fn save(
         let p = tmp.join(format!("optim-{b}.bpk"));
         o.save(&p).map_err(|e| checkpoint::io_err(&p, e))?;
     }
-    let json = serde_json::to_vec_pretty(state).expect("state serialises");
+    let mut state = state.clone();
+    state.sha256.clear();
+    let files: Vec<String> = std::iter::once(SUPERNETS_FILE.to_string())
+        .chain((0..optims.len()).map(|b| format!("optim-{b}.bpk")))
+        .collect();
+    let names: Vec<&str> = files.iter().map(String::as_str).collect();
+    state.seal(&tmp, &names)?;
+    let json = serde_json::to_vec_pretty(&state).expect("state serialises");
     checkpoint::write_atomic(&tmp.join(checkpoint::STATE_FILE), &json)?;
     checkpoint::publish(dir, &tmp, state.step, keep)?;
     Ok(())
@@ -162,6 +169,8 @@ pub fn train_supernets(
             path: ck.join(f),
             message: e.to_string(),
         };
+        // Every file checked against the SHA-256 its state recorded before any is loaded.
+        checkpoint::read_state(&ck)?.verify(&ck)?;
         nets = nets
             .try_load_file(ck.join(SUPERNETS_FILE))
             .map_err(|e| bad(SUPERNETS_FILE, e))?;
