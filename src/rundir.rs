@@ -405,6 +405,19 @@ fn verify_weights(weights: &Path) -> Result<(), RunDirError> {
     Ok(())
 }
 
+impl LoadedRun {
+    /// The noise schedule the run trained with (`dir` names its `train.json` in errors).
+    pub fn schedule(&self, dir: &Path) -> Result<crate::diffusion::NoiseSchedule, RunDirError> {
+        let c = &self.files.config;
+        crate::diffusion::NoiseSchedule::new(c.beta_schedule, c.timesteps).map_err(|e| {
+            RunDirError::Invalid {
+                path: dir.join(RUN_FILE),
+                message: e.to_string(),
+            }
+        })
+    }
+}
+
 /// Build a run's UNet on `device` and load its weights (checked against their recorded
 /// SHA-256).
 pub fn load_denoiser(
@@ -445,14 +458,7 @@ pub fn score_run(
     on_images: &mut dyn FnMut(usize),
 ) -> Result<crate::eval::rfid::Score, RunDirError> {
     let run = load_denoiser(dir, which, device)?;
-    let c = &run.files.config;
-    let schedule =
-        crate::diffusion::NoiseSchedule::new(c.beta_schedule, c.timesteps).map_err(|e| {
-            RunDirError::Invalid {
-                path: dir.join(RUN_FILE),
-                message: e.to_string(),
-            }
-        })?;
+    let schedule = run.schedule(dir)?;
     let image = run.genome.image;
     let mut s = crate::eval::rfid::score_denoiser(
         &run.model,
@@ -490,14 +496,7 @@ pub fn nll_run(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(crate::eval::nll::Nll, RunSourceNote), RunDirError> {
     let run = load_denoiser(dir, which, device)?;
-    let c = &run.files.config;
-    let schedule =
-        crate::diffusion::NoiseSchedule::new(c.beta_schedule, c.timesteps).map_err(|e| {
-            RunDirError::Invalid {
-                path: dir.join(RUN_FILE),
-                message: e.to_string(),
-            }
-        })?;
+    let schedule = run.schedule(dir)?;
     let source = data.unwrap_or(&run.files.data).clone();
     let image = run.genome.image;
     let images = source

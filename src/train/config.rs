@@ -232,9 +232,20 @@ impl TrainConfig {
         flags: &TrainConfig,
         given: &[&str],
     ) -> Result<(TrainConfig, crate::genome::Genome), String> {
-        let config = TrainConfig::recipe_for(genome).with_fields_of(flags, given);
-        let genome = config
+        // The network first (a given --loss decides its head), then that network's recipe, so
+        // `--loss hybrid` on any genome trains IDDPM's way unless flags say otherwise.
+        let loss = if given.contains(&"loss") {
+            flags.loss_kind()
+        } else {
+            TrainConfig::recipe_for(genome).loss_kind()
+        };
+        let genome = TrainConfig::new()
+            .with_loss(Some(loss))
             .genome_for(genome)
+            .map_err(|e| format!("--loss {loss}: {e}"))?;
+        let config = TrainConfig::recipe_for(&genome).with_fields_of(flags, given);
+        config
+            .check_genome(&genome)
             .map_err(|e| format!("--loss {}: {e}", config.loss_kind()))?;
         Ok((config, genome))
     }
