@@ -43,6 +43,8 @@
 //! - `device` -> burn, wgpu.
 //! - `lock` -> std only: the exclusive lock (`flock` on `job.lock`) that every process writing
 //!   a run, search, study or trial directory holds; read-only commands take none.
+//! - `integrity` -> std only: the once-per-file warning for weights and statistics loaded
+//!   without a checksum (written before diffnas recorded them); the CLI prints it.
 //! - `cli` -> everything, and nothing points back at it. It only maps arguments to the
 //!   library's configurations (whose defaults it shows from the library's `defaults`
 //!   modules) and renders progress from the library's events. Library errors are typed; the
@@ -67,6 +69,8 @@ pub mod cli;
 pub mod data;
 #[cfg(feature = "cli")]
 pub mod device;
+#[cfg(feature = "cli")]
+pub mod integrity;
 #[cfg(feature = "cli")]
 pub mod lock;
 #[cfg(feature = "cli")]

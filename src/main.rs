@@ -2,6 +2,7 @@
 
 fn main() {
     keep_freed_memory();
+    end_quietly_on_closed_pipe();
     std::process::exit(diffnas::cli::main());
 }
 
@@ -25,5 +26,15 @@ fn keep_freed_memory() {
                 libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
             }
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`diffnas genome list | head -1`)
+/// panics in `println!`. A command-line tool ends quietly there instead, as others do.
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

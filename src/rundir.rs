@@ -381,19 +381,20 @@ pub struct LoadedRun {
 }
 
 /// Check a weights file against the SHA-256 that the state file beside it recorded (files
-/// written before checksums existed have none and pass).
+/// written before checksums existed have none: they pass, with a warning).
 fn verify_weights(weights: &Path) -> Result<(), RunDirError> {
     let (Some(folder), Some(name)) = (weights.parent(), weights.file_name()) else {
         return Ok(());
     };
-    let Ok(state) = crate::train::checkpoint::read_state(folder) else {
-        return Ok(());
-    };
-    let Some(expected) = state.sha256.get(&*name.to_string_lossy()) else {
+    let recorded = crate::train::checkpoint::read_state(folder)
+        .ok()
+        .and_then(|s| s.sha256.get(&*name.to_string_lossy()).cloned());
+    let Some(expected) = recorded else {
+        crate::integrity::unchecked(weights);
         return Ok(());
     };
     let found = crate::train::checkpoint::file_sha256(weights).map_err(|e| io_at(weights, e))?;
-    if &found != expected {
+    if found != expected {
         return Err(RunDirError::Invalid {
             path: weights.to_path_buf(),
             message: format!(

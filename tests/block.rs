@@ -441,8 +441,8 @@ fn noise_dataset(n: usize, size: usize) -> diffnas::data::Dataset {
 }
 
 #[test]
-fn supernet_training_resumes_exactly() {
-    use diffnas::search::block::distill::{DistillEvent, train_supernets};
+fn supernet_training_resumes_exactly_past_a_damaged_checkpoint() {
+    use diffnas::search::block::distill::{DistillEvent, SUPERNETS_FILE, train_supernets};
     use diffnas::train::TrainConfig;
     use std::sync::atomic::{AtomicBool, Ordering};
     let device = Device::flex().autodiff();
@@ -478,7 +478,8 @@ fn supernet_training_resumes_exactly() {
     assert!(full.finished);
     assert_eq!(full.log.len(), 8);
     assert_eq!(full.log[0].losses.len(), spaces.len());
-    // Stopped after step 3 (a checkpoint is written at the stop), then resumed.
+    // Stopped after step 5 (checkpoints at 4 and, at the stop, 5); the newest is then
+    // damaged, and the resumed run passes over it to step 4 and ends where the full run did.
     let stop = AtomicBool::new(false);
     let part = train_supernets(
         &teacher,
@@ -490,15 +491,25 @@ fn supernet_training_resumes_exactly() {
         Some(&b),
         Some(&stop),
         &mut |e| {
-            if *e == (DistillEvent::Step { step: 3 }) {
+            if *e == (DistillEvent::Step { step: 5 }) {
                 stop.store(true, Ordering::SeqCst);
             }
         },
     )
     .unwrap();
     assert!(!part.finished);
-    assert_eq!(part.state.step, 3);
+    assert_eq!(part.state.step, 5);
+    let newest = diffnas::train::checkpoint::latest(&b).unwrap();
+    assert!(newest.ends_with("step-000000005"), "{}", newest.display());
+    let state = diffnas::train::checkpoint::read_state(&newest).unwrap();
+    assert_eq!(
+        state.sha256.len(),
+        1 + spaces.len(),
+        "supernets and each optimizer sealed"
+    );
+    crate::common::flip(&newest.join(SUPERNETS_FILE), 2000);
     let mut started = None;
+    let mut notes = Vec::new();
     let rest = train_supernets(
         &teacher,
         &spaces,
@@ -508,27 +519,37 @@ fn supernet_training_resumes_exactly() {
         &device,
         Some(&b),
         None,
-        &mut |e| {
-            if let DistillEvent::Started { step, .. } = e {
-                started = Some(*step);
-            }
+        &mut |e| match e {
+            DistillEvent::Started { step, .. } => started = Some(*step),
+            DistillEvent::Note(n) => notes.push(n.clone()),
+            _ => {}
         },
     )
     .unwrap();
     assert_eq!(
         started,
-        Some(3),
-        "the second call resumes from the step-3 checkpoint"
+        Some(4),
+        "the second call passes over the damaged step-5 checkpoint to step 4"
     );
-    // Old checkpoints are pruned to the configured number.
+    assert!(
+        notes.iter().any(|n| n.contains(SUPERNETS_FILE)
+            && n.contains("damaged")
+            && n.contains("passed over")),
+        "{notes:?}"
+    );
+    assert!(
+        b.join("checkpoints/step-000000005.damaged")
+            .join(SUPERNETS_FILE)
+            .exists(),
+        "the damaged checkpoint is kept aside, not deleted"
+    );
+    // Old checkpoints are pruned to the configured number (the damaged one aside).
     let kept = std::fs::read_dir(b.join("checkpoints"))
         .unwrap()
         .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("step-")
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("step-") && !name.ends_with(".damaged")
         })
         .count();
     assert_eq!(kept, cfg.keep_checkpoints);
@@ -666,6 +687,23 @@ fn block_search_end_to_end_on_real_data() {
     // Run again with --resume: nothing is retrained, the report is rewritten.
     let o = resume(&["--device", "flex", "--score-n", "0"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The trained supernets are sealed: one flipped byte is caught on --resume, the file is
+    // kept aside and the supernets come back, the same bytes, from their last checkpoint.
+    let nets = dir.join("supernet/supernets.bpk");
+    let good = std::fs::read(&nets).unwrap();
+    crate::common::flip(&nets, good.len() as i64 / 2);
+    let o = resume(&["--device", "flex", "--score-n", "0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("supernets.bpk: damaged") && err.contains("restoring the supernets"),
+        "{err}"
+    );
+    assert!(dir.join("supernet/supernets.bpk.damaged").is_file());
+    assert!(
+        std::fs::read(&nets).unwrap() == good,
+        "restored bytes differ"
+    );
     // A flag that would change the stored search is refused on --resume, naming the value.
     let o = resume(&["--gamma", "2"]);
     let err = String::from_utf8_lossy(&o.stderr);

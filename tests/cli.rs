@@ -296,6 +296,41 @@ fn killed_training_resumes_to_the_same_weights() {
         );
     }
 
+    // A run from before checksums (its state file without them) still samples, with a
+    // warning naming the weights file; a sealed run gives none.
+    let old = dir.path().join("old-run");
+    std::fs::create_dir_all(&old).unwrap();
+    for f in ["genome.json", "train.json", "model.bpk", "ema.bpk"] {
+        std::fs::copy(a.join(f), old.join(f)).unwrap();
+    }
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("state.json")).unwrap()).unwrap();
+    assert!(state["sha256"]["ema.bpk"].is_string());
+    state.as_object_mut().unwrap().remove("sha256");
+    std::fs::write(old.join("state.json"), state.to_string()).unwrap();
+    let old_grid = dir.path().join("old.png");
+    let sample = |run_dir: &std::path::Path| {
+        run(&[
+            "sample",
+            run_dir.to_str().unwrap(),
+            "--device",
+            "flex",
+            "--n",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            old_grid.to_str().unwrap(),
+        ])
+    };
+    let o = sample(&old);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let warning = format!("warning: {}: no checksum", old.join("ema.bpk").display());
+    assert!(stderr(&o).contains(&warning), "{}", stderr(&o));
+    let o = sample(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+
     // Sampling from the run writes a grid and individual images, deterministic per seed.
     let grid = dir.path().join("grid.png");
     let each = dir.path().join("each");

@@ -79,3 +79,15 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Flip one byte of `path` at `offset` (from the start; negative from the end).
+pub fn flip(path: &std::path::Path, offset: i64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = if offset < 0 {
+        (bytes.len() as i64 + offset) as usize
+    } else {
+        offset as usize
+    };
+    bytes[i] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}

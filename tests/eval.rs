@@ -407,10 +407,12 @@ fn reference_file_round_trips_and_refuses_another_extractor() {
         Reference::load(&path, None),
         Err(ReferenceError::Format { .. })
     ));
-    // A file from before the sidecars loads (unchecked).
+    // A file from before the sidecars loads, with a warning naming it.
     r.save(&path).unwrap();
+    assert!(!diffnas::integrity::unchecked_files().contains(&path));
     std::fs::remove_file(diffnas::eval::extract::sidecar_path(&path)).unwrap();
     assert!(Reference::load(&path, Some(&id)).is_ok());
+    assert!(diffnas::integrity::unchecked_files().contains(&path));
 }
 
 #[test]

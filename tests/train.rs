@@ -268,18 +268,6 @@ fn to_bits<const D: usize>(t: &Tensor<D>) -> Vec<u32> {
     to_vec(t).into_iter().map(f32::to_bits).collect()
 }
 
-/// Flip one byte of `path` at `offset` (from the start; negative from the end).
-fn flip(path: &std::path::Path, offset: i64) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let i = if offset < 0 {
-        (bytes.len() as i64 + offset) as usize
-    } else {
-        offset as usize
-    };
-    bytes[i] ^= 0x10;
-    std::fs::write(path, bytes).unwrap();
-}
-
 #[test]
 fn damaged_checkpoints_are_caught_and_resume_falls_back_to_an_intact_one() {
     use diffnas::train::checkpoint::{all_newest_first, read_state};
@@ -303,7 +291,7 @@ fn damaged_checkpoints_are_caught_and_resume_falls_back_to_an_intact_one() {
             for g in [MODEL_FILE, EMA_FILE, OPTIM_FILE, diffnas::train::STATE_FILE] {
                 std::fs::copy(newest.join(g), copy.path().join(g)).unwrap();
             }
-            flip(&copy.path().join(f), off);
+            crate::common::flip(&copy.path().join(f), off);
             let s = read_state(copy.path()).unwrap();
             let e = s.verify(copy.path()).unwrap_err().to_string();
             assert!(
@@ -314,7 +302,7 @@ fn damaged_checkpoints_are_caught_and_resume_falls_back_to_an_intact_one() {
     }
     // The newest checkpoint damaged: the resume passes over it (keeping it) and continues
     // from step 4, ending with the weights of the uninterrupted run.
-    flip(&newest.join(MODEL_FILE), 1000);
+    crate::common::flip(&newest.join(MODEL_FILE), 1000);
     let mut notes = Vec::new();
     let out = train(
         init(12345),
@@ -351,7 +339,7 @@ fn damaged_checkpoints_are_caught_and_resume_falls_back_to_an_intact_one() {
     assert!(param_values(&out.model) == param_values(&m_full));
     // The finished run's final weights are sealed too: a damaged one does not load.
     let ema = b.path().join(EMA_FILE);
-    flip(&ema, -5);
+    crate::common::flip(&ema, -5);
     let state = read_state(b.path()).unwrap();
     let e = state.verify(b.path()).unwrap_err().to_string();
     assert!(e.contains(EMA_FILE) && e.contains("damaged"), "{e}");

@@ -236,6 +236,7 @@ impl Render {
                         }
                     }
                     DistillEvent::Step { step } => pb.set_position(*step),
+                    DistillEvent::Note(n) => note(pb, format!("supernets: {n}")),
                     DistillEvent::Log(r) => {
                         let msg = names
                             .iter()

@@ -105,6 +105,52 @@ impl TrainState {
     }
 }
 
+/// The newest checkpoint of `dir` whose files match their checksums: `latest` first, then the
+/// others newest first. A damaged one is passed over (and kept on disk) with a note; none
+/// intact among several is an error naming the newest's damage.
+pub fn newest_intact(
+    dir: &Path,
+    notes: &mut Vec<String>,
+) -> Result<Option<PathBuf>, CheckpointError> {
+    let mut candidates: Vec<PathBuf> = latest(dir).into_iter().collect();
+    for c in all_newest_first(dir) {
+        if !candidates.contains(&c) {
+            candidates.push(c);
+        }
+    }
+    let mut first_damage = None;
+    for ck in &candidates {
+        match read_state(ck).and_then(|s| s.verify(ck)) {
+            Ok(checked) => {
+                if !checked {
+                    notes.push(format!(
+                        "{}: no checksums (written before diffnas recorded them): loaded unchecked",
+                        ck.display()
+                    ));
+                }
+                if first_damage.is_some() {
+                    notes.push(format!("resuming from {}", ck.display()));
+                }
+                return Ok(Some(ck.clone()));
+            }
+            Err(e) => {
+                // Kept, out of the way: the run writes this step again.
+                let aside = ck.with_extension("damaged");
+                let kept = match std::fs::rename(ck, &aside) {
+                    Ok(()) => format!("moved to {}", aside.display()),
+                    Err(_) => "left in place".into(),
+                };
+                notes.push(format!("{e}; passed over ({kept})"));
+                first_damage.get_or_insert(e);
+            }
+        }
+    }
+    match first_damage {
+        Some(e) => Err(e),
+        None => Ok(None),
+    }
+}
+
 pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
     CheckpointError::Io {
         path: path.to_path_buf(),

@@ -501,7 +501,7 @@ fn restore<M: Module>(
     let optim = optimizer(cfg);
     let mut notes = Vec::new();
     if let (Some(dir), true) = (opts.run_dir, opts.resume)
-        && let Some(ck) = intact_checkpoint(dir, &mut notes)?
+        && let Some(ck) = checkpoint::newest_intact(dir, &mut notes)?
     {
         let (model, ema, optim, state) = load_checkpoint(&ck, model, ema, optim)?;
         if state.seed != cfg.seed {
@@ -532,49 +532,6 @@ fn restore<M: Module>(
         resumed: false,
         notes,
     })
-}
-
-/// The newest checkpoint of `dir` whose files match their checksums: `latest` first, then the
-/// others newest first. A damaged one is passed over (and kept on disk) with a note; none
-/// intact among several is an error naming the newest's damage.
-fn intact_checkpoint(dir: &Path, notes: &mut Vec<String>) -> Result<Option<PathBuf>, TrainError> {
-    let mut candidates: Vec<PathBuf> = checkpoint::latest(dir).into_iter().collect();
-    for c in checkpoint::all_newest_first(dir) {
-        if !candidates.contains(&c) {
-            candidates.push(c);
-        }
-    }
-    let mut first_damage = None;
-    for ck in &candidates {
-        match checkpoint::read_state(ck).and_then(|s| s.verify(ck)) {
-            Ok(checked) => {
-                if !checked {
-                    notes.push(format!(
-                        "{}: no checksums (written before diffnas recorded them): loaded unchecked",
-                        ck.display()
-                    ));
-                }
-                if first_damage.is_some() {
-                    notes.push(format!("resuming from {}", ck.display()));
-                }
-                return Ok(Some(ck.clone()));
-            }
-            Err(e) => {
-                // Kept, out of the way: the run writes this step again.
-                let aside = ck.with_extension("damaged");
-                let kept = match std::fs::rename(ck, &aside) {
-                    Ok(()) => format!("moved to {}", aside.display()),
-                    Err(_) => "left in place".into(),
-                };
-                notes.push(format!("{e}; passed over ({kept})"));
-                first_damage.get_or_insert(e);
-            }
-        }
-    }
-    match first_damage {
-        Some(e) => Err(e.into()),
-        None => Ok(None),
-    }
 }
 
 /// A finished run's final weights and state, beside its checkpoints.

@@ -51,9 +51,17 @@ pub struct DistillLog {
 /// Progress of [`train_supernets`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum DistillEvent {
-    Started { step: u64, total: u64 },
-    Step { step: u64 },
+    Started {
+        step: u64,
+        total: u64,
+    },
+    Step {
+        step: u64,
+    },
     Log(DistillLog),
+    /// What the user should hear about the checkpoint resumed from (one passed over as
+    /// damaged, one without checksums).
+    Note(String),
 }
 
 /// Teacher noise inputs for one step: the same (seed, step) stream as training.
@@ -164,13 +172,21 @@ pub fn train_supernets(
     let mut state = TrainState::start(cfg.seed);
     let mut log: Vec<DistillLog> = Vec::new();
     let log_path = dir.map(|d| d.join("distill-log.jsonl"));
-    if let Some(ck) = dir.and_then(checkpoint::latest) {
+    let mut notes = Vec::new();
+    // Every file checked against the SHA-256 its state recorded before any is loaded; a
+    // damaged newest checkpoint is passed over for the newest intact one.
+    let resume_from = match dir {
+        Some(d) => checkpoint::newest_intact(d, &mut notes)?,
+        None => None,
+    };
+    for n in notes {
+        on_event(&DistillEvent::Note(n));
+    }
+    if let Some(ck) = resume_from {
         let bad = |f: &str, e: burn::store::RecordError| CheckpointError::Invalid {
             path: ck.join(f),
             message: e.to_string(),
         };
-        // Every file checked against the SHA-256 its state recorded before any is loaded.
-        checkpoint::read_state(&ck)?.verify(&ck)?;
         nets = nets
             .try_load_file(ck.join(SUPERNETS_FILE))
             .map_err(|e| bad(SUPERNETS_FILE, e))?;

@@ -569,22 +569,39 @@ pub fn supernets(
             })
             .collect()
     };
-    if final_nets.is_file() {
-        let nets = fresh_nets(device)
-            .try_load_file(&final_nets)
-            .map_err(|e| io(&final_nets, e))?;
-        let state = crate::train::checkpoint::read_state(&sdir)
-            .ok()
-            .or_else(|| {
-                crate::train::checkpoint::latest(&sdir)
-                    .and_then(|ck| crate::train::checkpoint::read_state(&ck).ok())
-            });
-        return Ok(Phase::Done(Supernets {
-            nets,
-            seconds: state.map_or(0.0, |s| s.elapsed_s),
-        }));
-    }
     let names: Vec<String> = teacher.spaces.iter().map(|s| s.id.to_string()).collect();
+    if final_nets.is_file() {
+        let state = crate::train::checkpoint::read_state(&sdir).ok();
+        match state.as_ref().map(|s| s.verify(&sdir)) {
+            Some(Err(e)) => {
+                // Kept aside; the supernets come back from their newest intact checkpoint
+                // (one is written at the last step), and the final file is written again.
+                let aside = final_nets.with_extension("bpk.damaged");
+                std::fs::rename(&final_nets, &aside).map_err(|e| io(&final_nets, e))?;
+                let note = format!(
+                    "{e}; moved to {}, restoring the supernets from their checkpoints",
+                    aside.display()
+                );
+                on(BlockEvent::Distill(&names, &DistillEvent::Note(note)));
+            }
+            checked => {
+                if !matches!(checked, Some(Ok(true))) {
+                    crate::integrity::unchecked(&final_nets);
+                }
+                let nets = fresh_nets(device)
+                    .try_load_file(&final_nets)
+                    .map_err(|e| io(&final_nets, e))?;
+                let state = state.or_else(|| {
+                    crate::train::checkpoint::latest(&sdir)
+                        .and_then(|ck| crate::train::checkpoint::read_state(&ck).ok())
+                });
+                return Ok(Phase::Done(Supernets {
+                    nets,
+                    seconds: state.map_or(0.0, |s| s.elapsed_s),
+                }));
+            }
+        }
+    }
     let ad = device.clone().autodiff();
     let out = train_supernets(
         &teacher.model,
@@ -605,7 +622,12 @@ pub fn supernets(
     nets.clone()
         .save_file(&final_nets)
         .map_err(|e| io(&final_nets, e))?;
-    write_json(&sdir.join(crate::train::STATE_FILE), &out.state)?;
+    let mut state = out.state.clone();
+    state.sha256.clear();
+    state
+        .seal(&sdir, &[SUPERNETS_FILE])
+        .map_err(|e| io(&final_nets, e))?;
+    write_json(&sdir.join(crate::train::STATE_FILE), &state)?;
     Ok(Phase::Done(Supernets {
         nets,
         seconds: out.state.elapsed_s,
