@@ -394,14 +394,13 @@ fn reference_file_round_trips_and_refuses_another_extractor() {
         Err(ReferenceError::Extractor { found, .. }) => assert_eq!(*found, id),
         other => panic!("expected an extractor mismatch, got {other:?}"),
     }
-    // A flipped bit in the middle (where the features sit, which the format cannot see) is
-    // caught by the SHA-256 recorded beside the file.
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x04;
-    std::fs::write(&path, &bytes).unwrap();
-    let e = Reference::load(&path, None).unwrap_err().to_string();
-    assert!(e.contains("damaged") && e.contains(".sha256"), "{e}");
+    // A flipped byte anywhere (in the middle the features sit, which the format cannot see)
+    // is caught by the SHA-256 recorded beside the file.
+    flips_are_caught(&path, || {
+        Reference::load(&path, None)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
     std::fs::write(&path, b"not a statistics file").unwrap();
     assert!(matches!(
         Reference::load(&path, None),
@@ -439,13 +438,49 @@ fn a_damaged_classifier_file_is_refused() {
     )
     .unwrap();
     assert!(ClassifierExtractor::load(&path, &device).is_ok());
-    let mut bytes = std::fs::read(&path).unwrap();
-    let at = bytes.len() - 3;
-    bytes[at] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
-    let e = ClassifierExtractor::load(&path, &device)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(e.contains("damaged") && e.contains("c.bpk"), "{e}");
+    flips_are_caught(&path, || {
+        ClassifierExtractor::load(&path, &device)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+}
+
+/// One flipped byte at the start, in the middle and at the end of `path` (each alone, the file
+/// restored between) makes `load` refuse it as damaged, naming the file; intact, it loads.
+fn flips_are_caught(path: &std::path::Path, load: impl Fn() -> Result<(), String>) {
+    let good = std::fs::read(path).unwrap();
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    for at in [0, good.len() as i64 / 2, -1] {
+        crate::common::flip(path, at);
+        let e = load().expect_err("a flipped byte is refused");
+        assert!(
+            e.contains("damaged") && e.contains(&name),
+            "offset {at}: {e}"
+        );
+        std::fs::write(path, &good).unwrap();
+    }
+    load().unwrap();
+}
+
+#[test]
+fn a_damaged_inception_conversion_is_refused() {
+    use burn::module::Module;
+    use diffnas::eval::extract::{ConvertedMeta, meta_path, write_sidecar};
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let bpk = dir.path().join("pt_inception.bpk");
+    let ext = InceptionExtractor::synthetic(&device);
+    ext.network().clone().save_file(&bpk).unwrap();
+    write_sidecar(&bpk).unwrap();
+    let meta = ConvertedMeta {
+        source: "formula".into(),
+        source_sha256: "0".repeat(64),
+        extractor: ext.id().clone(),
+    };
+    std::fs::write(meta_path(&bpk), serde_json::to_vec(&meta).unwrap()).unwrap();
+    flips_are_caught(&bpk, || {
+        InceptionExtractor::load(&bpk, &device)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
 }

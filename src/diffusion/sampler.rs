@@ -173,8 +173,12 @@ impl Ddpm {
                 } else {
                     self.respaced(i.saturating_sub(1)).3.ln()
                 };
-                let frac = (raw + 1.0) * 0.5;
-                let log_var = frac.clone() * beta.ln() + (-frac + 1.0) * min_log;
+                let (dims, device) = (raw.dims(), raw.device());
+                let log_var = super::vlb::learned_log_variance(
+                    raw,
+                    Tensor::full(dims, min_log, &device),
+                    Tensor::full(dims, beta.ln(), &device),
+                );
                 mean + z * (log_var * 0.5).exp()
             }
             None => {
