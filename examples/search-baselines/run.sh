@@ -21,7 +21,19 @@ for s in $seeds; do
       mkdir -p "$dir"
       cp "$here/$strategy-$s/search.json" "$here/$strategy-$s/trials.jsonl" "$dir/"
     fi
-    if [ -f "$dir/search.json" ]; then
+    if [ -f "$dir/search.json" ] && python3 - "$dir" <<'PY'
+import json, pathlib, sys
+d = pathlib.Path(sys.argv[1])
+want = json.loads((d / "search.json").read_text())["limits"]["max_trials"]
+log = d / "trials.jsonl"
+done = len(log.read_text().splitlines()) if log.exists() else 0
+sys.exit(0 if want is not None and done >= want else 1)
+PY
+    then
+      # Every trial logged: nothing to run (a fresh machine that trained its own classifier
+      # could not score more trials of this search anyway; report and retrain need none).
+      :
+    elif [ -f "$dir/search.json" ]; then
       "$diffnas" search "$strategy" --resume --run-dir "$dir" --device flex
     else
       "$diffnas" search "$strategy" --seed "$s" --run-dir "$dir" --device flex
