@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Random search and regularized evolution over 3 seeds on the same proxy, then the report over
-# seeds and the retraining of the best search's winner beside the `tiny` preset. Resumable: run
+# seeds and the retraining of the best search's winner beside the `tiny` preset and beside
+# `tiny` narrowed to the winner's MACs. Resumable: run
 # it again after a stop and every search continues where it was.
 #   bash examples/search-baselines/run.sh            # searches in runs/baselines/
 #   TARGET=1900 bash examples/search-baselines/run.sh   # trials each seed took to reach 1900
@@ -65,4 +66,17 @@ if [ -f "$best/retrain/study.json" ]; then
   "$diffnas" search retrain "$best" --resume --device flex
 else
   "$diffnas" search retrain "$best" --baseline tiny --device flex
+fi
+# The same winner beside a hand design at its cost: `tiny` narrowed to base 16 and channel
+# multipliers 1, 1, 2 (tiny-30m.json: 30.6 M MACs against the winner's 30.3 M). A copy of the
+# winning search's log gives this retraining its own folder.
+eq=$runs/winner-vs-tiny-30m
+if [ ! -f "$eq/search.json" ]; then
+  mkdir -p "$eq"
+  cp "$best/search.json" "$best/trials.jsonl" "$eq/"
+fi
+if [ -f "$eq/retrain/study.json" ]; then
+  "$diffnas" search retrain "$eq" --resume --device flex
+else
+  "$diffnas" search retrain "$eq" --baseline "$here/tiny-30m.json" --device flex
 fi
