@@ -15,7 +15,7 @@ use diffnas::genome::Genome;
 use diffnas::model::Unet;
 use diffnas::train::{
     EMA_FILE, EpsObjective, MODEL_FILE, OPTIM_FILE, TrainConfig, TrainState, optimizer_for,
-    train_step,
+    train_step_marked,
 };
 use std::time::Instant;
 
@@ -41,7 +41,7 @@ fn main() {
         &device,
     );
     let ema = model.clone();
-    let (model, _, _, _) = train_step(
+    let (model, _, _, _) = train_step_marked(
         model,
         ema,
         &mut optim,
@@ -50,6 +50,8 @@ fn main() {
         x0,
         0,
         &EpsObjective,
+        None,
+        &mut |_| {},
     );
     let dir = std::env::temp_dir().join(format!("diffnas-hash-cost-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

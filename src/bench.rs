@@ -8,6 +8,7 @@ use crate::genome::{Genome, cost};
 use crate::model::Unet;
 use crate::model::conv::{ConvAlgorithm, set_conv_algorithm};
 use crate::model::norm::{NormAlgorithm, set_norm_algorithm};
+use crate::precision::Precision;
 use crate::train::{
     EpsObjective, HybridObjective, StepPhase, TrainConfig, optimizer_for, train_step_marked,
 };
@@ -60,6 +61,8 @@ pub struct BenchConfig {
     pub peak: bool,
     pub conv: ConvAlgorithm,
     pub norm: NormAlgorithm,
+    /// What convolutions and attention matmuls compute in (f16 trains with loss scaling).
+    pub precision: Precision,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +173,12 @@ pub struct BenchReport {
     /// The GroupNorm algorithm asked for (`--norm`).
     #[serde(default)]
     pub norm: String,
+    /// The compute precision (`--precision`; absent in reports written before it: f32).
+    #[serde(default)]
+    pub precision: Precision,
+    /// f16 training: the loss scale after the timed steps, and the steps skipped for overflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<crate::train::LossScale>,
     /// Threads of the CPU pool (flex and our CPU kernels).
     #[serde(default)]
     pub cpu_threads: usize,
@@ -201,6 +210,8 @@ struct Trainer {
     schedule: NoiseSchedule,
     x0: Tensor<4>,
     step: u64,
+    /// f16 only.
+    scaler: Option<crate::train::LossScale>,
 }
 
 impl Trainer {
@@ -230,6 +241,10 @@ impl Trainer {
             schedule,
             x0,
             step: 0,
+            scaler: a
+                .precision
+                .scales_loss()
+                .then(crate::train::LossScale::default),
         }
     }
 
@@ -253,6 +268,7 @@ impl Trainer {
             self.x0.clone(),
             self.step,
             objective,
+            self.scaler.as_mut(),
             mark,
         );
         (self.model, self.ema) = (Some(m), Some(e));
@@ -524,6 +540,8 @@ pub fn run_bench(a: &BenchConfig, selected: &SelectedDevice) -> Result<BenchRepo
     set_conv_algorithm(conv);
     set_norm_algorithm(norm);
     let device = &selected.device;
+    a.precision.check(device).map_err(BenchError)?;
+    let _precision = crate::precision::scope(a.precision);
     // First, so that a backend without the probe fails before minutes of benchmarking.
     let peak_gflops = if a.peak {
         Some(measure_peak(device).ok_or_else(|| {
@@ -549,7 +567,7 @@ pub fn run_bench(a: &BenchConfig, selected: &SelectedDevice) -> Result<BenchRepo
         (Some(t), true) => Some(memory_trace(t, device, a.memory_steps)),
         _ => None,
     };
-    drop(trainer);
+    let loss_scale = trainer.and_then(|t| t.scaler);
     let (sample, sample_phases) = if a.sample_evals > 0 {
         let (s, p) = bench_sample(g, a, device, c.macs);
         (Some(s), p)
@@ -573,6 +591,8 @@ pub fn run_bench(a: &BenchConfig, selected: &SelectedDevice) -> Result<BenchRepo
         device: selected.info.clone(),
         conv: conv.name().into(),
         norm: norm.name().into(),
+        precision: a.precision,
+        loss_scale,
         cpu_threads: rayon::current_num_threads(),
         train,
         sample,

@@ -170,6 +170,67 @@ pub fn adapters() -> Vec<DeviceInfo> {
     Vec::new()
 }
 
+/// What an adapter offers for 16-bit compute (`diffnas devices`): WGSL's `shader-f16`, and the
+/// cooperative-matrix (tensor-core) shapes its driver reports, which only a SPIR-V build (the
+/// `vulkan` feature) can use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    pub shader_f16: bool,
+    /// `A x B -> C MxNxK` per supported configuration; empty without cooperative matrices.
+    pub cooperative_matrix: Vec<String>,
+}
+
+impl std::fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let coop = if self.cooperative_matrix.is_empty() {
+            "none".to_string()
+        } else {
+            self.cooperative_matrix.join(", ")
+        };
+        write!(
+            f,
+            "shader-f16 {}; cooperative matrix: {coop}",
+            if self.shader_f16 { "yes" } else { "no" }
+        )
+    }
+}
+
+/// [`Capabilities`] of every adapter, in the order of [`adapters`].
+#[cfg(feature = "wgpu")]
+pub fn capabilities() -> Vec<Capabilities> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| {
+            let features = a.features();
+            let cooperative_matrix =
+                if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+                    a.cooperative_matrix_properties()
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "{:?} x {:?} -> {:?} {}x{}x{}",
+                                p.ab_type, p.ab_type, p.cr_type, p.m_size, p.n_size, p.k_size
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+            Capabilities {
+                shader_f16: features.contains(wgpu::Features::SHADER_F16),
+                cooperative_matrix,
+            }
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "wgpu"))]
+pub fn capabilities() -> Vec<Capabilities> {
+    Vec::new()
+}
+
 /// The wgpu device of this process: initialised once (under a lock, so that threads asking at
 /// the same time do not race the runtime's setup), then handed out again.
 #[cfg(feature = "wgpu")]
@@ -281,8 +342,12 @@ pub fn describe() -> Result<String, DeviceError> {
     } else if list.is_empty() {
         out += "no wgpu adapters found\n";
     }
+    let caps = capabilities();
     for (i, a) in list.iter().enumerate() {
         out += &format!("[{i}] {a}\n");
+        if let Some(c) = caps.get(i) {
+            out += &format!("    {c}\n");
+        }
     }
     Ok(out
         + &format!(

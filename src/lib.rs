@@ -9,10 +9,14 @@
 //!   IDDPM's variational bound (`diffusion::vlb`: learned variance, `L_hybrid`, KL terms).
 //! - `cpu` -> burn only: our CPU kernels (convolution, GroupNorm + SiLU, AdamW, EMA) for the
 //!   `flex` backend, plain Rust over slices (so the browser's CPU fallback has them too).
-//! - `model` -> genome, diffusion, cpu. The only place a genome meets Burn. `model::bundle` is the
+//! - `precision` -> burn only: the compute precision (f32, f16, bf16) of the UNet's
+//!   convolutions and attention matmuls, a property of the calling thread set for a scope;
+//!   `model` applies it, `train` sets it for a run (and scales the loss in f16), sampling sets
+//!   it for its work.
+//! - `model` -> genome, diffusion, cpu, precision. The only place a genome meets Burn. `model::bundle` is the
 //!   model-bundle format (manifest, hashes, f16 storage; bytes in, no I/O) that `diffnas export`
 //!   writes and the browser crate reads.
-//! - `data` -> burn, image. `train` -> diffusion, data, cpu (generic over any module and
+//! - `data` -> burn, image. `train` -> diffusion, data, cpu, precision (generic over any module and
 //!   `Objective`; the run's loss picks the DDPM epsilon loss or IDDPM's `L_hybrid` of a
 //!   `Denoiser`).
 //! - `eval` -> burn, data, diffusion (the `Denoiser` trait and samplers, for scoring a model),
@@ -60,6 +64,7 @@ pub mod diffusion;
 pub mod eval;
 pub mod genome;
 pub mod model;
+pub mod precision;
 
 #[cfg(feature = "cli")]
 pub mod bench;

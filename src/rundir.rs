@@ -561,6 +561,8 @@ pub fn sample(
             g.steps, files.config.timesteps
         )));
     }
+    g.precision.check(device).map_err(RunDirError::Settings)?;
+    let _precision = crate::precision::scope(g.precision);
     let sampler = make_sampler(g.sampler, schedule, g.steps, g.eta);
     let shape = [genome.image.channels, genome.image.size, genome.image.size];
     let mut pixels = Vec::with_capacity(g.n * shape.iter().product::<usize>());

@@ -96,6 +96,24 @@ fn device_by_adapter_index() {
         })
         .unwrap_or_else(|| panic!("no Vulkan adapter listed:\n{listing}"));
     let count = listing.lines().filter(|l| l.starts_with('[')).count();
+    // Under each adapter, what it offers for 16-bit compute (lavapipe: shader-f16, no
+    // cooperative matrices).
+    let caps = listing
+        .lines()
+        .skip_while(|l| !l.ends_with(&name))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        caps.trim_start().starts_with("shader-f16 ") && caps.contains("; cooperative matrix: "),
+        "{listing}"
+    );
+    if name.contains("llvmpipe") {
+        assert_eq!(
+            caps.trim(),
+            "shader-f16 yes; cooperative matrix: none",
+            "{listing}"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("s.png");
     let run = |device: &str| {
@@ -617,4 +635,90 @@ fn a_full_disk_stops_training_with_a_clear_error_and_keeps_the_last_checkpoint()
         stderr(&o)
     );
     assert!(state.verify(&latest).unwrap());
+}
+
+/// `--precision f16` through the CLI: `train` runs with loss scaling and writes the precision
+/// and the scale into its run (train.json, log.jsonl), a resume that asks for another
+/// precision is refused naming both, `sample` and `bench` take the flag, and an unknown value
+/// is a bad flag.
+#[test]
+fn precision_flag_trains_samples_and_benches_in_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("images");
+    image_folder(&data_dir, 8);
+    let genome = dir.path().join("g.json");
+    let mut g = tiny16();
+    g.dropout = 0.0;
+    std::fs::write(&genome, g.to_json_pretty()).unwrap();
+    let data = format!("folder:{}", data_dir.display());
+    let run_dir = dir.path().join("r");
+    let rd = run_dir.to_str().unwrap();
+    let mut args = train_args(genome.to_str().unwrap(), &data, rd);
+    args.extend(["--precision", "f16", "--stop-at", "10"]);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let train_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("train.json")).unwrap()).unwrap();
+    assert_eq!(train_json["config"]["precision"], "f16", "{train_json}");
+    let log = std::fs::read_to_string(run_dir.join("log.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert!(last["loss_scale"].as_f64().unwrap() > 0.0, "{last}");
+
+    let o = run(&["train", "--resume", "--run-dir", rd, "--precision", "f32"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--precision f32 differs from the f16 stored"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["train", "--resume", "--run-dir", rd, "--samples", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at step 40 of 40"), "{}", stderr(&o));
+
+    let out = dir.path().join("s.png");
+    let o = run(&[
+        "sample",
+        rd,
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--device",
+        "flex",
+        "--precision",
+        "bf16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.is_file());
+
+    let json = dir.path().join("bench.json");
+    let o = run(&[
+        "bench",
+        "--genome",
+        genome.to_str().unwrap(),
+        "--batch-size",
+        "2",
+        "--device",
+        "flex",
+        "--train-steps",
+        "2",
+        "--sample-evals",
+        "1",
+        "--warmup",
+        "1",
+        "--precision",
+        "f16",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["precision"], "f16", "{r}");
+    assert!(r["loss_scale"]["scale"].as_f64().unwrap() > 0.0, "{r}");
+
+    let o = run(&["sample", rd, "--device", "flex", "--precision", "fp8"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fp8"), "{}", stderr(&o));
 }

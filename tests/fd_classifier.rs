@@ -109,6 +109,7 @@ fn fd_classifier_ranks_real_model_noise() {
         eta: 0.0,
         seed: 0,
         batch_size: 100,
+        precision: diffnas::precision::Precision::F32,
     };
     let t0 = std::time::Instant::now();
     let spec = [genome.image.channels, genome.image.size, genome.image.size];

@@ -888,6 +888,7 @@ fn search_config_resume_check() {
         score_n: None,
         score_steps: None,
         loss: None,
+        precision: diffnas::precision::Precision::F32,
     };
     let image = ImageSpec {
         channels: 1,

@@ -14,6 +14,7 @@ mod fuzz;
 mod genome;
 mod llm;
 mod model;
+mod precision;
 mod search;
 mod slurm;
 mod train;

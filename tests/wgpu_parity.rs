@@ -298,3 +298,26 @@ fn strided_attention_matches_flex() {
         "Burn's fused attention now matches on strided inputs: model::blocks can use it again"
     );
 }
+
+/// Mixed precision on the GPU backend: the UNet's forward and gradients in f16 against flex in
+/// f32, within the bounds of `precision.rs` (the f32 parity above makes flex the reference).
+/// lavapipe offers `shader-f16`, so WGSL's f16 runs here; bf16 does not exist in WGSL, and
+/// asking for it is refused with the setting named.
+#[test]
+fn f16_unet_on_wgpu_matches_f32_on_flex_and_bf16_is_refused() {
+    use crate::precision::{compare, forward_and_grads, model};
+    use diffnas::precision::Precision;
+    let Some(wgpu) = wgpu_device() else { return };
+    let flex = Device::flex();
+    Precision::F16
+        .check(&wgpu)
+        .expect("lavapipe and every shader-f16 adapter compute f16");
+    let reference = forward_and_grads(&model(&flex), &flex, Precision::F32);
+    let got = forward_and_grads(&model(&wgpu), &wgpu, Precision::F16);
+    compare("wgpu", Precision::F16, &got, &reference);
+    let e = Precision::Bf16.check(&wgpu).unwrap_err();
+    assert!(
+        e.contains("--precision bf16") && e.contains("no bf16 arithmetic"),
+        "{e}"
+    );
+}

@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// `burn` (Burn's ops everywhere).
     #[arg(long, default_value = "fused", value_parser = NormAlgorithm::NAMES)]
     pub norm: String,
+    /// What convolutions and attention matmuls compute in: f32, f16 (with dynamic loss scaling
+    /// in training) or bf16; weights, optimizer state, GroupNorm, softmax and the loss stay f32.
+    #[arg(long, default_value = "f32")]
+    pub precision: crate::precision::Precision,
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -79,6 +83,7 @@ impl BenchArgs {
             peak: self.peak,
             conv: self.conv.parse::<ConvAlgorithm>().map_err(user_err)?,
             norm: self.norm.parse::<NormAlgorithm>().map_err(user_err)?,
+            precision: self.precision,
         })
     }
 }

@@ -30,6 +30,10 @@ pub struct SamplingArgs {
     /// Images generated per batch.
     #[arg(long, default_value_t = rundir::defaults::SAMPLE_BATCH_SIZE)]
     pub batch_size: usize,
+    /// What the denoiser's convolutions and attention matmuls compute in: f32, f16 or bf16
+    /// (where the device has it; GroupNorm, softmax and the sampler stay f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: crate::precision::Precision,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -71,6 +75,7 @@ impl SamplingArgs {
             eta: self.eta,
             seed: self.seed,
             batch_size: self.batch_size,
+            precision: self.precision,
         }
     }
 }

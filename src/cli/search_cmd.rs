@@ -227,6 +227,10 @@ pub struct SearchArgs {
     /// variance) [default: simple].
     #[arg(long)]
     pub loss: Option<crate::diffusion::LossKind>,
+    /// What the trials' convolutions and attention matmuls compute in, in training and in
+    /// scoring: f32, f16 (with dynamic loss scaling) or bf16, where the device has it.
+    #[arg(long, default_value = "f32")]
+    pub precision: crate::precision::Precision,
     /// Use only the first N training images.
     #[arg(long)]
     pub max_images: Option<usize>,
@@ -451,6 +455,7 @@ fn request(a: &SearchArgs, strategy: StrategyChoice) -> SearchRequest {
         score_n: a.score_n,
         score_steps: a.score_steps,
         loss: a.loss,
+        precision: a.precision,
     }
 }
 

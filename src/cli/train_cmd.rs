@@ -80,6 +80,11 @@ pub struct TrainArgs {
     /// Timesteps of the hybrid loss: uniform, or importance (IDDPM section 3.3).
     #[arg(long, default_value = "uniform")]
     pub timestep_sampling: TimestepSampling,
+    /// What convolutions and attention matmuls compute in: f32, f16 (with dynamic loss
+    /// scaling; skipped overflow steps are reported) or bf16. Weights, optimizer state,
+    /// GroupNorm, softmax and the loss stay f32, and so do the checkpoints.
+    #[arg(long, default_value = "f32")]
+    pub precision: crate::precision::Precision,
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
     /// Steps between checkpoints (a kill loses at most this many steps).
@@ -117,6 +122,7 @@ fn config_from(a: &TrainArgs) -> TrainConfig {
         .with_log_every(a.log_every)
         .with_loss(a.loss)
         .with_timestep_sampling(Some(a.timestep_sampling))
+        .with_precision(Some(a.precision))
 }
 
 /// A fresh run's configuration and network ([`TrainConfig::fresh_run`]).

@@ -14,6 +14,7 @@ use super::stats::{Frechet, Kid, StatsError, frechet_distance, kid};
 use crate::diffusion::{
     Denoiser, NoiseSchedule, SamplerKind, SamplingRun, make_sampler, to_pixels,
 };
+use crate::precision::Precision;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,10 @@ pub struct GenerationConfig {
     pub seed: u64,
     /// Images generated per batch.
     pub batch_size: usize,
+    /// What the denoiser's convolutions and attention matmuls compute in (`crate::precision`;
+    /// written only when not f32, so scores and proxies of f32 runs read as before).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl GenerationConfig {
@@ -39,6 +44,7 @@ impl GenerationConfig {
             eta: 0.0,
             seed: 0,
             batch_size: 100,
+            precision: Precision::F32,
         }
     }
 }
@@ -251,6 +257,7 @@ pub fn generated_features<D: Denoiser + ?Sized>(
             schedule.num_timesteps()
         )));
     }
+    cfg.precision.check(device).map_err(ScoreError::Config)?;
     let sampler = make_sampler(cfg.sampler, schedule, cfg.steps, cfg.eta);
     let [c, h, w] = image_shape;
     let mut next = |start: usize, count: usize| -> Result<(Vec<u8>, [usize; 4]), ScoreError> {
@@ -266,7 +273,11 @@ pub fn generated_features<D: Denoiser + ?Sized>(
                 image_shape,
                 device,
             );
-            let x = run.run(model, &mut |_, _| {});
+            // The denoiser in the configured precision; the extractor that follows in f32.
+            let x = {
+                let _precision = crate::precision::scope(cfg.precision);
+                run.run(model, &mut |_, _| {})
+            };
             let v = x
                 .into_data()
                 .convert::<f32>()

@@ -179,14 +179,16 @@ pub fn multi_head_attention(qkv: Tensor<4>, heads: usize) -> Tensor<4> {
             .swap_dims(2, 3)
     };
     let (q, k, v) = (part(0), part(1), part(2));
-    let scores = q.matmul(k.swap_dims(2, 3)); // [B, heads, L, L]
+    // The two products in the thread's precision, the softmax in f32 (crate::precision).
+    use crate::precision::{to_compute, to_f32};
+    let scores = to_f32(to_compute(q).matmul(to_compute(k).swap_dims(2, 3))); // [B, heads, L, L]
     let scale = (dh as f64).powf(-0.5);
     let weights = if crate::cpu::supported(&scores) {
         crate::cpu::softmax(scores, scale)
     } else {
         softmax(scores * scale, 3)
     };
-    let out = weights.matmul(v); // [B, heads, L, dh]
+    let out = to_f32(to_compute(weights).matmul(to_compute(v))); // [B, heads, L, dh]
     out.swap_dims(2, 3).reshape([b, c, h, w])
 }
 

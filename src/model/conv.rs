@@ -149,14 +149,45 @@ fn resolved() -> ConvAlgorithm {
     }
 }
 
-/// Whether this convolution runs on our CPU kernel.
+/// Whether this convolution runs on our CPU kernel (f32 only: a 16-bit precision goes through
+/// [`conv2d`]'s casts).
 fn uses_cpu_kernel(x: &Tensor<4>, options: &ConvOptions<2>) -> bool {
-    resolved() == ConvAlgorithm::Im2col && crate::cpu::conv2d_supported(x, options)
+    resolved() == ConvAlgorithm::Im2col
+        && crate::precision::current() == crate::precision::Precision::F32
+        && crate::cpu::conv2d_supported(x, options)
 }
 
 /// `burn::tensor::module::conv2d` by the process's algorithm (the gemm path takes groups 1 and
-/// dilation 1 and passes anything else to Burn).
+/// dilation 1 and passes anything else to Burn), in the calling thread's precision
+/// ([`crate::precision`]): with a 16-bit one, input and weights are cast to it, the output
+/// back to f32, and the bias added in f32.
 pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    if crate::precision::current() != crate::precision::Precision::F32 {
+        use crate::precision::{to_compute, to_f32};
+        let out = to_f32(conv2d_in_dtype(
+            to_compute(x),
+            to_compute(weight),
+            None,
+            options,
+        ));
+        return match bias {
+            Some(bias) => {
+                let c = bias.dims()[0];
+                out + bias.reshape([1, c, 1, 1])
+            }
+            None => out,
+        };
+    }
+    conv2d_in_dtype(x, weight, bias, options)
+}
+
+/// [`conv2d`] in the dtype of its inputs.
+fn conv2d_in_dtype(
     x: Tensor<4>,
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,

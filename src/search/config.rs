@@ -347,6 +347,8 @@ pub struct SearchRequest {
     pub score_steps: Option<usize>,
     /// The trials' loss (None: simple); hybrid makes every genome learn its variance.
     pub loss: Option<crate::diffusion::LossKind>,
+    /// What the trials' convolutions and attention matmuls compute in, training and scoring.
+    pub precision: crate::precision::Precision,
 }
 
 impl SearchRequest {
@@ -369,14 +371,16 @@ impl SearchRequest {
             score_n: None,
             score_steps: None,
             loss: None,
+            precision: crate::precision::Precision::F32,
         }
     }
 }
 
 /// The settings of a [`SearchRequest`] that a resume may not change, by name (the CLI's
 /// argument ids).
-pub const FIXED_ON_RESUME: [&str; 15] = [
+pub const FIXED_ON_RESUME: [&str; 16] = [
     "loss",
+    "precision",
     "data",
     "max_images",
     "seed",
@@ -419,8 +423,11 @@ impl SearchConfig {
         trial.score = GenerationConfig {
             n: score_n,
             steps: r.score_steps.unwrap_or(d.score_steps),
+            precision: r.precision,
             ..GenerationConfig::rfid()
         };
+        // Written only when not f32, so the search.json of an f32 search reads as before.
+        trial.train.precision = (!r.precision.is_f32()).then_some(r.precision);
         trial.kid = Some(KidConfig {
             subset_size: score_n.min(1000),
             ..KidConfig::default()
@@ -657,6 +664,10 @@ impl SearchConfig {
                 "score_steps" => (
                     asked.trial.score.steps.to_string(),
                     c.trial.score.steps.to_string(),
+                ),
+                "precision" => (
+                    asked.trial.train.precision().to_string(),
+                    c.trial.train.precision().to_string(),
                 ),
                 _ => continue,
             };

@@ -596,6 +596,7 @@ fn score_set(
         eta: 0.0,
         seed: 0,
         batch_size: 100,
+        precision: crate::precision::Precision::F32,
     };
     let t0 = Instant::now();
     let total = set.n;

@@ -22,6 +22,9 @@ pub struct TrainState {
     /// The history of `L_hybrid`'s importance-sampled timesteps, when the run draws them so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub importance: Option<crate::diffusion::vlb::ImportanceSampler>,
+    /// The loss scale of an f16 run (absent in f32 and bf16 runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<super::LossScale>,
     /// SHA-256 (hex) of each weights file beside this state file, checked on load. Absent in
     /// files written before checksums existed (they load unchecked).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -38,6 +41,7 @@ impl TrainState {
             elapsed_s: 0.0,
             last_loss: None,
             importance: None,
+            loss_scale: None,
             sha256: Default::default(),
         }
     }

@@ -5,7 +5,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
 
 struct SquaredNorm<'a> {
     grads: &'a GradientsParams,
@@ -51,6 +51,13 @@ pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tenso
     let mut v = SquaredNorm { grads, acc: None };
     module.visit(&mut v);
     v.acc.map(|s| s.sqrt())
+}
+
+/// Multiply every gradient of `module` by `coef` in place (an f16 step's unscale and clip in
+/// one pass); `device` is the gradients' (the training device without autodiff).
+pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, coef: f64, device: &Device) {
+    let coef = Tensor::<1>::from_data(TensorData::new(vec![coef as f32], [1]), device);
+    module.visit(&mut Scale { grads, coef });
 }
 
 /// Clip to `max_norm` in place; returns the norm before clipping.

@@ -4,6 +4,7 @@
 
 use crate::diffusion::BetaSchedule;
 use crate::diffusion::vlb::{LossKind, TimestepSampling};
+use crate::precision::Precision;
 use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +130,10 @@ pub struct TrainConfig {
     pub loss: Option<LossKind>,
     /// How `L_hybrid` draws timesteps (absent: uniform).
     pub timestep_sampling: Option<TimestepSampling>,
+    /// What the convolutions and attention matmuls compute in: f32, or f16 / bf16 with f32
+    /// master weights and optimizer state (`crate::precision`). Absent (runs written before it
+    /// existed): f32.
+    pub precision: Option<Precision>,
 }
 
 /// A setting that a resumed run was asked to change (see [`TrainConfig::resumed_as`]); its
@@ -163,6 +168,7 @@ impl TrainConfig {
             let mut c = c.clone();
             c.loss.get_or_insert_default();
             c.timestep_sampling.get_or_insert_default();
+            c.precision.get_or_insert_default();
             c
         };
         let (old, given) = (value(&settled(self)), value(&settled(new)));
@@ -202,6 +208,11 @@ impl TrainConfig {
     }
 
     /// The loss this run trains with ([`LossKind::Simple`] when absent).
+    /// The run's compute precision (f32 when absent).
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or_default()
+    }
+
     pub fn loss_kind(&self) -> LossKind {
         self.loss.unwrap_or_default()
     }

@@ -8,10 +8,12 @@ mod clip;
 mod config;
 mod ema;
 mod optim;
+pub mod scale;
 pub use optim::FusedAdamW;
+pub use scale::{LossScale, ScaledStep};
 
 pub use checkpoint::{CheckpointError, TrainState, write_atomic};
-pub use clip::{clip_global_norm, grad_norm};
+pub use clip::{clip_global_norm, grad_norm, scale_grads};
 pub use config::{ChangedSetting, LrSchedule, TrainConfig, defaults};
 pub use ema::ema_update;
 
@@ -47,6 +49,11 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error("dataset: {0}")]
     Data(String),
+    #[error(
+        "at step {step} the f16 loss scale fell to {scale:e} after {skipped} skipped steps: the \
+         gradients overflow f16 even unscaled. Train in --precision bf16 or f32, or lower --lr"
+    )]
+    ScaleCollapsed { step: u64, scale: f64, skipped: u64 },
 }
 
 /// What the loop reports to its caller (progress bars, logs).
@@ -77,6 +84,12 @@ pub struct LogRecord {
     pub lr: f64,
     pub elapsed_s: f64,
     pub steps_per_s: f64,
+    /// The f16 loss scale after this step (f16 runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// Steps skipped so far because a gradient overflowed f16 (f16 runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,35 +325,6 @@ impl<M: Denoiser> Objective<M> for HybridObjective {
     }
 }
 
-/// One optimizer step on the clean batch `x0` (on the autodiff device): draw timesteps and noise
-/// from the (seed, step) stream, the objective's loss ([`EpsObjective`] for DDPM), backward,
-/// global-norm clip, AdamW, EMA update. Returns the new model and EMA, the loss and the
-/// pre-clip gradient norm as device tensors (reading them is the caller's choice, since each
-/// read is a sync).
-#[allow(clippy::too_many_arguments)]
-pub fn train_step<M: Module>(
-    model: M,
-    ema: M,
-    optim: &mut ModuleOptimizer,
-    cfg: &TrainConfig,
-    schedule: &NoiseSchedule,
-    x0: Tensor<4>,
-    step: u64,
-    objective: &dyn Objective<M>,
-) -> (M, M, Tensor<1>, Option<Tensor<1>>) {
-    train_step_marked(
-        model,
-        ema,
-        optim,
-        cfg,
-        schedule,
-        x0,
-        step,
-        objective,
-        &mut |_| {},
-    )
-}
-
 /// The parts of a training step, in order, as [`train_step_marked`] reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -370,8 +354,14 @@ impl StepPhase {
     ];
 }
 
-/// [`train_step`] calling `mark(phase)` after each phase has been issued (the benchmark's
-/// profiler syncs the device there; `train_step` passes a no-op, so nothing waits).
+/// One optimizer step on the clean batch `x0` (on the autodiff device): draw timesteps and noise
+/// from the (seed, step) stream, the objective's loss ([`EpsObjective`] for DDPM), backward,
+/// global-norm clip, AdamW, EMA update, calling `mark(phase)` after each phase has been issued
+/// (the benchmark's profiler syncs the device there; pass a no-op and nothing waits). Returns
+/// the new model and EMA, the loss and the pre-clip gradient norm as device tensors (reading
+/// them is the caller's choice, since each read is a sync). Computes in the calling thread's
+/// precision ([`crate::precision::scope`]); with `scaler` (f16) the loss is scaled and a step
+/// whose gradients overflow is skipped (one host read of the gradient norm per step).
 #[allow(clippy::too_many_arguments)]
 pub fn train_step_marked<M: Module>(
     model: M,
@@ -382,10 +372,11 @@ pub fn train_step_marked<M: Module>(
     x0: Tensor<4>,
     step: u64,
     objective: &dyn Objective<M>,
+    scaler: Option<&mut LossScale>,
     mark: &mut dyn FnMut(StepPhase),
 ) -> (M, M, Tensor<1>, Option<Tensor<1>>) {
     let s = step_core(
-        model, ema, optim, cfg, schedule, x0, step, objective, None, mark,
+        model, ema, optim, cfg, schedule, x0, step, objective, None, scaler, mark,
     );
     (s.model, s.ema, s.loss, s.grad_norm)
 }
@@ -398,6 +389,8 @@ struct StepOut<M> {
     grad_norm: Option<Tensor<1>>,
     timesteps: Vec<usize>,
     terms: Option<Tensor<1>>,
+    /// The loss scale at which this step's gradients overflowed (the step was skipped).
+    skipped_at: Option<f64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -411,6 +404,7 @@ fn step_core<M: Module>(
     step: u64,
     objective: &dyn Objective<M>,
     importance: Option<&vlb::ImportanceSampler>,
+    scaler: Option<&mut LossScale>,
     mark: &mut dyn FnMut(StepPhase),
 ) -> StepOut<M> {
     let device = x0.device();
@@ -436,18 +430,59 @@ fn step_core<M: Module>(
     };
     let (loss, terms) = objective.loss_and_terms(&model, batch);
     mark(StepPhase::Forward);
-    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-    mark(StepPhase::Backward);
-    let norm = if cfg.grad_clip > 0.0 {
-        clip_global_norm(&model, &mut grads, cfg.grad_clip)
-    } else {
-        grad_norm(&model, &grads)
+    let Some(scaler) = scaler else {
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        mark(StepPhase::Backward);
+        let norm = if cfg.grad_clip > 0.0 {
+            clip_global_norm(&model, &mut grads, cfg.grad_clip)
+        } else {
+            grad_norm(&model, &grads)
+        };
+        mark(StepPhase::Clip);
+        let model = optim.step(cfg.lr_at(step), model, grads);
+        mark(StepPhase::Optimizer);
+        let ema = ema_update(ema, &model, cfg.ema_decay_at(step));
+        mark(StepPhase::Ema);
+        return StepOut {
+            model,
+            ema,
+            loss: loss.inner(),
+            grad_norm: norm,
+            timesteps: t,
+            terms: terms.map(|x| x.inner()),
+            skipped_at: None,
+        };
     };
-    mark(StepPhase::Clip);
-    let model = optim.step(cfg.lr_at(step), model, grads);
-    mark(StepPhase::Optimizer);
-    let ema = ema_update(ema, &model, cfg.ema_decay_at(step));
-    mark(StepPhase::Ema);
+    // Loss scaling: backward of loss * s, then one pass that unscales and clips.
+    let s = scaler.scale;
+    let mut grads = GradientsParams::from_grads(loss.clone().mul_scalar(s).backward(), &model);
+    mark(StepPhase::Backward);
+    let scaled_norm = grad_norm(&model, &grads);
+    // The one host read of an f16 step: whether to take it.
+    let scaled = scaled_norm
+        .clone()
+        .map_or(0.0, |n| n.into_scalar::<f32>() as f64);
+    let finite = scaled.is_finite();
+    let skipped_at = match scaler.update(finite) {
+        ScaledStep::Taken => None,
+        ScaledStep::Skipped { scale } => Some(scale),
+    };
+    let (model, ema, norm) = if finite {
+        let clip = if cfg.grad_clip > 0.0 {
+            (cfg.grad_clip / (scaled / s + 1e-6)).min(1.0)
+        } else {
+            1.0
+        };
+        scale_grads(&model, &mut grads, clip / s, &device.clone().inner());
+        mark(StepPhase::Clip);
+        let model = optim.step(cfg.lr_at(step), model, grads);
+        mark(StepPhase::Optimizer);
+        let ema = ema_update(ema, &model, cfg.ema_decay_at(step));
+        mark(StepPhase::Ema);
+        (model, ema, scaled_norm.map(|n| n.div_scalar(s)))
+    } else {
+        (model, ema, None)
+    };
     StepOut {
         model,
         ema,
@@ -455,6 +490,7 @@ fn step_core<M: Module>(
         grad_norm: norm,
         timesteps: t,
         terms: terms.map(|x| x.inner()),
+        skipped_at,
     }
 }
 
@@ -570,6 +606,9 @@ pub fn train_objective<M: Module>(
     on_event: &mut dyn FnMut(&TrainEvent),
 ) -> Result<TrainOutcome<M>, TrainError> {
     cfg.check().map_err(TrainError::Config)?;
+    let precision = cfg.precision();
+    precision.check(device).map_err(TrainError::Config)?;
+    let _precision = crate::precision::scope(precision);
     if data.len == 0 {
         return Err(TrainError::Data(format!("{} has no images", data.name)));
     }
@@ -590,6 +629,9 @@ pub fn train_objective<M: Module>(
     if let Some(dir) = opts.run_dir {
         std::fs::create_dir_all(dir).map_err(|e| checkpoint::io_err(dir, e))?;
         write_log(&dir.join("log.jsonl"), &log)?;
+    }
+    if precision.scales_loss() && state.loss_scale.is_none() {
+        state.loss_scale = Some(LossScale::default());
     }
     if cfg.timesteps_drawn() == vlb::TimestepSampling::Importance && state.importance.is_none() {
         state.importance = Some(vlb::ImportanceSampler::new(cfg.timesteps));
@@ -626,9 +668,25 @@ pub fn train_objective<M: Module>(
             step,
             objective,
             state.importance.as_ref(),
+            state.loss_scale.as_mut(),
             &mut |_| {},
         );
         (model, ema) = (out.model, out.ema);
+        if let (Some(at), Some(ls)) = (out.skipped_at, &state.loss_scale) {
+            if ls.collapsed() {
+                return Err(TrainError::ScaleCollapsed {
+                    step: step + 1,
+                    scale: ls.scale,
+                    skipped: ls.skipped_steps,
+                });
+            }
+            on_event(&TrainEvent::Note(format!(
+                "step {}: a gradient overflowed f16 at loss scale {at}; the step was skipped and \
+                 the scale is now {}",
+                step + 1,
+                ls.scale
+            )));
+        }
         let (loss, norm) = (out.loss, out.grad_norm);
         if let (Some(sampler), Some(terms)) = (state.importance.as_mut(), out.terms) {
             // The sampler's history needs this step's terms before the next draw: a sync.
@@ -667,6 +725,8 @@ pub fn train_objective<M: Module>(
                 lr,
                 elapsed_s: base_elapsed + start.elapsed().as_secs_f64(),
                 steps_per_s: rate,
+                loss_scale: state.loss_scale.as_ref().map(|l| l.scale),
+                skipped_steps: state.loss_scale.as_ref().map(|l| l.skipped_steps),
             };
             if let Some(p) = &log_file {
                 checkpoint::append_jsonl(p, &rec)?;
