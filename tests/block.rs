@@ -929,3 +929,60 @@ fn block_pipeline_phases_as_library_calls() {
     .unwrap();
     assert!(matches!(stopped, Phase::Stopped(s) if s < cfg.retrain.steps));
 }
+
+/// `search block --precision f16`: the supernets distil in f16 with a loss scale (kept in the
+/// checkpoint state), and their per-block losses stay within a few f16 roundoffs of f32's.
+#[test]
+fn supernets_distil_in_f16_with_a_loss_scale_close_to_f32() {
+    use diffnas::precision::Precision;
+    use diffnas::search::block::distill::train_supernets;
+    use diffnas::train::TrainConfig;
+    let device = Device::flex().autodiff();
+    let g = teacher_genome(false);
+    let teacher = random_teacher(&g, 6, &Device::flex());
+    let spaces = block_spaces(&g, &KERNELS, &MULTS).unwrap();
+    let init: Vec<BlockSupernet> = spaces
+        .iter()
+        .map(|s| BlockSupernet::new(&g, s, &device))
+        .collect();
+    let data = noise_dataset(16, 16);
+    let cfg = TrainConfig::new()
+        .with_steps(4)
+        .with_batch_size(4)
+        .with_lr(1e-3)
+        .with_warmup_steps(1)
+        .with_log_every(1);
+    let run = |cfg: &TrainConfig| {
+        train_supernets(
+            &teacher,
+            &spaces,
+            init.clone(),
+            &data,
+            cfg,
+            &device,
+            None,
+            None,
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    let reference = run(&cfg);
+    let half = run(&cfg.clone().with_precision(Some(Precision::F16)));
+    let scale = half
+        .state
+        .loss_scale
+        .as_ref()
+        .expect("an f16 run keeps a loss scale");
+    assert!(scale.scale > 0.0);
+    assert!(reference.state.loss_scale.is_none());
+    for (a, b) in reference.log.iter().zip(&half.log) {
+        for (x, y) in a.losses.iter().zip(&b.losses) {
+            let rel = (x - y).abs() / x.abs();
+            assert!(
+                rel > 0.0 && rel < 2e-2,
+                "step {}: f32 loss {x} against f16 {y}",
+                a.step
+            );
+        }
+    }
+}

@@ -1012,6 +1012,26 @@ fn search_config_resume_check() {
     h.write(&hdir).unwrap();
     let e = SearchConfig::resume(&hdir, &request, &["loss"], &cpu).unwrap_err();
     assert!(e.to_string().contains("loss"), "{e}");
+
+    // --precision reaches the trials' training and scoring, is written only when not f32 (an
+    // f32 search.json reads as before), and a resume may not change it.
+    use diffnas::precision::Precision;
+    assert_eq!(cfg.trial.train.precision, None);
+    let half = SearchRequest {
+        precision: Precision::F16,
+        ..request.clone()
+    };
+    let f = SearchConfig::new(&half, image, &cpu);
+    assert_eq!(f.trial.train.precision(), Precision::F16);
+    assert_eq!(f.trial.score.precision, Precision::F16);
+    let fdir = work.path().join("f16");
+    f.write(&fdir).unwrap();
+    let e = SearchConfig::resume(&fdir, &request, &["precision"], &cpu).unwrap_err();
+    assert!(
+        e.to_string().contains("precision") && e.to_string().contains("f16"),
+        "{e}"
+    );
+    SearchConfig::resume(&fdir, &half, &["precision"], &cpu).unwrap();
 }
 
 /// `SearchConfig::prepare` as a library call: a fresh search takes the data's image shape and

@@ -146,7 +146,14 @@ def main():
     )
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--out")
+    ap.add_argument("--deadline", type=float,
+                    help="seconds from the start after which no measurement starts; the rest become "
+                    "rows that say so (for a machine lent for a fixed time)")
+    ap.add_argument("--torch-device", help="PyTorch's device (overrides the preset's: cpu, cuda, mps)")
+    ap.add_argument("--torch-first", action="store_true",
+                    help="run the PyTorch measurements of each genome and batch before diffnas's")
     a = ap.parse_args()
+    started = time.time()
 
     p = PRESETS[a.preset]
     genomes = a.genomes.split(",") if a.genomes else p["genomes"]
@@ -226,12 +233,14 @@ def main():
             for mode, prec in tconfigs:
                 name = f"{short(genome)}-b{b}-torch-{mode}-{prec}"
                 cmd = [a.python, os.path.join(HERE, "torch_reference.py"), "--genome", gfile, "--batch-size", str(b),
-                       "--device", p["torch_device"], "--mode", mode, "--precision", prec,
+                       "--device", a.torch_device or p["torch_device"], "--mode", mode, "--precision", prec,
                        "--train-steps", str(steps), "--sample-evals", str(evals), "--warmup", str(a.warmup),
                        "--threads", str(a.threads), "--expect-params", str(cost["params"]),
                        "--macs", str(cost["macs"]), "--genome-hash", cost["hash"],
                        "--json", os.path.join(out, name + ".json")]
                 runs.append(dict(name=name, impl=f"torch {mode} {prec}", cmd=cmd))
+            if a.torch_first:
+                runs.sort(key=lambda r: not r["impl"].startswith("torch "))
             # Every measurement of this genome and batch once per round, round after round, so
             # that a slow spell of the machine hits all of them alike; a row is the median round.
             reports = {i: [] for i in range(len(runs))}
@@ -239,6 +248,10 @@ def main():
             for rnd in range(a.repeats):
                 for i, r in enumerate(runs):
                     if "cmd" not in r or i in errors:
+                        continue
+                    if a.deadline is not None and time.time() - started > a.deadline:
+                        if not reports[i]:
+                            errors[i] = f"not run: past the --deadline of {a.deadline:.0f} s"
                         continue
                     jf = os.path.join(out, r["name"] + ".json")
                     if os.path.exists(jf):

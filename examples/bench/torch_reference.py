@@ -265,6 +265,8 @@ def sync(device):
 def autocast(device, precision):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "f16":
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
     return torch.autocast(device_type=device.type, enabled=False)
 
 
@@ -312,6 +314,8 @@ def bench_train(model, net, args, device, abar):
     c, s = args.channels, args.size
     x0 = torch.rand(args.batch_size, c, s, s, device=device) * 2 - 1
     decay = 0.9999
+    # f16 autocast trains with dynamic loss scaling, as diffnas's --precision f16 does.
+    scaler = torch.amp.GradScaler(device.type) if args.precision == "f16" else None
 
     def step(x0):
         with phase("inputs"):
@@ -323,11 +327,17 @@ def bench_train(model, net, args, device, abar):
             loss = F.mse_loss(net(x_t, t).float(), eps)
         with phase("backward"):
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (scaler.scale(loss) if scaler else loss).backward()
         with phase("clip"):
+            if scaler:
+                scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         with phase("optimizer"):
-            opt.step()
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
         with phase("ema"), torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         return loss.detach()
@@ -433,9 +443,10 @@ def main():
     ap.add_argument("--mode", choices=["eager", "compile"], default="eager")
     ap.add_argument(
         "--precision",
-        choices=["f32", "tf32", "bf16"],
+        choices=["f32", "tf32", "bf16", "f16"],
         default="f32",
-        help="f32: strict fp32 matmuls/convs; tf32: TF32 tensor cores (Ampere and later); bf16: autocast",
+        help="f32: strict fp32 matmuls/convs; tf32: TF32 tensor cores (Ampere and later); bf16: autocast; "
+        "f16: autocast with dynamic loss scaling (GradScaler)",
     )
     ap.add_argument("--train-steps", type=int, default=10)
     ap.add_argument("--sample-evals", type=int, default=10)

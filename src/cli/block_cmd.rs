@@ -108,13 +108,18 @@ pub struct BlockArgs {
     /// keeps the teacher's head, so another is refused].
     #[arg(long)]
     pub loss: Option<crate::diffusion::LossKind>,
+    /// What convolutions and attention matmuls compute in during distillation, retraining and
+    /// scoring: f32, f16 (with dynamic loss scaling) or bf16, where the device has it.
+    #[arg(long, default_value = "f32")]
+    pub precision: crate::precision::Precision,
     #[command(flatten)]
     pub ext: ExtractorArgs,
 }
 
 /// Each flag that sets a field of `block.json`: (argument id, JSON path of the field).
-const SETTINGS: [(&str, &str); 25] = [
+const SETTINGS: [(&str, &str); 26] = [
     ("loss", "retrain.loss"),
+    ("precision", "supernet.precision"),
     ("data", "data"),
     ("max_images", "max_images"),
     ("seed", "seed"),
@@ -170,6 +175,7 @@ fn config_from(a: &BlockArgs) -> anyhow::Result<BlockConfig> {
         score_steps: a.score_steps,
         latency_batch: a.latency_batch,
         loss: a.loss,
+        precision: a.precision,
     })?)
 }
 

@@ -11,7 +11,9 @@ use crate::data::{Batcher, Dataset};
 use crate::diffusion::{NoiseSchedule, timestep_tensor};
 use crate::model::{BlockIo, Unet};
 use crate::train::checkpoint::{self, CheckpointError, TrainState};
-use crate::train::{TrainConfig, optimizer_for, step_inputs};
+use crate::train::{
+    LossScale, ScaledStep, TrainConfig, grad_norm, optimizer_for, scale_grads, step_inputs,
+};
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -165,6 +167,10 @@ pub fn train_supernets(
     on_event: &mut dyn FnMut(&DistillEvent),
 ) -> Result<DistillOutcome, DistillError> {
     cfg.check().map_err(DistillError::Config)?;
+    let precision = cfg.precision();
+    precision.check(device).map_err(DistillError::Config)?;
+    // Teacher and supernets in the run's precision; f16 scales the summed loss.
+    let _precision = crate::precision::scope(precision);
     let schedule = NoiseSchedule::new(cfg.beta_schedule, cfg.timesteps)
         .map_err(|e| DistillError::Config(e.to_string()))?;
     let plain = device.clone().without_autodiff();
@@ -214,6 +220,9 @@ pub fn train_supernets(
             .collect();
         checkpoint::write_atomic(p, text.as_bytes())?;
     }
+    if precision.scales_loss() && state.loss_scale.is_none() {
+        state.loss_scale = Some(LossScale::default());
+    }
     on_event(&DistillEvent::Started {
         step: state.step,
         total: cfg.steps,
@@ -241,16 +250,60 @@ pub fn train_supernets(
             .cloned()
             .reduce(|a, b| a + b)
             .expect("at least one block");
-        let mut grads = total.backward();
+        let scale = state.loss_scale.as_ref().map(|l| l.scale);
+        let mut grads = match scale {
+            Some(s) => total.mul_scalar(s).backward(),
+            None => total.backward(),
+        };
         let lr = cfg.lr_at(step);
-        nets = nets
-            .into_iter()
-            .zip(optims.iter_mut())
-            .map(|(net, o)| {
-                let g = GradientsParams::from_module(&mut grads, &net);
-                o.step(lr, net, g)
-            })
+        let mut block_grads: Vec<GradientsParams> = nets
+            .iter()
+            .map(|net| GradientsParams::from_module(&mut grads, net))
             .collect();
+        // f16: one host read of the scaled gradients' norm decides whether the step is taken.
+        let taken = match (state.loss_scale.as_mut(), scale) {
+            (Some(ls), Some(s)) => {
+                let squares = nets
+                    .iter()
+                    .zip(&block_grads)
+                    .filter_map(|(net, g)| grad_norm(net, g))
+                    .map(|n| n.clone() * n)
+                    .reduce(|a, b| a + b);
+                let finite = squares.is_none_or(|q| q.into_scalar::<f32>().is_finite());
+                if let ScaledStep::Skipped { scale } = ls.update(finite) {
+                    if ls.collapsed() {
+                        return Err(DistillError::Config(format!(
+                            "at step {} the f16 loss scale fell to {:e} after {} skipped steps: \
+                             the gradients overflow f16 even unscaled; use --precision bf16 or f32",
+                            step + 1,
+                            ls.scale,
+                            ls.skipped_steps
+                        )));
+                    }
+                    on_event(&DistillEvent::Note(format!(
+                        "step {}: a gradient overflowed f16 at loss scale {scale}; the step was \
+                         skipped and the scale is now {}",
+                        step + 1,
+                        ls.scale
+                    )));
+                } else {
+                    let inner = device.clone().without_autodiff();
+                    for (net, g) in nets.iter().zip(block_grads.iter_mut()) {
+                        scale_grads(net, g, 1.0 / s, &inner);
+                    }
+                }
+                finite
+            }
+            _ => true,
+        };
+        if taken {
+            nets = nets
+                .into_iter()
+                .zip(optims.iter_mut())
+                .zip(block_grads)
+                .map(|((net, o), g)| o.step(lr, net, g))
+                .collect();
+        }
         state.step = step + 1;
         on_event(&DistillEvent::Step { step: state.step });
         let last = state.step == cfg.steps;

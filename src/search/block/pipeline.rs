@@ -183,6 +183,9 @@ pub struct BlockAsk {
     pub latency_batch: usize,
     /// The retraining's loss (None: the teacher's, the only one its head allows).
     pub loss: Option<crate::diffusion::LossKind>,
+    /// What the teacher's, the supernets' and the student's convolutions and attention matmuls
+    /// compute in, in distillation, retraining and scoring (not the teacher run's own).
+    pub precision: crate::precision::Precision,
 }
 
 impl BlockConfig {
@@ -202,13 +205,16 @@ impl BlockConfig {
                 a.teacher.display()
             )));
         }
+        // Written only when not f32, so the block.json of an f32 search reads as before.
+        let precision = (!a.precision.is_f32()).then_some(a.precision);
         Ok(BlockConfig {
             teacher: a.teacher.clone(),
             teacher_weights: crate::rundir::weights_path(&a.teacher, Weights::Ema)?,
             data: a.data.clone().unwrap_or_else(|| tfiles.data.clone()),
             max_images: a.max_images.or(tfiles.max_images),
             seed: a.seed,
-            supernet: short_schedule(base, a.supernet_steps, a.batch_size, a.supernet_lr, a.seed),
+            supernet: short_schedule(base, a.supernet_steps, a.batch_size, a.supernet_lr, a.seed)
+                .with_precision(precision),
             supernet_init: a.supernet_init,
             eval_batches: a.eval_batches,
             kernels: space.kernels.clone(),
@@ -226,7 +232,8 @@ impl BlockConfig {
             // The joint loss draws its timesteps uniformly (its distillation terms are not
             // L_vlb's, which importance sampling would weigh).
             retrain: short_schedule(base, a.retrain_steps, a.batch_size, a.retrain_lr, a.seed)
-                .with_timestep_sampling(Some(crate::diffusion::vlb::TimestepSampling::Uniform)),
+                .with_timestep_sampling(Some(crate::diffusion::vlb::TimestepSampling::Uniform))
+                .with_precision(precision),
             lambda: a.lambda,
             lambda_steps: a.lambda_steps.unwrap_or(a.retrain_steps / 2),
             student_init: a.student_init,
@@ -234,6 +241,7 @@ impl BlockConfig {
             score: GenerationConfig {
                 n: a.score_n,
                 steps: a.score_steps,
+                precision: a.precision,
                 ..GenerationConfig::rfid()
             },
             latency_batch: a.latency_batch,

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# One prepared measurement on a machine with a GPU that builds nothing there: it runs binaries
+# built elsewhere (x86-64, default features and optionally `--features vulkan`) and writes one
+# archive of results. About 8 minutes on an H100-class card; every step has a time limit and
+# the side-by-side stops starting measurements at a deadline, so it ends in time whatever
+# autotune costs on a cold machine.
+#
+#   bash examples/bench/device_gpu.sh BIN_DIR OUT_DIR [BUDGET_S]
+#
+# BIN_DIR holds `diffnas` and optionally `diffnas-vulkan` (plain or .xz-compressed, as made by
+# `examples/bench/pack_binaries.sh`). OUT_DIR receives summary.md (the side-by-side table and
+# what the adapters offer) and results.tar.gz (every report, log and profile, and the autotune
+# cache, which records the convolution and matmul candidate autotune chose for every shape).
+#
+# What it measures, `ddpm-cifar10` at batch 128, in this order (cheapest and most needed first):
+#   1. the adapters: nvidia-smi, `diffnas devices` (shader-f16, cooperative-matrix shapes),
+#      vulkaninfo's cooperative-matrix properties where vulkaninfo exists;
+#   2. side by side (examples/bench/side_by_side.py, one round): PyTorch eager f32, TF32, AMP
+#      bf16 and AMP f16 first, then diffnas on wgpu with our im2col convolution in f32 and in
+#      f16, the `vulkan` build (SPIR-V, where cooperative matrices exist) in f16 and f32, and
+#      Burn's direct convolution in f32 (the earlier baseline) last;
+#   3. a per-kernel device profile of diffnas f32 im2col training and sampling
+#      (examples/bench/kernel_profile.py), from the autotune cache step 2 filled;
+#   4. peak memory: each diffnas report has the device allocator's reservation, each PyTorch
+#      report its peak allocation.
+# A dry run on a machine without a GPU (software Vulkan) takes the smallest genome instead:
+#   DRY_RUN=1 bash examples/bench/device_gpu.sh "$CARGO_TARGET_DIR/release" /tmp/device-dry 900
+set -u
+BIN=${1:?usage: device_gpu.sh BIN_DIR OUT_DIR [BUDGET_S]}
+OUT=${2:?usage: device_gpu.sh BIN_DIR OUT_DIR [BUDGET_S]}
+BUDGET=${3:-450}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+START=$(date +%s)
+WORK=$(mktemp -d)
+mkdir -p "$OUT" "$WORK/results"
+left() { echo $((BUDGET - ($(date +%s) - START))); }
+log() { echo "[$(date +%H:%M:%S) +$(($(date +%s) - START))s] $*" | tee -a "$WORK/results/steps.log" >&2; }
+
+unpack() { # name -> path of an executable, or empty
+    if [ -f "$BIN/$1.xz" ]; then
+        xz -dc "$BIN/$1.xz" >"$WORK/$1" && chmod +x "$WORK/$1" && echo "$WORK/$1"
+    elif [ -x "$BIN/$1" ]; then
+        echo "$BIN/$1"
+    fi
+}
+DIFFNAS=$(unpack diffnas)
+VULKAN=$(unpack diffnas-vulkan)
+[ -n "$DIFFNAS" ] || { echo "no diffnas binary in $BIN" >&2; exit 2; }
+export DIFFNAS_HOME="$WORK/home" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+if [ -n "${DRY_RUN:-}" ]; then
+    GENOME=examples/bench/genomes/micro-16px.json BATCH=2 STEPS=2 EVALS=2 TORCH_DEVICE=cpu
+    TORCH=eager:f32,eager:bf16
+else
+    GENOME=ddpm-cifar10 BATCH=128 STEPS=10 EVALS=10 TORCH_DEVICE=cuda
+    TORCH=eager:f32,eager:tf32,eager:bf16,eager:f16
+fi
+
+log "1. adapters"
+{
+    nvidia-smi 2>&1 || echo "nvidia-smi: not available"
+    echo
+    "$DIFFNAS" devices 2>&1
+    if command -v vulkaninfo >/dev/null; then
+        vulkaninfo 2>/dev/null | grep -i -A 12 "cooperative" | head -200
+    else
+        echo "vulkaninfo: not installed (the cooperative-matrix shapes above come from wgpu)"
+    fi
+} >"$WORK/results/adapters.txt"
+
+log "2. side by side (deadline $(( $(left) - 120 )) s)"
+VARIANTS=(--variant "f16 im2col||--precision f16 --conv im2col")
+if [ -n "$VULKAN" ]; then
+    VARIANTS+=(--variant "vulkan build f16|$VULKAN|--precision f16"
+               --variant "vulkan build f32|$VULKAN|--precision f32")
+fi
+VARIANTS+=(--variant "Burn's direct convolution (before)||--conv direct")
+(cd "$ROOT" && timeout $(( $(left) - 60 )) "$PY" examples/bench/side_by_side.py --preset gpu \
+    --genomes "$GENOME" --batch-sizes $BATCH --diffnas-devices wgpu --convs im2col \
+    --torch-configs "$TORCH" --torch-device $TORCH_DEVICE --train-steps $STEPS --sample-evals $EVALS --warmup 2 --repeats 1 \
+    --timeout 200 --deadline $(( $(left) - 120 )) --torch-first --diffnas "$DIFFNAS" \
+    "${VARIANTS[@]}" --out "$WORK/results/side-by-side") >"$WORK/results/side-by-side.log" 2>&1
+log "   side by side exit $?"
+
+if [ "$(left)" -gt 90 ]; then
+    log "3. kernel profile"
+    (cd "$ROOT" && timeout $(( $(left) - 30 )) "$PY" examples/bench/kernel_profile.py --genome "$GENOME" \
+        --batch-size $BATCH --device wgpu --train-steps 2 --sample-evals 2 --warmup 1 --no-prime \
+        --diffnas "$DIFFNAS" --out "$WORK/results/kernels") >"$WORK/results/kernels.log" 2>&1
+    log "   kernel profile exit $?"
+else
+    log "3. kernel profile: skipped, $(left) s left"
+fi
+
+log "4. archive"
+cp -r "$DIFFNAS_HOME/kernel-cache" "$WORK/results/autotune-cache" 2>/dev/null
+{
+    echo "# GPU measurement ($(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - START)) s)"
+    echo
+    echo '```'
+    cat "$WORK/results/adapters.txt"
+    echo '```'
+    echo
+    cat "$WORK/results/side-by-side/table.md" 2>/dev/null || echo "no side-by-side table (see side-by-side.log)"
+    echo
+    head -60 "$WORK/results/kernels/kernels.md" 2>/dev/null
+    echo
+    echo '```'
+    cat "$WORK/results/steps.log"
+    echo '```'
+} >"$OUT/summary.md"
+tar -C "$WORK" -czf "$OUT/results.tar.gz" results
+log "done: $OUT/summary.md, $OUT/results.tar.gz"
