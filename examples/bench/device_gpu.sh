@@ -10,7 +10,8 @@
 # BIN_DIR holds `diffnas` and optionally `diffnas-vulkan` (plain or .xz-compressed, as made by
 # `examples/bench/pack_binaries.sh`). OUT_DIR receives summary.md (the side-by-side table and
 # what the adapters offer) and results.tar.gz (every report, log and profile, and the autotune
-# cache, which records the convolution and matmul candidate autotune chose for every shape).
+# cache, CubeCL's SQLite database, which records the convolution and matmul candidate autotune
+# chose for every shape).
 #
 # What it measures, `ddpm-cifar10` at batch 128, in this order (cheapest and most needed first):
 #   1. the adapters: nvidia-smi, `diffnas devices` (shader-f16, cooperative-matrix shapes),
