@@ -157,12 +157,18 @@ pub fn quiet_headless_probe() {
 /// Every adapter wgpu can see, on every graphics API.
 #[cfg(feature = "wgpu")]
 pub fn adapters() -> Vec<DeviceInfo> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+    all_adapters()
         .iter()
         .map(|a| info_of(&a.get_info()))
         .collect()
+}
+
+/// wgpu's adapters on every graphics API, in the order `diffnas devices` numbers them.
+#[cfg(feature = "wgpu")]
+fn all_adapters() -> Vec<wgpu::Adapter> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
 }
 
 #[cfg(not(feature = "wgpu"))]
@@ -198,9 +204,7 @@ impl std::fmt::Display for Capabilities {
 /// [`Capabilities`] of every adapter, in the order of [`adapters`].
 #[cfg(feature = "wgpu")]
 pub fn capabilities() -> Vec<Capabilities> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+    all_adapters()
         .iter()
         .map(|a| {
             let features = a.features();

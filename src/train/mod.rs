@@ -430,58 +430,53 @@ fn step_core<M: Module>(
     };
     let (loss, terms) = objective.loss_and_terms(&model, batch);
     mark(StepPhase::Forward);
-    let Some(scaler) = scaler else {
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        mark(StepPhase::Backward);
-        let norm = if cfg.grad_clip > 0.0 {
-            clip_global_norm(&model, &mut grads, cfg.grad_clip)
-        } else {
-            grad_norm(&model, &grads)
-        };
-        mark(StepPhase::Clip);
-        let model = optim.step(cfg.lr_at(step), model, grads);
-        mark(StepPhase::Optimizer);
-        let ema = ema_update(ema, &model, cfg.ema_decay_at(step));
-        mark(StepPhase::Ema);
-        return StepOut {
-            model,
-            ema,
-            loss: loss.inner(),
-            grad_norm: norm,
-            timesteps: t,
-            terms: terms.map(|x| x.inner()),
-            skipped_at: None,
-        };
+    // Clipped gradients and the pre-clip norm, or None for a step an f16 overflow skips.
+    let (grads, norm, skipped_at) = match scaler {
+        None => {
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            mark(StepPhase::Backward);
+            let norm = if cfg.grad_clip > 0.0 {
+                clip_global_norm(&model, &mut grads, cfg.grad_clip)
+            } else {
+                grad_norm(&model, &grads)
+            };
+            (Some(grads), norm, None)
+        }
+        Some(scaler) => {
+            // Backward of loss * s, then one pass that unscales and clips.
+            let s = scaler.scale;
+            let mut grads =
+                GradientsParams::from_grads(loss.clone().mul_scalar(s).backward(), &model);
+            mark(StepPhase::Backward);
+            let scaled_norm = grad_norm(&model, &grads);
+            // The one host read of an f16 step: whether to take it.
+            let scaled = scaled_norm
+                .clone()
+                .map_or(0.0, |n| n.into_scalar::<f32>() as f64);
+            match scaler.update(scaled.is_finite()) {
+                ScaledStep::Skipped { scale } => (None, None, Some(scale)),
+                ScaledStep::Taken => {
+                    let clip = if cfg.grad_clip > 0.0 {
+                        (cfg.grad_clip / (scaled / s + 1e-6)).min(1.0)
+                    } else {
+                        1.0
+                    };
+                    scale_grads(&model, &mut grads, clip / s, &device.clone().inner());
+                    (Some(grads), scaled_norm.map(|n| n.div_scalar(s)), None)
+                }
+            }
+        }
     };
-    // Loss scaling: backward of loss * s, then one pass that unscales and clips.
-    let s = scaler.scale;
-    let mut grads = GradientsParams::from_grads(loss.clone().mul_scalar(s).backward(), &model);
-    mark(StepPhase::Backward);
-    let scaled_norm = grad_norm(&model, &grads);
-    // The one host read of an f16 step: whether to take it.
-    let scaled = scaled_norm
-        .clone()
-        .map_or(0.0, |n| n.into_scalar::<f32>() as f64);
-    let finite = scaled.is_finite();
-    let skipped_at = match scaler.update(finite) {
-        ScaledStep::Taken => None,
-        ScaledStep::Skipped { scale } => Some(scale),
-    };
-    let (model, ema, norm) = if finite {
-        let clip = if cfg.grad_clip > 0.0 {
-            (cfg.grad_clip / (scaled / s + 1e-6)).min(1.0)
-        } else {
-            1.0
-        };
-        scale_grads(&model, &mut grads, clip / s, &device.clone().inner());
-        mark(StepPhase::Clip);
-        let model = optim.step(cfg.lr_at(step), model, grads);
-        mark(StepPhase::Optimizer);
-        let ema = ema_update(ema, &model, cfg.ema_decay_at(step));
-        mark(StepPhase::Ema);
-        (model, ema, scaled_norm.map(|n| n.div_scalar(s)))
-    } else {
-        (model, ema, None)
+    let (model, ema) = match grads {
+        Some(grads) => {
+            mark(StepPhase::Clip);
+            let model = optim.step(cfg.lr_at(step), model, grads);
+            mark(StepPhase::Optimizer);
+            let ema = ema_update(ema, &model, cfg.ema_decay_at(step));
+            mark(StepPhase::Ema);
+            (model, ema)
+        }
+        None => (model, ema),
     };
     StepOut {
         model,
