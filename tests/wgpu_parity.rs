@@ -111,10 +111,10 @@ fn unet_forward_and_gradients_match_flex() {
     check("inference output", &infer(&mf, &flex), &infer(&mw, &wgpu));
 }
 
-/// The im2col kernel alone, on the shapes a UNet does not reach: a 5x5, dilation, asymmetric
-/// padding, a strided (permuted) input, several batch chunks (a column budget of one image),
-/// and a grouped convolution (which the kernel hands to Burn). Output and all three gradients
-/// against flex's `conv2d`.
+/// The im2col kernel and its gradients (our col2im and weight-gradient matmuls), on the shapes a
+/// UNet does not reach: a 5x5, dilation, asymmetric padding, a strided (permuted) input, several
+/// batch chunks (a column budget of one image), a grouped convolution (which the kernel hands
+/// to Burn), in both column layouts. Output and all three gradients against flex's `conv2d`.
 #[cfg(feature = "gpu-kernels")]
 #[test]
 fn im2col_convolution_matches_flex_conv2d() {
@@ -123,7 +123,9 @@ fn im2col_convolution_matches_flex_conv2d() {
     use diffnas::model::im2col;
     let Some(wgpu) = wgpu_device() else { return };
     let flex = Device::flex();
-    // (cin, cout, k, stride, padding [(t, b), (l, r)], dilation, groups, permuted input)
+    // (cin, cout, k, stride, padding [(t, b), (l, r)], dilation, groups, permuted input,
+    // image [H, W], column budget of one image). Images of 256 output pixels or more (cases
+    // 5-7) take the per-image column layout, smaller ones the shared one (`model::im2col`).
     type Case = (
         usize,
         usize,
@@ -133,18 +135,25 @@ fn im2col_convolution_matches_flex_conv2d() {
         usize,
         usize,
         bool,
+        [usize; 2],
+        bool,
     );
-    let cases: [Case; 5] = [
-        (3, 8, 3, 1, [(1, 1), (1, 1)], 1, 1, false),
-        (4, 5, 5, 2, [(2, 1), (0, 2)], 1, 1, false),
-        (6, 4, 3, 1, [(2, 2), (2, 2)], 2, 1, true),
-        (4, 6, 1, 1, [(0, 0), (0, 0)], 1, 1, true),
-        (4, 6, 3, 1, [(1, 1), (1, 1)], 1, 2, false),
+    let cases: [Case; 8] = [
+        (3, 8, 3, 1, [(1, 1), (1, 1)], 1, 1, false, [9, 7], false),
+        (4, 5, 5, 2, [(2, 1), (0, 2)], 1, 1, false, [9, 7], true),
+        (6, 4, 3, 1, [(2, 2), (2, 2)], 2, 1, true, [9, 7], false),
+        (4, 6, 1, 1, [(0, 0), (0, 0)], 1, 1, true, [9, 7], false),
+        (4, 6, 3, 1, [(1, 1), (1, 1)], 1, 2, false, [9, 7], false),
+        (3, 8, 3, 1, [(1, 1), (1, 1)], 1, 1, false, [17, 16], false),
+        (4, 6, 3, 1, [(1, 1), (1, 1)], 1, 1, true, [16, 19], true),
+        (5, 4, 3, 2, [(1, 0), (1, 0)], 1, 1, false, [33, 32], false),
     ];
-    for (n, &(cin, cout, k, s, padding, d, groups, permuted)) in cases.iter().enumerate() {
+    for (n, &(cin, cout, k, s, padding, d, groups, permuted, [h, w], one_image)) in
+        cases.iter().enumerate()
+    {
         let run = |device: &Device, ours: bool| {
             let ad = device.clone().autodiff();
-            let x = tensor([3, cin, 9, 7], 10 + n as u64, &ad);
+            let x = tensor([3, cin, h, w], 10 + n as u64, &ad);
             // The same values, stored [B, H, W, C] and viewed as [B, C, H, W].
             let x = if permuted {
                 let x = Tensor::<4>::from_data(x.permute([0, 2, 3, 1]).into_data(), &ad);
@@ -173,7 +182,7 @@ fn im2col_convolution_matches_flex_conv2d() {
             ]
         };
         // One image's columns per chunk: three chunks for the batch of three.
-        im2col::set_column_budget(if n == 1 {
+        im2col::set_column_budget(if one_image {
             1
         } else {
             im2col::DEFAULT_COLUMN_BYTES
@@ -320,4 +329,76 @@ fn f16_unet_on_wgpu_matches_f32_on_flex_and_bf16_is_refused() {
         e.contains("--precision bf16") && e.contains("no bf16 arithmetic"),
         "{e}"
     );
+}
+
+/// The fused GroupNorm + SiLU kernel (`model::gpu_norm`) on wgpu against the same computation
+/// as plain Burn tensor ops on flex (group mean, biased variance, normalisation, per-image
+/// affine, SiLU): the output and the gradients of the input, the scale and the shift. Shapes a
+/// UNet reaches and some it does not: groups smaller than a cube's threads and larger (4,092
+/// elements, not a power of two), one channel per group, an affine broadcast from `[1, C]`, a
+/// strided (permuted) input, no SiLU, and an input whose mean is far from zero.
+#[cfg(feature = "gpu-kernels")]
+#[test]
+fn group_norm_kernel_matches_burn_ops() {
+    use burn::tensor::activation::silu;
+    use diffnas::model::gpu_norm;
+    let Some(wgpu) = wgpu_device() else { return };
+    let flex = Device::flex();
+    // ([B, C, H, W], groups, silu, scale per image (else broadcast from [1, C]), permuted, offset)
+    type Case = ([usize; 4], usize, bool, bool, bool, f32);
+    let cases: [Case; 5] = [
+        ([2, 8, 5, 7], 4, true, true, false, 0.0),
+        ([3, 6, 16, 16], 3, false, false, false, 0.0),
+        ([1, 4, 33, 31], 1, true, true, true, 0.0),
+        ([2, 32, 4, 4], 32, true, false, false, 0.0),
+        ([2, 8, 8, 8], 2, true, true, false, 20.0),
+    ];
+    let eps = 1e-5;
+    for (n, &(shape, groups, act, per_image, permuted, offset)) in cases.iter().enumerate() {
+        let [b, c, h, w] = shape;
+        let run = |device: &Device, ours: bool| {
+            let ad = device.clone().autodiff();
+            let x = tensor(shape, 50 + n as u64, &ad) + offset;
+            let x = if permuted {
+                let x = Tensor::<4>::from_data(x.permute([0, 2, 3, 1]).into_data(), &ad);
+                x.permute([0, 3, 1, 2])
+            } else {
+                x
+            }
+            .require_grad();
+            let rows = if per_image { b } else { 1 };
+            let scale = (tensor([rows, c, 1, 1], 60 + n as u64, &ad) * 0.5 + 1.0)
+                .reshape([rows, c])
+                .require_grad();
+            let shift = tensor([rows, c, 1, 1], 70 + n as u64, &ad)
+                .reshape([rows, c])
+                .require_grad();
+            let (s, t) = (scale.clone().expand([b, c]), shift.clone().expand([b, c]));
+            let y = if ours {
+                gpu_norm::group_norm(x.clone(), s, t, groups, eps, act)
+            } else {
+                let xg = x.clone().reshape([b, groups, c / groups * h * w]);
+                let mean = xg.clone().mean_dim(2);
+                let var = (xg.clone() - mean.clone()).powf_scalar(2.0).mean_dim(2);
+                let nrm = ((xg - mean) / (var + eps).sqrt()).reshape([b, c, h, w]);
+                let z = nrm * s.reshape([b, c, 1, 1]) + t.reshape([b, c, 1, 1]);
+                if act { silu(z) } else { z }
+            };
+            let ct = tensor(y.dims(), 80 + n as u64, &ad);
+            let g = (y.clone() * ct).sum().backward();
+            [
+                to_vec(y.inner()),
+                to_vec(x.grad(&g).unwrap()),
+                to_vec(scale.grad(&g).unwrap()),
+                to_vec(shift.grad(&g).unwrap()),
+            ]
+        };
+        let (f, w) = (run(&flex, false), run(&wgpu, true));
+        for (what, (f, w)) in ["output", "input grad", "scale grad", "shift grad"]
+            .iter()
+            .zip(f.iter().zip(&w))
+        {
+            check(&format!("group norm case {n} {what}"), f, w);
+        }
+    }
 }

@@ -6,6 +6,8 @@ mod blocks;
 pub mod bundle;
 pub mod conv;
 #[cfg(feature = "gpu-kernels")]
+pub mod gpu_norm;
+#[cfg(feature = "gpu-kernels")]
 pub mod im2col;
 pub mod norm;
 

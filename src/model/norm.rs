@@ -1,8 +1,8 @@
 //! How the UNet's GroupNorms run, with what follows them: the SiLU and, in IDDPM's scale-shift
 //! ResBlock, the per-image scale and shift from the timestep embedding. On the CPU (`flex`)
-//! this is one fused kernel ([`crate::cpu::norm`]), elsewhere Burn's `GroupNorm` and tensor ops
-//! (which the GPU backends fuse themselves). [`NormAlgorithm::Burn`] forces Burn's ops
-//! everywhere, for comparison.
+//! this is one fused kernel ([`crate::cpu::norm`]), on GPU devices (f32, with a GPU backend
+//! feature) one fused CubeCL kernel (`model::gpu_norm`), elsewhere Burn's `GroupNorm` and tensor
+//! ops. [`NormAlgorithm::Burn`] forces Burn's ops everywhere, for comparison.
 
 use burn::nn::GroupNorm;
 use burn::tensor::Tensor;
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Which implementation computes a GroupNorm (+ SiLU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormAlgorithm {
-    /// Our fused kernel on the CPU, Burn's ops elsewhere (the default).
+    /// Our fused kernels on the CPU and on GPU devices, Burn's ops elsewhere (the default).
     Fused,
     /// Burn's `GroupNorm` and tensor ops on every device.
     Burn,
@@ -67,27 +67,30 @@ pub fn group_norm_act(
     modulation: Option<(Tensor<2>, Tensor<2>)>,
     silu_after: bool,
 ) -> Tensor<4> {
-    if norm_algorithm() == NormAlgorithm::Fused && crate::cpu::group_norm_supported(&x) {
-        let [b, c, _, _] = x.dims();
-        let device = x.device();
-        // The affine parameters as [1, C] (ones and zeros without affine).
-        let gamma = match &norm.gamma {
-            Some(g) => g.val().reshape([1, c]),
-            None => Tensor::ones([1, c], &device),
-        };
-        let beta = match &norm.beta {
-            Some(b) => b.val().reshape([1, c]),
-            None => Tensor::zeros([1, c], &device),
-        };
-        // n * gamma * (1 + s) + beta * (1 + s) + t, folded into one affine per image.
-        let (scale, shift) = match modulation {
-            Some((s, t)) => {
-                let s1 = s + 1.0;
-                (gamma * s1.clone(), beta * s1 + t)
-            }
-            None => (gamma.expand([b, c]), beta.expand([b, c])),
-        };
-        return crate::cpu::group_norm(x, scale, shift, norm.num_groups, norm.epsilon, silu_after);
+    if norm_algorithm() == NormAlgorithm::Fused {
+        if crate::cpu::group_norm_supported(&x) {
+            let (scale, shift) = image_affine(norm, &x, modulation);
+            return crate::cpu::group_norm(
+                x,
+                scale,
+                shift,
+                norm.num_groups,
+                norm.epsilon,
+                silu_after,
+            );
+        }
+        #[cfg(feature = "gpu-kernels")]
+        if super::gpu_norm::supported(&x) {
+            let (scale, shift) = image_affine(norm, &x, modulation);
+            return super::gpu_norm::group_norm(
+                x,
+                scale,
+                shift,
+                norm.num_groups,
+                norm.epsilon,
+                silu_after,
+            );
+        }
     }
     let h = norm.forward(x);
     let h = match modulation {
@@ -98,4 +101,30 @@ pub fn group_norm_act(
         None => h,
     };
     if silu_after { silu(h) } else { h }
+}
+
+/// The per-image affine `(scale, shift)` `[B, C]` the fused kernels apply after normalising:
+/// `n * gamma * (1 + s) + beta * (1 + s) + t` folded into one (ones and zeros without affine).
+fn image_affine(
+    norm: &GroupNorm,
+    x: &Tensor<4>,
+    modulation: Option<(Tensor<2>, Tensor<2>)>,
+) -> (Tensor<2>, Tensor<2>) {
+    let [b, c, _, _] = x.dims();
+    let device = x.device();
+    let gamma = match &norm.gamma {
+        Some(g) => g.val().reshape([1, c]),
+        None => Tensor::ones([1, c], &device),
+    };
+    let beta = match &norm.beta {
+        Some(b) => b.val().reshape([1, c]),
+        None => Tensor::zeros([1, c], &device),
+    };
+    match modulation {
+        Some((s, t)) => {
+            let s1 = s + 1.0;
+            (gamma * s1.clone(), beta * s1 + t)
+        }
+        None => (gamma.expand([b, c]), beta.expand([b, c])),
+    }
 }
