@@ -326,7 +326,11 @@ impl GpuGroupNorm for CubeBackend {
         groups: usize,
         silu: bool,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        let (x, dy, stats) = (into_contiguous(x), into_contiguous(dy), into_contiguous(stats));
+        let (x, dy, stats) = (
+            into_contiguous(x),
+            into_contiguous(dy),
+            into_contiguous(stats),
+        );
         let [b, c, _, _] = x.shape().dims();
         let (client, device, dtype) = (x.client.clone(), x.device.clone(), x.dtype);
         let empty = |shape: Shape| {

@@ -408,11 +408,7 @@ impl Im2colConv for CubeBackend {
             grad.dtype,
         );
         // W^T as a view: [Cout, K] -> [1, Cout, K] -> [1, K, Cout].
-        let wt = Self::float_swap_dims(
-            Self::float_reshape(weight, Shape::new([1, cout, k])),
-            1,
-            2,
-        );
+        let wt = Self::float_swap_dims(Self::float_reshape(weight, Shape::new([1, cout, k])), 1, 2);
         for (start, bc) in g.chunks(&x) {
             let dy = images(&grad, start, bc, cout, p);
             let columns = match g.layout {
@@ -449,16 +445,12 @@ impl Im2colConv for CubeBackend {
                 // [bc, Cout, P] @ [bc, P, K] -> [bc, Cout, K], summed over the images.
                 Layout::PerImage => {
                     let per_image = Self::float_matmul(dy, Self::float_swap_dims(columns, 1, 2));
-                    Self::float_reshape(
-                        Self::float_sum_dim(per_image, 0),
-                        Shape::new([cout, k]),
-                    )
+                    Self::float_reshape(Self::float_sum_dim(per_image, 0), Shape::new([cout, k]))
                 }
                 // [Cout, bc*P] @ [bc*P, K] -> [Cout, K]
-                Layout::Shared => Self::float_matmul(
-                    channels_first(dy),
-                    Self::float_swap_dims(columns, 0, 1),
-                ),
+                Layout::Shared => {
+                    Self::float_matmul(channels_first(dy), Self::float_swap_dims(columns, 0, 1))
+                }
             };
             dw = Some(match dw {
                 None => part,
@@ -704,8 +696,8 @@ mod kernel {
                             if ox * args.stride_w == tx && ox < args.out_w {
                                 let k = (ci * args.kernel_h + ky) * args.kernel_w + kx;
                                 let p = oy * args.out_w + ox;
-                                acc += columns
-                                    [image + k * args.col_stride_k + p * args.col_stride_p];
+                                acc +=
+                                    columns[image + k * args.col_stride_k + p * args.col_stride_p];
                             }
                         }
                     }
