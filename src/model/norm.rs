@@ -67,30 +67,9 @@ pub fn group_norm_act(
     modulation: Option<(Tensor<2>, Tensor<2>)>,
     silu_after: bool,
 ) -> Tensor<4> {
-    if norm_algorithm() == NormAlgorithm::Fused {
-        if crate::cpu::group_norm_supported(&x) {
-            let (scale, shift) = image_affine(norm, &x, modulation);
-            return crate::cpu::group_norm(
-                x,
-                scale,
-                shift,
-                norm.num_groups,
-                norm.epsilon,
-                silu_after,
-            );
-        }
-        #[cfg(feature = "gpu-kernels")]
-        if super::gpu_norm::supported(&x) {
-            let (scale, shift) = image_affine(norm, &x, modulation);
-            return super::gpu_norm::group_norm(
-                x,
-                scale,
-                shift,
-                norm.num_groups,
-                norm.epsilon,
-                silu_after,
-            );
-        }
+    if let Some(kernel) = fused_kernel(&x) {
+        let (scale, shift) = image_affine(norm, &x, modulation);
+        return kernel(x, scale, shift, norm.num_groups, norm.epsilon, silu_after);
     }
     let h = norm.forward(x);
     let h = match modulation {
@@ -101,6 +80,26 @@ pub fn group_norm_act(
         None => h,
     };
     if silu_after { silu(h) } else { h }
+}
+
+/// A fused GroupNorm kernel: `act(n * scale + shift)` with per-image `scale` and `shift`
+/// `[B, C]`, given the groups, epsilon and whether SiLU follows.
+type FusedNorm = fn(Tensor<4>, Tensor<2>, Tensor<2>, usize, f64, bool) -> Tensor<4>;
+
+/// The fused kernel that takes `x` under [`NormAlgorithm::Fused`]: the CPU's on flex, the GPU
+/// one on CubeCL devices; `None` means Burn's ops.
+fn fused_kernel(x: &Tensor<4>) -> Option<FusedNorm> {
+    if norm_algorithm() != NormAlgorithm::Fused {
+        return None;
+    }
+    if crate::cpu::group_norm_supported(x) {
+        return Some(crate::cpu::group_norm);
+    }
+    #[cfg(feature = "gpu-kernels")]
+    if super::gpu_norm::supported(x) {
+        return Some(super::gpu_norm::group_norm);
+    }
+    None
 }
 
 /// The per-image affine `(scale, shift)` `[B, C]` the fused kernels apply after normalising:
