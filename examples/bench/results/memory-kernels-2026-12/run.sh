@@ -2,7 +2,8 @@
 # Before/after of the memory-bound GPU kernels (README, "GPU speed", item 4) on whatever wgpu
 # adapter `--device wgpu` picks (lavapipe on a machine without a GPU). BEFORE is a diffnas
 # binary built from commit 26e819c, AFTER one built from the commit that added this file;
-# they run in turn, three times each, and bench.csv gets one row per run.
+# they alternate, three runs each, and bench.csv gets one row per run. bench-first.csv holds
+# an earlier set of the same runs, in the order before, before, after, after, before, after.
 set -euo pipefail
 BEFORE=${BEFORE:?path to the diffnas binary before}
 AFTER=${AFTER:?path to the diffnas binary after}
