@@ -58,6 +58,28 @@ else
     TORCH=eager:f32,eager:tf32,eager:bf16,eager:f16
 fi
 
+# summary.md and results.tar.gz, written again after every step so that a run cut short still
+# leaves what it measured.
+summarize() {
+    cp -r "$DIFFNAS_HOME/kernel-cache" "$WORK/results/autotune-cache" 2>/dev/null
+    {
+        echo "# GPU measurement ($(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - START)) s)"
+        echo
+        echo '```'
+        cat "$WORK/results/adapters.txt" 2>/dev/null
+        echo '```'
+        echo
+        cat "$WORK/results/side-by-side/table.md" 2>/dev/null || echo "no side-by-side table (see side-by-side.log)"
+        echo
+        head -60 "$WORK/results/kernels/kernels.md" 2>/dev/null
+        echo
+        echo '```'
+        cat "$WORK/results/steps.log"
+        echo '```'
+    } >"$OUT/summary.md"
+    tar -C "$WORK" -czf "$OUT/results.tar.gz" results
+}
+
 log "1. adapters"
 {
     nvidia-smi 2>&1 || echo "nvidia-smi: not available"
@@ -69,6 +91,12 @@ log "1. adapters"
         echo "vulkaninfo: not installed (the cooperative-matrix shapes above come from wgpu)"
     fi
 } >"$WORK/results/adapters.txt"
+summarize
+# and every 45 s while the long steps run
+touch "$WORK/running"
+(exec >/dev/null 2>&1; n=0; while [ -f "$WORK/running" ]; do
+    sleep 5; n=$((n + 1)); [ $((n % 9)) -ne 0 ] || summarize; done) &
+TICKER=$!
 
 log "2. side by side (deadline $(( $(left) - 120 )) s)"
 VARIANTS=(--variant "f16 im2col||--precision f16 --conv im2col")
@@ -83,6 +111,7 @@ VARIANTS+=(--variant "Burn's direct convolution (before)||--conv direct")
     --timeout 200 --deadline $(( $(left) - 120 )) --torch-first --diffnas "$DIFFNAS" \
     "${VARIANTS[@]}" --out "$WORK/results/side-by-side") >"$WORK/results/side-by-side.log" 2>&1
 log "   side by side exit $?"
+summarize
 
 if [ "$(left)" -gt 90 ]; then
     log "3. kernel profile"
@@ -95,21 +124,6 @@ else
 fi
 
 log "4. archive"
-cp -r "$DIFFNAS_HOME/kernel-cache" "$WORK/results/autotune-cache" 2>/dev/null
-{
-    echo "# GPU measurement ($(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - START)) s)"
-    echo
-    echo '```'
-    cat "$WORK/results/adapters.txt"
-    echo '```'
-    echo
-    cat "$WORK/results/side-by-side/table.md" 2>/dev/null || echo "no side-by-side table (see side-by-side.log)"
-    echo
-    head -60 "$WORK/results/kernels/kernels.md" 2>/dev/null
-    echo
-    echo '```'
-    cat "$WORK/results/steps.log"
-    echo '```'
-} >"$OUT/summary.md"
-tar -C "$WORK" -czf "$OUT/results.tar.gz" results
+rm -f "$WORK/running"; wait $TICKER
+summarize
 log "done: $OUT/summary.md, $OUT/results.tar.gz"
