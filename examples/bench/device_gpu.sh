@@ -16,10 +16,10 @@
 # What it measures, `ddpm-cifar10` at batch 128, in this order (cheapest and most needed first):
 #   1. the adapters: nvidia-smi, `diffnas devices` (shader-f16, cooperative-matrix shapes),
 #      vulkaninfo's cooperative-matrix properties where vulkaninfo exists;
-#   2. side by side (examples/bench/side_by_side.py, one round): PyTorch eager f32, TF32, AMP
-#      bf16 and AMP f16 first, then diffnas on wgpu with our im2col convolution in f32 and in
-#      f16, the `vulkan` build (SPIR-V, where cooperative matrices exist) in f16 and f32, and
-#      Burn's direct convolution in f32 (the earlier baseline) last;
+#   2. side by side (examples/bench/side_by_side.py, one round): PyTorch eager f32, AMP bf16 and
+#      AMP f16 first, then diffnas on wgpu with our im2col convolution in f32, the `vulkan`
+#      build (SPIR-V, where cooperative matrices exist) in f16, the default build in f16,
+#      Burn's direct convolution in f32 (the earlier baseline) and the `vulkan` build in f32;
 #   3. a per-kernel device profile of diffnas f32 im2col training and sampling
 #      (examples/bench/kernel_profile.py), from the autotune cache step 2 filled;
 #   4. peak memory: each diffnas report has the device allocator's reservation, each PyTorch
@@ -55,7 +55,7 @@ if [ -n "${DRY_RUN:-}" ]; then
     TORCH=eager:f32,eager:bf16
 else
     GENOME=ddpm-cifar10 BATCH=128 STEPS=10 EVALS=10 TORCH_DEVICE=cuda
-    TORCH=eager:f32,eager:tf32,eager:bf16,eager:f16
+    TORCH=eager:f32,eager:bf16,eager:f16
 fi
 
 # summary.md and results.tar.gz, written again after every step so that a run cut short still
@@ -99,12 +99,13 @@ touch "$WORK/running"
 TICKER=$!
 
 log "2. side by side (deadline $(( $(left) - 120 )) s)"
-VARIANTS=(--variant "f16 im2col||--precision f16 --conv im2col")
-if [ -n "$VULKAN" ]; then
-    VARIANTS+=(--variant "vulkan build f16|$VULKAN|--precision f16"
-               --variant "vulkan build f32|$VULKAN|--precision f32")
-fi
-VARIANTS+=(--variant "Burn's direct convolution (before)||--conv direct")
+# Most needed first, since the deadline may stop the last ones: tensor cores (the `vulkan` build
+# in f16), f16 on WGSL, the baseline, SPIR-V in f32.
+VARIANTS=()
+[ -z "$VULKAN" ] || VARIANTS+=(--variant "vulkan build f16|$VULKAN|--precision f16")
+VARIANTS+=(--variant "f16 im2col||--precision f16 --conv im2col"
+           --variant "Burn's direct convolution (before)||--conv direct")
+[ -z "$VULKAN" ] || VARIANTS+=(--variant "vulkan build f32|$VULKAN|--precision f32")
 (cd "$ROOT" && timeout $(( $(left) - 60 )) "$PY" examples/bench/side_by_side.py --preset gpu \
     --genomes "$GENOME" --batch-sizes $BATCH --diffnas-devices wgpu --convs im2col \
     --torch-configs "$TORCH" --torch-device $TORCH_DEVICE --train-steps $STEPS --sample-evals $EVALS --warmup 2 --repeats 1 \
