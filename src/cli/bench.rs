@@ -54,8 +54,8 @@ pub struct BenchArgs {
     /// ops), `direct` (Burn's conv2d) or `auto` (im2col).
     #[arg(long, default_value = "auto", value_parser = ConvAlgorithm::NAMES)]
     pub conv: String,
-    /// How GroupNorm (+ SiLU) runs: `fused` (our kernel on the CPU, Burn's ops elsewhere) or
-    /// `burn` (Burn's ops everywhere).
+    /// How GroupNorm (+ SiLU) runs: `fused` (our fused kernels, on the CPU and on GPU devices)
+    /// or `burn` (Burn's ops everywhere).
     #[arg(long, default_value = "fused", value_parser = NormAlgorithm::NAMES)]
     pub norm: String,
     /// What convolutions and attention matmuls compute in: f32, f16 (with dynamic loss scaling
