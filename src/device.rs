@@ -353,11 +353,28 @@ pub fn describe() -> Result<String, DeviceError> {
             out += &format!("    {c}\n");
         }
     }
+    if cfg!(feature = "wgpu") && !list.is_empty() {
+        out += kernel_language();
+        out += "\n";
+    }
     Ok(out
         + &format!(
             "--device auto picks: {}\n",
             select(DeviceChoice::Auto)?.info
         ))
+}
+
+/// What this build compiles its GPU kernels to, and so whether the cooperative matrices listed
+/// by [`describe`] are used: only the `vulkan` build's SPIR-V reaches them, on Vulkan adapters
+/// that have the features it needs (CubeCL falls back to WGSL on the others).
+pub fn kernel_language() -> &'static str {
+    if cfg!(feature = "vulkan") {
+        "kernels: SPIR-V on Vulkan adapters that support it (cooperative matrices used for \
+         f16 matmuls where listed), WGSL on the others"
+    } else {
+        "kernels: WGSL on every adapter (cooperative matrices unused: they need the `vulkan` \
+         build)"
+    }
 }
 
 /// The adapter of `list` (as [`adapters`] gives it) that a Slurm job's GPU is, from the GPU

@@ -114,6 +114,14 @@ fn device_by_adapter_index() {
             "{listing}"
         );
     }
+    // And whether this build can use them at all (this test's build is the default: WGSL).
+    assert!(
+        listing
+            .lines()
+            .any(|l| l == diffnas::device::kernel_language()
+                && l.starts_with("kernels: WGSL on every adapter")),
+        "{listing}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("s.png");
     let run = |device: &str| {

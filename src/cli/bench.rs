@@ -60,7 +60,7 @@ pub struct BenchArgs {
     pub norm: String,
     /// What convolutions and attention matmuls compute in: f32, f16 (with dynamic loss scaling
     /// in training) or bf16; weights, optimizer state, GroupNorm, softmax and the loss stay f32.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value_t = crate::precision::Precision::default())]
     pub precision: crate::precision::Precision,
     /// Also write the JSON report to this file.
     #[arg(long)]

@@ -110,7 +110,7 @@ pub struct BlockArgs {
     pub loss: Option<crate::diffusion::LossKind>,
     /// What convolutions and attention matmuls compute in during distillation, retraining and
     /// scoring: f32, f16 (with dynamic loss scaling) or bf16, where the device has it.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value_t = crate::precision::Precision::default())]
     pub precision: crate::precision::Precision,
     #[command(flatten)]
     pub ext: ExtractorArgs,

@@ -32,7 +32,7 @@ pub struct SamplingArgs {
     pub batch_size: usize,
     /// What the denoiser's convolutions and attention matmuls compute in: f32, f16 or bf16
     /// (where the device has it; GroupNorm, softmax and the sampler stay f32).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value_t = crate::precision::Precision::default())]
     pub precision: crate::precision::Precision,
 }
 

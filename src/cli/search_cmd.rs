@@ -229,7 +229,7 @@ pub struct SearchArgs {
     pub loss: Option<crate::diffusion::LossKind>,
     /// What the trials' convolutions and attention matmuls compute in, in training and in
     /// scoring: f32, f16 (with dynamic loss scaling) or bf16, where the device has it.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value_t = crate::precision::Precision::default())]
     pub precision: crate::precision::Precision,
     /// Use only the first N training images.
     #[arg(long)]

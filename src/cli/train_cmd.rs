@@ -83,7 +83,7 @@ pub struct TrainArgs {
     /// What convolutions and attention matmuls compute in: f32, f16 (with dynamic loss
     /// scaling; skipped overflow steps are reported) or bf16. Weights, optimizer state,
     /// GroupNorm, softmax and the loss stay f32, and so do the checkpoints.
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value_t = crate::precision::Precision::default())]
     pub precision: crate::precision::Precision,
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
