@@ -57,7 +57,8 @@ pub struct BenchConfig {
     pub profile: bool,
     /// Also train this many steps recording memory every 5% of them.
     pub memory_steps: u64,
-    /// Also measure the device's peak f32 FLOP rate.
+    /// Also measure the device's peak f32 FLOP rate, its matmul rate in `precision`, copy
+    /// bandwidth and launch cost.
     pub peak: bool,
     pub conv: ConvAlgorithm,
     pub norm: NormAlgorithm,
@@ -152,6 +153,20 @@ pub struct MemoryReport {
 pub struct PeakReport {
     /// f32 fused multiply-add throughput, 2 FLOPs per FMA.
     pub f32_gflops: f64,
+    /// Burn's autotuned matmul on one `n x n` by `n x n` product in the run's precision
+    /// (GFLOP/s, `2 n^3` FLOPs per product): what convolutions that run as im2col + matmul can
+    /// reach at best. Absent in reports written before it.
+    #[serde(default)]
+    pub matmul_gflops: Option<f64>,
+    #[serde(default)]
+    pub matmul_n: Option<usize>,
+    /// Device-to-device copy bandwidth (GB/s, bytes read plus bytes written), the ceiling of
+    /// memory-bound kernels.
+    #[serde(default)]
+    pub copy_gbps: Option<f64>,
+    /// The cost of one kernel launch (microseconds), what bounds a chain of small kernels.
+    #[serde(default)]
+    pub launch_us: Option<f64>,
     /// Achieved training / sampling rate as a fraction of it.
     pub train_fraction: Option<f64>,
     pub sample_fraction: Option<f64>,
@@ -423,6 +438,68 @@ fn measure_peak(_device: &Device) -> Option<f64> {
     None
 }
 
+/// Copy bandwidth (GB/s) and launch cost (microseconds) from CubeCL's probes.
+#[cfg(feature = "gpu-kernels")]
+fn measure_memory_and_launch(device: &Device) -> (Option<f64>, Option<f64>) {
+    use burn::tensor::{MemoryAccess, ThroughputKey, ThroughputMode};
+    let copy = ThroughputKey {
+        mode: ThroughputMode::memory(MemoryAccess::Copy),
+    };
+    let launch = ThroughputKey {
+        mode: ThroughputMode::Launch,
+    };
+    let stats = device.performance_stats(&[copy, launch]);
+    let value = |i: usize| stats.get(i).and_then(|s| s.value.ok());
+    (
+        value(0).map(|v| v.bytes_per_s(&copy) / 1e9),
+        value(1).map(|v| v.duration_per_op().as_secs_f64() * 1e6),
+    )
+}
+
+#[cfg(not(feature = "gpu-kernels"))]
+fn measure_memory_and_launch(_device: &Device) -> (Option<f64>, Option<f64>) {
+    (None, None)
+}
+
+/// The side of the square matmul probe: large enough to fill a GPU, small enough that a CPU
+/// posing as one (a software rasteriser) finishes in seconds.
+pub fn matmul_probe_size(info: &DeviceInfo) -> usize {
+    if info.device_type.eq_ignore_ascii_case("cpu") {
+        512
+    } else {
+        4096
+    }
+}
+
+/// Burn's matmul on `n x n` by `n x n` random operands in `precision` (cast to 16 bits as the
+/// convolutions are), GFLOP/s over ten products after two warm-ups (which run autotune). Each
+/// product multiplies the previous one (`b` scaled by `1/sqrt(n)` keeps the values near unit
+/// size, so f16 does not overflow) and the last is summed, so no product can be skipped or cut
+/// short by lazy execution.
+fn measure_matmul(device: &Device, precision: Precision, n: usize) -> f64 {
+    let operand = |scale: f64| {
+        let t = Tensor::<2>::random([n, n], Distribution::Normal(0.0, scale), device);
+        match precision.compute_dtype() {
+            Some(dt) => t.cast(dt),
+            None => t,
+        }
+    };
+    let (a, b) = (operand(1.0), operand(1.0 / (n as f64).sqrt()));
+    let chain = |k: usize| {
+        let mut c = a.clone();
+        for _ in 0..k {
+            c = c.matmul(b.clone());
+        }
+        c.sum().into_scalar::<f32>()
+    };
+    chain(2);
+    const REPEATS: usize = 10;
+    let t0 = Instant::now();
+    chain(REPEATS);
+    let secs = t0.elapsed().as_secs_f64();
+    2.0 * (n as f64).powi(3) * REPEATS as f64 / secs / 1e9
+}
+
 fn bench_sample(
     g: &Genome,
     a: &BenchConfig,
@@ -575,11 +652,23 @@ pub fn run_bench(a: &BenchConfig, selected: &SelectedDevice) -> Result<BenchRepo
         (None, Vec::new())
     };
     let extract = (a.extract_images > 0).then(|| bench_extract(g, a, device));
-    let peak = peak_gflops.map(|p| PeakReport {
-        f32_gflops: p,
-        train_fraction: train.as_ref().map(|t| t.achieved_gflops / p),
-        sample_fraction: sample.as_ref().map(|s| s.achieved_gflops / p),
+    // After the benchmark, so that its autotune and allocations are not the probes'.
+    let probes = peak_gflops.map(|_| {
+        let n = matmul_probe_size(&selected.info);
+        let (copy, launch) = measure_memory_and_launch(device);
+        (measure_matmul(device, a.precision, n), n, copy, launch)
     });
+    let peak = peak_gflops
+        .zip(probes)
+        .map(|(p, (mm, n, copy, launch))| PeakReport {
+            f32_gflops: p,
+            matmul_gflops: Some(mm),
+            matmul_n: Some(n),
+            copy_gbps: copy,
+            launch_us: launch,
+            train_fraction: train.as_ref().map(|t| t.achieved_gflops / p),
+            sample_fraction: sample.as_ref().map(|s| s.achieved_gflops / p),
+        });
     Ok(BenchReport {
         tool: "diffnas".into(),
         version: env!("CARGO_PKG_VERSION").into(),

@@ -163,6 +163,45 @@ fn device_by_adapter_index() {
 
 /// On a machine with no desktop session, listing the adapters prints no libwayland noise
 /// (Mesa's Vulkan device-select layer asks the compositor, and none can exist).
+/// `bench --peak` on wgpu reports the FMA peak and the ceilings beside it, each physically
+/// possible: f32 matmul cannot beat the f32 FMA rate by much (no tensor cores in f32), so a
+/// timer that stopped before the products ran would show as a rate far above it.
+#[cfg(feature = "wgpu")]
+#[test]
+fn bench_peak_reports_matmul_copy_and_launch_ceilings() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("peak.json");
+    let o = run(&[
+        "bench",
+        "--device",
+        "wgpu",
+        "--train-steps",
+        "0",
+        "--sample-evals",
+        "0",
+        "--peak",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let peak = &r["peak"];
+    let num = |k: &str| {
+        peak[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("peak.{k} missing: {r}"))
+    };
+    let (fma, matmul) = (num("f32_gflops"), num("matmul_gflops"));
+    assert!(fma > 0.0 && matmul > 0.0, "{r}");
+    assert!(
+        matmul < 1.5 * fma,
+        "matmul {matmul} GFLOP/s above the FMA peak {fma}: {r}"
+    );
+    let cpu = r["device"]["device_type"].as_str().unwrap() == "Cpu";
+    assert_eq!(num("matmul_n"), if cpu { 512.0 } else { 4096.0 }, "{r}");
+    assert!(num("copy_gbps") > 0.0 && num("launch_us") > 0.0, "{r}");
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn headless_adapter_probe_is_quiet() {

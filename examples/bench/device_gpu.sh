@@ -23,7 +23,10 @@
 #   3. a per-kernel device profile of diffnas f32 im2col training and sampling
 #      (examples/bench/kernel_profile.py), from the autotune cache step 2 filled;
 #   4. peak memory: each diffnas report has the device allocator's reservation, each PyTorch
-#      report its peak allocation.
+#      report its peak allocation;
+#   5. ceilings: each diffnas measurement with `--peak` times Burn's matmul on one 4096 x 4096
+#      product in its precision, copy bandwidth and launch cost, and each PyTorch one cuBLAS on
+#      the same product (a table under the side-by-side one).
 # A dry run on a machine without a GPU (software Vulkan) takes the smallest genome instead:
 #   DRY_RUN=1 bash examples/bench/device_gpu.sh "$CARGO_TARGET_DIR/release" /tmp/device-dry 900
 set -u
@@ -102,10 +105,11 @@ log "2. side by side (deadline $(( $(left) - 120 )) s)"
 # Most needed first, since the deadline may stop the last ones: tensor cores (the `vulkan` build
 # in f16), f16 on WGSL, the baseline, SPIR-V in f32.
 VARIANTS=()
-[ -z "$VULKAN" ] || VARIANTS+=(--variant "vulkan build f16|$VULKAN|--precision f16")
-VARIANTS+=(--variant "f16 im2col||--precision f16 --conv im2col"
+# `--peak` adds each one's matmul ceiling (the f32 row of the default build has it already).
+[ -z "$VULKAN" ] || VARIANTS+=(--variant "vulkan build f16|$VULKAN|--precision f16 --peak")
+VARIANTS+=(--variant "f16 im2col||--precision f16 --conv im2col --peak"
            --variant "Burn's direct convolution (before)||--conv direct")
-[ -z "$VULKAN" ] || VARIANTS+=(--variant "vulkan build f32|$VULKAN|--precision f32")
+[ -z "$VULKAN" ] || VARIANTS+=(--variant "vulkan build f32|$VULKAN|--precision f32 --peak")
 (cd "$ROOT" && timeout $(( $(left) - 60 )) "$PY" examples/bench/side_by_side.py --preset gpu \
     --genomes "$GENOME" --batch-sizes $BATCH --diffnas-devices wgpu --convs im2col \
     --torch-configs "$TORCH" --torch-device $TORCH_DEVICE --train-steps $STEPS --sample-evals $EVALS --warmup 2 --repeats 1 \

@@ -237,7 +237,9 @@ def main():
                        "--train-steps", str(steps), "--sample-evals", str(evals), "--warmup", str(a.warmup),
                        "--threads", str(a.threads), "--expect-params", str(cost["params"]),
                        "--macs", str(cost["macs"]), "--genome-hash", cost["hash"],
-                       "--json", os.path.join(out, name + ".json")]
+                       "--json", os.path.join(out, name + ".json"),
+                       # the same square matmul as `diffnas bench --peak` (diffnas::bench::matmul_probe_size)
+                       "--matmul-probe", "512" if (a.torch_device or p["torch_device"]) == "cpu" else "4096"]
                 runs.append(dict(name=name, impl=f"torch {mode} {prec}", cmd=cmd))
             if a.torch_first:
                 runs.sort(key=lambda r: not r["impl"].startswith("torch "))
@@ -306,7 +308,9 @@ def render(rows, peak_override):
     # One f32 peak for the machine: --peak-tflops, else a known GPU's datasheet rate, else what
     # `diffnas bench --peak` measured with its FMA probe on a GPU backend of this machine.
     measured = [
-        r["report"]["peak"]["f32_gflops"] for r in rows if r.get("report") and r["report"].get("peak")
+        r["report"]["peak"]["f32_gflops"]
+        for r in rows
+        if r.get("report") and (r["report"].get("peak") or {}).get("f32_gflops")
     ]
     names = [r["report"]["device"]["name"] for r in rows if r.get("report")]
     peak_source = "none"
@@ -362,6 +366,21 @@ def render(rows, peak_override):
             mem = rep.get("peak_bytes_allocated_train") or rep.get("device_bytes_reserved")
             cells.append(fmt(mem / 2**20 if mem else None, "{:.0f} MiB"))
             lines.append("| " + " | ".join(cells) + " |")
+    # The ceilings each measurement's probes found (`diffnas bench --peak`, torch_reference.py
+    # --matmul-probe): Burn's matmul against cuBLAS on the same square product.
+    probes = [r for r in rows if (r.get("report") or {}).get("peak", {}) and r["report"]["peak"].get("matmul_gflops")]
+    if probes:
+        lines.append("\n| implementation | precision | matmul n | matmul GFLOP/s | f32 FMA GFLOP/s | copy GB/s | launch µs |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in probes:
+            pk = r["report"]["peak"]
+            prec = r["report"].get("precision", "f32")
+            fma = pk.get("f32_gflops")
+            lines.append(
+                f"| {r['impl']} | {prec} | {pk.get('matmul_n')} | {fmt(pk['matmul_gflops'])} "
+                f"| {fmt(fma)} | {fmt(pk.get('copy_gbps'))} "
+                f"| {fmt(pk.get('launch_us'), '{:.1f}')} |"
+            )
     lines.append(
         "\nEach rate is the median of the rounds (`--repeats`), the measurements of a genome and batch "
         "taking turns within a round. "

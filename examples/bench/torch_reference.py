@@ -435,6 +435,29 @@ def device_info(device):
     )
 
 
+def matmul_rate(n, precision, device):
+    """GFLOP/s of ten chained n x n matmuls (each multiplies the previous product; b scaled by
+    1/sqrt(n) keeps values near unit size) after two warm-ups, the last product summed: the
+    same probe as `diffnas bench --peak`'s, through cuBLAS (or the CPU's BLAS). f32 and tf32
+    follow the backend flags set for the run; bf16 and f16 multiply in that type."""
+    dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(precision, torch.float32)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = (torch.randn(n, n, device=device) / n**0.5).to(dtype)
+
+    def chain(k):
+        c = a
+        for _ in range(k):
+            c = c @ b
+        return float(c.float().sum())
+
+    with torch.inference_mode():
+        chain(2)
+        t0 = time.perf_counter()
+        chain(10)
+        secs = time.perf_counter() - t0
+    return 2.0 * n**3 * 10 / secs / 1e9
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--genome", required=True, help="genome JSON file (diffnas genome show PRESET > g.json)")
@@ -457,6 +480,14 @@ def main():
     ap.add_argument("--genome-hash", default="", help="diffnas's hash of the genome, copied to the report")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the report here")
+    ap.add_argument(
+        "--matmul-probe",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the benchmark, also time ten chained N x N matmuls in the run's precision "
+        "(as `diffnas bench --peak` times Burn's), reported as peak.matmul_gflops; 0: skip",
+    )
     ap.add_argument(
         "--profile-ops",
         help="after the timed steps, profile the same number once more with torch.profiler and write "
@@ -505,6 +536,12 @@ def main():
     train = bench_train(model, net, args, device, abar) if args.train_steps > 0 else None
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     sample = bench_sample(model, net, args, device, abar) if args.sample_evals > 0 else None
+    probe = None
+    if args.matmul_probe > 0:
+        try:
+            probe = dict(matmul_gflops=matmul_rate(args.matmul_probe, args.precision, device), matmul_n=args.matmul_probe)
+        except (RuntimeError, MemoryError) as e:  # the benchmark's rows stand without the probe
+            probe = dict(matmul_error=str(e), matmul_n=args.matmul_probe)
     report = dict(
         tool="pytorch",
         version=torch.__version__,
@@ -522,6 +559,7 @@ def main():
         extract=None,
         device_bytes_reserved=torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
         peak_bytes_allocated_train=peak,
+        peak=probe,
     )
     text = json.dumps(report, indent=2)
     if args.json:

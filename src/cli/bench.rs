@@ -46,7 +46,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub memory_steps: u64,
     /// Also measure the device's peak f32 FLOP rate (fused multiply-add probe) and report each
-    /// rate as a fraction of it. GPU backends only; takes a few seconds.
+    /// rate as a fraction of it, with the ceilings beside it: Burn's matmul on one square
+    /// product in --precision (4096 on a GPU, 512 on a CPU adapter), copy bandwidth and the
+    /// cost of a kernel launch. GPU backends only; takes a few seconds.
     #[arg(long)]
     pub peak: bool,
     /// How convolutions run: `im2col` (ours: on GPU devices an im2col kernel + matmul, on the
