@@ -652,7 +652,9 @@ pub fn run_bench(a: &BenchConfig, selected: &SelectedDevice) -> Result<BenchRepo
         (None, Vec::new())
     };
     let extract = (a.extract_images > 0).then(|| bench_extract(g, a, device));
-    // After the benchmark, so that its autotune and allocations are not the probes'.
+    // The benchmark's memory, read before the probes allocate their buffers; the probes run
+    // after the benchmark, so that its autotune and allocations are not theirs.
+    let device_bytes_reserved = device.memory_pool_usage().map(|u| u.bytes_reserved);
     let probes = peak_gflops.map(|_| {
         let n = matmul_probe_size(&selected.info);
         let (copy, launch) = measure_memory_and_launch(device);
@@ -686,7 +688,7 @@ pub fn run_bench(a: &BenchConfig, selected: &SelectedDevice) -> Result<BenchRepo
         train,
         sample,
         extract,
-        device_bytes_reserved: device.memory_pool_usage().map(|u| u.bytes_reserved),
+        device_bytes_reserved,
         profile: a.profile.then_some(ProfileReport {
             train_steps: if train_phases.is_empty() {
                 0
