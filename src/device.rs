@@ -458,22 +458,33 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
 /// (feature `kernel-cache`): `<dir>/default.db`. CubeCL's own default is `target/environment`
 /// under the outermost `Cargo.toml` above the working directory, else the user cache
 /// directory, which scatters the cache over whatever project a user runs from and loses it in a
-/// fresh clone. A `cubecl.toml` that names a directory still wins. Best called before the first
-/// device is created; later, it moves every store from then on.
+/// fresh clone. A `cubecl.toml` that names a directory still wins. With `autotune_log`, every
+/// autotune decision (the operation and shape it tuned, the fastest candidate, the three best
+/// times) is appended to that file as one line. Best called before the first device is
+/// created; later, it moves every store from then on.
 #[cfg(feature = "kernel-cache")]
-pub fn set_kernel_cache_dir(dir: &std::path::Path) {
+pub fn set_kernel_cache_dir(dir: &std::path::Path, autotune_log: Option<&std::path::Path>) {
     use cubecl_runtime::config::cache::CacheConfig;
     use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
     let mut cfg = CubeClRuntimeConfig::from_current_dir().override_from_env();
     // The built-in defaults (Target, Global) are ours to move; a directory a user named is not.
-    let is_default = |c: &CacheConfig| matches!(c, CacheConfig::Target | CacheConfig::Global);
-    if !is_default(&cfg.environment.path) {
+    let moved = matches!(
+        cfg.environment.path,
+        CacheConfig::Target | CacheConfig::Global
+    );
+    if moved {
+        cfg.environment.path = CacheConfig::Directory(dir.to_path_buf());
+    }
+    if let Some(log) = autotune_log {
+        cfg.autotune.logger.file = Some(log.to_path_buf());
+    }
+    if !moved && autotune_log.is_none() {
         return;
     }
-    cfg.environment.path = CacheConfig::Directory(dir.to_path_buf());
     // Installing the configuration points the environment root at `dir` (CubeCL does that when a
     // configuration is loaded); if one was loaded already, move the root directly.
     if !CubeClRuntimeConfig::try_set(cfg)
+        && moved
         && matches!(
             CubeClRuntimeConfig::get().environment.path,
             CacheConfig::Target

@@ -171,18 +171,25 @@ fn device_by_adapter_index() {
 fn bench_peak_reports_matmul_copy_and_launch_ceilings() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("peak.json");
-    let o = run(&[
-        "bench",
-        "--device",
-        "wgpu",
-        "--train-steps",
-        "0",
-        "--sample-evals",
-        "0",
-        "--peak",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    // A fresh home, so that the matmul probe is tuned here and its decision logged.
+    let autotune_log = dir.path().join("autotune.log");
+    let o = diffnas()
+        .env("DIFFNAS_HOME", dir.path().join("home"))
+        .env("DIFFNAS_AUTOTUNE_LOG", &autotune_log)
+        .args([
+            "bench",
+            "--device",
+            "wgpu",
+            "--train-steps",
+            "0",
+            "--sample-evals",
+            "0",
+            "--peak",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let peak = &r["peak"];
@@ -200,6 +207,16 @@ fn bench_peak_reports_matmul_copy_and_launch_ceilings() {
     let cpu = r["device"]["device_type"].as_str().unwrap() == "Cpu";
     assert_eq!(num("matmul_n"), if cpu { 512.0 } else { 4096.0 }, "{r}");
     assert!(num("copy_gbps") > 0.0 && num("launch_us") > 0.0, "{r}");
+    // DIFFNAS_AUTOTUNE_LOG: the probe's product was tuned, and the log names the winner.
+    let n = num("matmul_n") as usize;
+    let log = std::fs::read_to_string(&autotune_log).expect("DIFFNAS_AUTOTUNE_LOG written");
+    let shape = format!("m: {n}, n: {n}, k: {n},");
+    assert!(
+        log.lines().any(|l| l.starts_with("Fastest result ")
+            && l.contains("MatmulAutotuneKey")
+            && l.contains(&shape)),
+        "no decision for the {n}^3 matmul in the autotune log:\n{log}"
+    );
 }
 
 #[cfg(feature = "wgpu")]

@@ -21,7 +21,9 @@
 #      build (SPIR-V, where cooperative matrices exist) in f16, the default build in f16,
 #      Burn's direct convolution in f32 (the earlier baseline) and the `vulkan` build in f32;
 #   3. a per-kernel device profile of diffnas f32 im2col training and sampling
-#      (examples/bench/kernel_profile.py), from the autotune cache step 2 filled;
+#      (examples/bench/kernel_profile.py), from the autotune cache step 2 filled, and what
+#      autotune chose in step 2 for every operation and shape (each measurement's
+#      DIFFNAS_AUTOTUNE_LOG, summarised by examples/bench/autotune_choices.py into autotune.md);
 #   4. peak memory: each diffnas report has the device allocator's reservation, each PyTorch
 #      report its peak allocation;
 #   5. ceilings: each diffnas measurement with `--peak` times Burn's matmul on one 4096 x 4096
@@ -76,6 +78,8 @@ summarize() {
         echo
         head -60 "$WORK/results/kernels/kernels.md" 2>/dev/null
         echo
+        head -80 "$WORK/results/autotune.md" 2>/dev/null
+        echo
         echo '```'
         cat "$WORK/results/steps.log"
         echo '```'
@@ -113,9 +117,11 @@ VARIANTS+=(--variant "f16 im2col||--precision f16 --conv im2col --peak"
 (cd "$ROOT" && timeout $(( $(left) - 60 )) "$PY" examples/bench/side_by_side.py --preset gpu \
     --genomes "$GENOME" --batch-sizes $BATCH --diffnas-devices wgpu --convs im2col \
     --torch-configs "$TORCH" --torch-device $TORCH_DEVICE --train-steps $STEPS --sample-evals $EVALS --warmup 2 --repeats 1 \
-    --timeout 200 --deadline $(( $(left) - 120 )) --torch-first --diffnas "$DIFFNAS" \
+    --timeout 200 --deadline $(( $(left) - 120 )) --torch-first --autotune-logs --diffnas "$DIFFNAS" \
     "${VARIANTS[@]}" --out "$WORK/results/side-by-side") >"$WORK/results/side-by-side.log" 2>&1
 log "   side by side exit $?"
+"$PY" "$ROOT/examples/bench/autotune_choices.py" "$WORK"/results/side-by-side/*.autotune.log \
+    >"$WORK/results/autotune.md" 2>&1
 summarize
 
 if [ "$(left)" -gt 90 ]; then

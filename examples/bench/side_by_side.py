@@ -72,13 +72,14 @@ PRESETS = {
 }
 
 
-def sh(cmd, timeout, log):
+def sh(cmd, timeout, log, env=None):
     t0 = time.time()
     with open(log, "w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         try:
-            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT)
+            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT,
+                               env=None if env is None else dict(os.environ, **env))
             rc = p.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
@@ -149,6 +150,9 @@ def main():
     ap.add_argument("--deadline", type=float,
                     help="seconds from the start after which no measurement starts; the rest become "
                     "rows that say so (for a machine lent for a fixed time)")
+    ap.add_argument("--autotune-logs", action="store_true",
+                    help="give every diffnas measurement its own DIFFNAS_AUTOTUNE_LOG (NAME.autotune.log "
+                    "beside its report): which kernel candidate autotune chose for each operation and shape")
     ap.add_argument("--torch-device", help="PyTorch's device (overrides the preset's: cpu, cuda, mps)")
     ap.add_argument("--torch-first", action="store_true",
                     help="run the PyTorch measurements of each genome and batch before diffnas's")
@@ -260,7 +264,10 @@ def main():
                         os.remove(jf)
                     print(f"[{time.strftime('%H:%M:%S')}] {r['name']} (round {rnd + 1}/{a.repeats})", file=sys.stderr, flush=True)
                     log = os.path.join(out, r["name"] + ".log")
-                    rc, wall = sh(r["cmd"], a.timeout, log)
+                    env = None
+                    if a.autotune_logs and not r["impl"].startswith("torch "):
+                        env = {"DIFFNAS_AUTOTUNE_LOG": os.path.join(out, r["name"] + ".autotune.log")}
+                    rc, wall = sh(r["cmd"], a.timeout, log, env)
                     if rc == 0 and os.path.exists(jf):
                         with open(jf) as f:
                             reports[i].append(json.load(f))

@@ -80,7 +80,10 @@ pub fn main() -> i32 {
     crate::device::quiet_headless_probe();
     crate::integrity::set_sink(|m| eprintln!("warning: {m}"));
     #[cfg(feature = "kernel-cache")]
-    crate::device::set_kernel_cache_dir(&crate::eval::setup::kernel_cache_dir());
+    crate::device::set_kernel_cache_dir(
+        &crate::eval::setup::kernel_cache_dir(),
+        crate::eval::setup::autotune_log().as_deref(),
+    );
     // How every convolution and GroupNorm in this process runs (`bench --conv/--norm`
     // override them).
     if let Err(e) = crate::model::algorithms_from_env() {

@@ -70,6 +70,14 @@ pub fn kernel_cache_dir() -> PathBuf {
         .map_or_else(|| home().join("kernel-cache"), PathBuf::from)
 }
 
+/// Where to append one line per GPU autotune decision (which kernel candidate won for which
+/// operation and shape): `$DIFFNAS_AUTOTUNE_LOG`, else nowhere.
+pub fn autotune_log() -> Option<PathBuf> {
+    std::env::var_os("DIFFNAS_AUTOTUNE_LOG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Default location of pytorch-fid's Inception weights.
 pub fn default_inception_path() -> PathBuf {
     home().join("weights").join(INCEPTION_FILE)
