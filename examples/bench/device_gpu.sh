@@ -78,7 +78,7 @@ summarize() {
         echo
         head -60 "$WORK/results/kernels/kernels.md" 2>/dev/null
         echo
-        head -80 "$WORK/results/autotune.md" 2>/dev/null
+        head -200 "$WORK/results/autotune.md" 2>/dev/null
         echo
         echo '```'
         cat "$WORK/results/steps.log"
