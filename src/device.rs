@@ -463,7 +463,7 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice, DeviceError> {
 /// times) is appended to that file as one line. Best called before the first device is
 /// created; later, it moves every store from then on.
 #[cfg(feature = "kernel-cache")]
-pub fn set_kernel_cache_dir(dir: &std::path::Path, autotune_log: Option<&std::path::Path>) {
+pub fn configure_kernels(dir: &std::path::Path, autotune_log: Option<&std::path::Path>) {
     use cubecl_runtime::config::cache::CacheConfig;
     use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
     let mut cfg = CubeClRuntimeConfig::from_current_dir().override_from_env();

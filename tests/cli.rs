@@ -207,6 +207,17 @@ fn bench_peak_reports_matmul_copy_and_launch_ceilings() {
     let cpu = r["device"]["device_type"].as_str().unwrap() == "Cpu";
     assert_eq!(num("matmul_n"), if cpu { 512.0 } else { 4096.0 }, "{r}");
     assert!(num("copy_gbps") > 0.0 && num("launch_us") > 0.0, "{r}");
+    // A log path that cannot be written (under a regular file) is refused before any work,
+    // naming it.
+    let bad = json.join("a.log");
+    let o = diffnas()
+        .env("DIFFNAS_AUTOTUNE_LOG", &bad)
+        .args(["devices"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let named = format!("DIFFNAS_AUTOTUNE_LOG={}: cannot write it", bad.display());
+    assert!(stderr(&o).contains(&named), "{}", stderr(&o));
     // DIFFNAS_AUTOTUNE_LOG: the probe's product was tuned, and the log names the winner.
     let n = num("matmul_n") as usize;
     let log = std::fs::read_to_string(&autotune_log).expect("DIFFNAS_AUTOTUNE_LOG written");

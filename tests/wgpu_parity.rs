@@ -24,7 +24,7 @@ fn wgpu_device() -> Option<Device> {
     // a later run does not re-tune every kernel on the software rasteriser.
     #[cfg(feature = "kernel-cache")]
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        diffnas::device::set_kernel_cache_dir(
+        diffnas::device::configure_kernels(
             &std::path::PathBuf::from(dir).join("kernel-cache"),
             None,
         );

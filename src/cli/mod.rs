@@ -79,11 +79,20 @@ pub fn main() -> i32 {
     };
     crate::device::quiet_headless_probe();
     crate::integrity::set_sink(|m| eprintln!("warning: {m}"));
+    let autotune_log = match crate::eval::setup::autotune_log() {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
     #[cfg(feature = "kernel-cache")]
-    crate::device::set_kernel_cache_dir(
+    crate::device::configure_kernels(
         &crate::eval::setup::kernel_cache_dir(),
-        crate::eval::setup::autotune_log().as_deref(),
+        autotune_log.as_deref(),
     );
+    #[cfg(not(feature = "kernel-cache"))]
+    let _ = autotune_log;
     // How every convolution and GroupNorm in this process runs (`bench --conv/--norm`
     // override them).
     if let Err(e) = crate::model::algorithms_from_env() {

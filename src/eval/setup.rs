@@ -71,11 +71,29 @@ pub fn kernel_cache_dir() -> PathBuf {
 }
 
 /// Where to append one line per GPU autotune decision (which kernel candidate won for which
-/// operation and shape): `$DIFFNAS_AUTOTUNE_LOG`, else nowhere.
-pub fn autotune_log() -> Option<PathBuf> {
-    std::env::var_os("DIFFNAS_AUTOTUNE_LOG")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+/// operation and shape): `$DIFFNAS_AUTOTUNE_LOG`, else nowhere. The file and its folders are
+/// created (or the file opened for appending) here, so that a path that cannot be written is an
+/// error naming it rather than a log that silently never appears.
+pub fn autotune_log() -> Result<Option<PathBuf>, String> {
+    let Some(path) = std::env::var_os("DIFFNAS_AUTOTUNE_LOG").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(path);
+    let cannot = |e: std::io::Error| {
+        format!(
+            "DIFFNAS_AUTOTUNE_LOG={}: cannot write it: {e}",
+            path.display()
+        )
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(cannot)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(cannot)?;
+    Ok(Some(path))
 }
 
 /// Default location of pytorch-fid's Inception weights.
