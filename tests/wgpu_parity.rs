@@ -405,3 +405,85 @@ fn group_norm_kernel_matches_burn_ops() {
         }
     }
 }
+
+/// `train::FusedAdamW` on wgpu (our one-kernel step, `train::gpu_optim`) against Burn's `AdamW`
+/// on flex: two steps (the first starts the moments), weight decay, a rank-4 and a rank-1
+/// parameter, the gradient multiplier of clipping (`with_grad_scale`) on one step and off on
+/// the other. Weights and both moments within 1e-5 of the largest value (f32; the GPU's
+/// division and square root may round differently from the CPU's in the last bit).
+#[test]
+fn adamw_kernel_matches_burn_adamw() {
+    use burn::optim::{AdamWConfig, AdamWState, Optimizer};
+    use diffnas::train::{FusedAdamW, with_grad_scale};
+    let Some(wgpu) = wgpu_device() else { return };
+    let flex = Device::flex();
+    let (b1, b2, eps, wd) = (0.9f32, 0.999f32, 1e-8f32, 0.01f32);
+    let ours = FusedAdamW::new(b1, b2, eps, wd);
+    let burn = AdamWConfig::new()
+        .with_beta_1(b1)
+        .with_beta_2(b2)
+        .with_epsilon(eps)
+        .with_weight_decay(wd)
+        .build();
+    fn run<const D: usize>(
+        ours: &FusedAdamW,
+        burn: &burn::optim::AdamW,
+        shape: [usize; D],
+        wgpu: &Device,
+        flex: &Device,
+        seed: u64,
+    ) {
+        let n: usize = shape.iter().product();
+        let data = |s: u64| {
+            let mut rng = ChaCha8Rng::seed_from_u64(s);
+            let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+            TensorData::new(v, shape)
+        };
+        let p0 = data(seed);
+        let (mut pw, mut pf) = (
+            Tensor::<D>::from_data(p0.clone(), wgpu),
+            Tensor::<D>::from_data(p0, flex),
+        );
+        let (mut sw, mut sf): (Option<AdamWState<D>>, Option<AdamWState<D>>) = (None, None);
+        for (step, coef) in [(0u64, Some(0.37f32)), (1, None)] {
+            let g = data(seed + 10 + step);
+            let gw = Tensor::<D>::from_data(g.clone(), wgpu);
+            let mut gf = Tensor::<D>::from_data(g, flex);
+            let c = coef.map(|c| Tensor::<1>::from_data(TensorData::new(vec![c], [1]), wgpu));
+            if let Some(c) = coef {
+                gf = gf.mul_scalar(c);
+            }
+            let lr = 1e-3 * (step + 1) as f64;
+            (pw, sw) = with_grad_scale(c, || ours.step(lr, pw.clone(), gw, sw.clone()));
+            (pf, sf) = burn.step(lr, pf.clone(), gf, sf.clone());
+            let (w, f) = (sw.as_ref().unwrap(), sf.as_ref().unwrap());
+            assert_eq!(w.momentum.time, f.momentum.time);
+            let what = |x: &str| format!("{shape:?} step {} {x}", step + 1);
+            for (x, f, w) in [
+                ("weights", pf.clone(), pw.clone()),
+                (
+                    "first moment",
+                    f.momentum.moment_1.clone(),
+                    w.momentum.moment_1.clone(),
+                ),
+                (
+                    "second moment",
+                    f.momentum.moment_2.clone(),
+                    w.momentum.moment_2.clone(),
+                ),
+            ] {
+                let (f, w) = (to_vec(f), to_vec(w));
+                check(&what(x), &f, &w);
+                let scale = f.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let d = max_abs_diff(&f, &w);
+                assert!(
+                    d <= 1e-5 * scale,
+                    "{}: {d} apart (largest {scale})",
+                    what(x)
+                );
+            }
+        }
+    }
+    run(&ours, &burn, [3, 5, 7, 2], &wgpu, &flex, 1);
+    run(&ours, &burn, [37], &wgpu, &flex, 2);
+}

@@ -1,11 +1,12 @@
 //! Global gradient-norm clipping (as `torch.nn.utils.clip_grad_norm_`): every gradient is
 //! scaled by `min(1, max_norm / (||g||_2 + 1e-6))` where the norm runs over all parameters.
 //! Burn's own `GradientClipping::Norm` clips each tensor separately. Everything stays on the
-//! device: the norm is returned as a tensor and read only when the caller logs.
+//! device: the norm is returned as a tensor and read only when the caller logs, and the scaling
+//! happens inside the optimizer's read of each gradient ([`super::with_grad_scale`]).
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 struct SquaredNorm<'a> {
     grads: &'a GradientsParams,
@@ -28,24 +29,6 @@ impl ModuleVisitor for SquaredNorm<'_> {
     }
 }
 
-struct Scale<'a> {
-    grads: &'a mut GradientsParams,
-    coef: Tensor<1>,
-}
-
-impl ModuleVisitor for Scale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            let scaled = if crate::cpu::supported(&g) {
-                crate::cpu::scale(g, self.coef.clone())
-            } else {
-                g * self.coef.clone().reshape([1usize; D])
-            };
-            self.grads.register::<D>(param.id, scaled);
-        }
-    }
-}
-
 /// Global L2 norm of all gradients of `module` (a `[1]` tensor), or None without gradients.
 pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
     let mut v = SquaredNorm { grads, acc: None };
@@ -53,21 +36,9 @@ pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tenso
     v.acc.map(|s| s.sqrt())
 }
 
-/// Multiply every gradient of `module` by `coef` in place (an f16 step's unscale and clip in
-/// one pass); `device` is the gradients' (the training device without autodiff).
-pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, coef: f64, device: &Device) {
-    let coef = Tensor::<1>::from_data(TensorData::new(vec![coef as f32], [1]), device);
-    module.visit(&mut Scale { grads, coef });
-}
-
-/// Clip to `max_norm` in place; returns the norm before clipping.
-pub fn clip_global_norm<M: Module>(
-    module: &M,
-    grads: &mut GradientsParams,
-    max_norm: f64,
-) -> Option<Tensor<1>> {
-    let norm = grad_norm(module, grads)?;
-    let coef = (norm.clone().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0);
-    module.visit(&mut Scale { grads, coef });
-    Some(norm)
+/// The factor that clips gradients of global norm `norm` to `max_norm`:
+/// `min(1, max_norm / (norm + 1e-6))`, on the device (`[1]`). The optimizer applies it as it
+/// reads each gradient ([`super::with_grad_scale`]).
+pub fn clip_coefficient(norm: &Tensor<1>, max_norm: f64) -> Tensor<1> {
+    (norm.clone().add_scalar(1e-6).recip() * max_norm).clamp_max(1.0)
 }

@@ -7,13 +7,14 @@ pub mod checkpoint;
 mod clip;
 mod config;
 mod ema;
+mod gpu_optim;
 mod optim;
 pub mod scale;
-pub use optim::FusedAdamW;
+pub use optim::{FusedAdamW, with_grad_scale};
 pub use scale::{LossScale, ScaledStep};
 
 pub use checkpoint::{CheckpointError, TrainState, write_atomic};
-pub use clip::{clip_global_norm, grad_norm, scale_grads};
+pub use clip::{clip_coefficient, grad_norm};
 pub use config::{ChangedSetting, LrSchedule, TrainConfig, defaults};
 pub use ema::ema_update;
 
@@ -430,23 +431,23 @@ fn step_core<M: Module>(
     };
     let (loss, terms) = objective.loss_and_terms(&model, batch);
     mark(StepPhase::Forward);
-    // Clipped gradients and the pre-clip norm, or None for a step an f16 overflow skips.
-    let (grads, norm, skipped_at) = match scaler {
+    // The gradients, the multiplier the optimizer applies to them as it reads them (clip, f16
+    // unscale) and the pre-clip norm, or no gradients for a step an f16 overflow skips.
+    let (grads, coef, norm, skipped_at) = match scaler {
         None => {
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
             mark(StepPhase::Backward);
-            let norm = if cfg.grad_clip > 0.0 {
-                clip_global_norm(&model, &mut grads, cfg.grad_clip)
-            } else {
-                grad_norm(&model, &grads)
+            let norm = grad_norm(&model, &grads);
+            let coef = match &norm {
+                Some(n) if cfg.grad_clip > 0.0 => Some(clip_coefficient(n, cfg.grad_clip)),
+                _ => None,
             };
-            (Some(grads), norm, None)
+            (Some(grads), coef, norm, None)
         }
         Some(scaler) => {
-            // Backward of loss * s, then one pass that unscales and clips.
+            // Backward of loss * s; the optimizer unscales and clips in the same read.
             let s = scaler.scale;
-            let mut grads =
-                GradientsParams::from_grads(loss.clone().mul_scalar(s).backward(), &model);
+            let grads = GradientsParams::from_grads(loss.clone().mul_scalar(s).backward(), &model);
             mark(StepPhase::Backward);
             let scaled_norm = grad_norm(&model, &grads);
             // The one host read of an f16 step: whether to take it.
@@ -454,15 +455,23 @@ fn step_core<M: Module>(
                 .clone()
                 .map_or(0.0, |n| n.into_scalar::<f32>() as f64);
             match scaler.update(scaled.is_finite()) {
-                ScaledStep::Skipped { scale } => (None, None, Some(scale)),
+                ScaledStep::Skipped { scale } => (None, None, None, Some(scale)),
                 ScaledStep::Taken => {
                     let clip = if cfg.grad_clip > 0.0 {
                         (cfg.grad_clip / (scaled / s + 1e-6)).min(1.0)
                     } else {
                         1.0
                     };
-                    scale_grads(&model, &mut grads, clip / s, &device.clone().inner());
-                    (Some(grads), scaled_norm.map(|n| n.div_scalar(s)), None)
+                    let coef = Tensor::<1>::from_data(
+                        TensorData::new(vec![(clip / s) as f32], [1]),
+                        &device.clone().inner(),
+                    );
+                    (
+                        Some(grads),
+                        Some(coef),
+                        scaled_norm.map(|n| n.div_scalar(s)),
+                        None,
+                    )
                 }
             }
         }
@@ -470,7 +479,8 @@ fn step_core<M: Module>(
     let (model, ema) = match grads {
         Some(grads) => {
             mark(StepPhase::Clip);
-            let model = optim.step(cfg.lr_at(step), model, grads);
+            let lr = cfg.lr_at(step);
+            let model = optim::with_grad_scale(coef, || optim.step(lr, model, grads));
             mark(StepPhase::Optimizer);
             let ema = ema_update(ema, &model, cfg.ema_decay_at(step));
             mark(StepPhase::Ema);

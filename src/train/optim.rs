@@ -1,9 +1,38 @@
 //! AdamW with Burn's arithmetic and Burn's state (so checkpoints of either load in the other),
-//! running as one fused pass per parameter on the CPU ([`crate::cpu::optim`]) and as Burn's
-//! `AdamW` everywhere else.
+//! running as one fused pass per parameter on the CPU ([`crate::cpu::optim`]) and as one kernel
+//! per parameter on GPU devices ([`super::gpu_optim`]); Burn's `AdamW` for anything else.
+//!
+//! [`with_grad_scale`] hands the step a gradient multiplier (global-norm clipping, an f16
+//! step's unscale) as a one-element device tensor: the GPU kernel applies it as it reads the
+//! gradient, so clipping costs no pass over the gradients of its own and nothing waits for the
+//! norm.
 
+use super::gpu_optim;
 use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, Optimizer};
 use burn::tensor::{Device, Tensor};
+use std::cell::RefCell;
+
+thread_local! {
+    static GRAD_SCALE: RefCell<Option<Tensor<1>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` (an optimizer step of this thread) with every gradient a [`FusedAdamW`] step takes
+/// multiplied by `coef` (`[1]`, on the gradients' device) first; `None` leaves them as they are.
+pub fn with_grad_scale<R>(coef: Option<Tensor<1>>, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<Tensor<1>>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            GRAD_SCALE.with(|c| *c.borrow_mut() = self.0.take());
+        }
+    }
+    let previous = GRAD_SCALE.with(|c| c.replace(coef));
+    let _reset = Reset(previous);
+    f()
+}
+
+fn grad_scale() -> Option<Tensor<1>> {
+    GRAD_SCALE.with(|c| c.borrow().clone())
+}
 
 /// AdamW (Loshchilov & Hutter 2019), without AMSGrad or cautious weight decay.
 #[derive(Clone)]
@@ -46,7 +75,14 @@ impl Optimizer for FusedAdamW {
         let amsgrad = state
             .as_ref()
             .is_some_and(|s| s.momentum.max_moment_2.is_some());
-        if amsgrad || !crate::cpu::supported(&tensor) || !crate::cpu::supported(&grad) {
+        let coef = grad_scale();
+        let gpu = gpu_optim::supported(&tensor) && gpu_optim::supported(&grad);
+        let cpu = crate::cpu::supported(&tensor) && crate::cpu::supported(&grad);
+        if amsgrad || !(gpu || cpu) {
+            let grad = match coef {
+                Some(c) => grad * c.reshape([1usize; D]),
+                None => grad,
+            };
             return self.burn.step(lr, tensor, grad, state);
         }
         let (time, m, v) = match state {
@@ -66,7 +102,15 @@ impl Optimizer for FusedAdamW {
             weight_decay: self.weight_decay,
             time,
         };
-        let (p, moment_1, moment_2) = crate::cpu::adamw(tensor, grad, m, v, step);
+        let (p, moment_1, moment_2) = if gpu {
+            gpu_optim::adamw(tensor, grad, m, v, coef, gpu_optim::AdamWConsts::new(&step))
+        } else {
+            let grad = match coef {
+                Some(c) => crate::cpu::scale(grad, c),
+                None => grad,
+            };
+            crate::cpu::adamw(tensor, grad, m, v, step)
+        };
         let momentum = AdaptiveMomentumState {
             time,
             moment_1,

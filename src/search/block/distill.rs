@@ -12,7 +12,7 @@ use crate::diffusion::{NoiseSchedule, timestep_tensor};
 use crate::model::{BlockIo, Unet};
 use crate::train::checkpoint::{self, CheckpointError, TrainState};
 use crate::train::{
-    LossScale, ScaledStep, TrainConfig, grad_norm, optimizer_for, scale_grads, step_inputs,
+    LossScale, ScaledStep, TrainConfig, grad_norm, optimizer_for, step_inputs, with_grad_scale,
 };
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
@@ -256,11 +256,13 @@ pub fn train_supernets(
             None => total.backward(),
         };
         let lr = cfg.lr_at(step);
-        let mut block_grads: Vec<GradientsParams> = nets
+        let block_grads: Vec<GradientsParams> = nets
             .iter()
             .map(|net| GradientsParams::from_module(&mut grads, net))
             .collect();
-        // f16: one host read of the scaled gradients' norm decides whether the step is taken.
+        // f16: one host read of the scaled gradients' norm decides whether the step is taken;
+        // the optimizer unscales the gradients as it reads them.
+        let mut coef = None;
         let taken = match (state.loss_scale.as_mut(), scale) {
             (Some(ls), Some(s)) => {
                 let squares = nets
@@ -287,10 +289,10 @@ pub fn train_supernets(
                         ls.scale
                     )));
                 } else {
-                    let inner = device.clone().without_autodiff();
-                    for (net, g) in nets.iter().zip(block_grads.iter_mut()) {
-                        scale_grads(net, g, 1.0 / s, &inner);
-                    }
+                    coef = Some(Tensor::<1>::from_data(
+                        TensorData::new(vec![(1.0 / s) as f32], [1]),
+                        &device.clone().without_autodiff(),
+                    ));
                 }
                 finite
             }
@@ -301,7 +303,7 @@ pub fn train_supernets(
                 .into_iter()
                 .zip(optims.iter_mut())
                 .zip(block_grads)
-                .map(|((net, o), g)| o.step(lr, net, g))
+                .map(|((net, o), g)| with_grad_scale(coef.clone(), || o.step(lr, net, g)))
                 .collect();
         }
         state.step = step + 1;
