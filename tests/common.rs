@@ -91,3 +91,20 @@ pub fn flip(path: &std::path::Path, offset: i64) {
     bytes[i] ^= 0x10;
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Our AdamW and Burn's with the same constants (the reference of the optimizer tests).
+pub fn adamw_pair(
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    weight_decay: f32,
+) -> (diffnas::train::FusedAdamW, burn::optim::AdamW) {
+    let burn = burn::optim::AdamWConfig::new()
+        .with_beta_1(beta_1)
+        .with_beta_2(beta_2)
+        .with_epsilon(epsilon)
+        .with_weight_decay(weight_decay)
+        .build();
+    let ours = diffnas::train::FusedAdamW::new(beta_1, beta_2, epsilon, weight_decay);
+    (ours, burn)
+}

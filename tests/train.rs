@@ -204,20 +204,13 @@ fn loss_goes_down_on_real_fashion_mnist() {
 
 #[test]
 fn fused_adamw_ema_and_clip_give_burns_numbers_on_the_cpu() {
-    use burn::optim::{AdamWConfig, Optimizer};
+    use burn::optim::Optimizer;
     use burn::tensor::{Distribution, TensorData};
-    use diffnas::train::FusedAdamW;
     let device = Device::flex();
     device.seed(5);
     let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
     for wd in [0.0f32, 0.01] {
-        let ours = FusedAdamW::new(b1, b2, eps, wd);
-        let burn = AdamWConfig::new()
-            .with_beta_1(b1)
-            .with_beta_2(b2)
-            .with_epsilon(eps)
-            .with_weight_decay(wd)
-            .build();
+        let (ours, burn) = crate::common::adamw_pair(b1, b2, eps, wd);
         let p0 = Tensor::<2>::random([37, 129], Distribution::Normal(0.0, 1.0), &device);
         let (mut p_ours, mut p_burn) = (p0.clone(), p0);
         let (mut s_ours, mut s_burn) = (None, None);

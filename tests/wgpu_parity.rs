@@ -413,18 +413,12 @@ fn group_norm_kernel_matches_burn_ops() {
 /// division and square root may round differently from the CPU's in the last bit).
 #[test]
 fn adamw_kernel_matches_burn_adamw() {
-    use burn::optim::{AdamWConfig, AdamWState, Optimizer};
+    use burn::optim::{AdamWState, Optimizer};
     use diffnas::train::{FusedAdamW, with_grad_scale};
     let Some(wgpu) = wgpu_device() else { return };
     let flex = Device::flex();
     let (b1, b2, eps, wd) = (0.9f32, 0.999f32, 1e-8f32, 0.01f32);
-    let ours = FusedAdamW::new(b1, b2, eps, wd);
-    let burn = AdamWConfig::new()
-        .with_beta_1(b1)
-        .with_beta_2(b2)
-        .with_epsilon(eps)
-        .with_weight_decay(wd)
-        .build();
+    let (ours, burn) = crate::common::adamw_pair(b1, b2, eps, wd);
     fn run<const D: usize>(
         ours: &FusedAdamW,
         burn: &burn::optim::AdamW,

@@ -7,6 +7,7 @@ pub mod checkpoint;
 mod clip;
 mod config;
 mod ema;
+#[cfg(feature = "gpu-kernels")]
 mod gpu_optim;
 mod optim;
 pub mod scale;

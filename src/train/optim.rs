@@ -7,6 +7,7 @@
 //! gradient, so clipping costs no pass over the gradients of its own and nothing waits for the
 //! norm.
 
+#[cfg(feature = "gpu-kernels")]
 use super::gpu_optim;
 use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, Optimizer};
 use burn::tensor::{Device, Tensor};
@@ -76,7 +77,10 @@ impl Optimizer for FusedAdamW {
             .as_ref()
             .is_some_and(|s| s.momentum.max_moment_2.is_some());
         let coef = grad_scale();
+        #[cfg(feature = "gpu-kernels")]
         let gpu = gpu_optim::supported(&tensor) && gpu_optim::supported(&grad);
+        #[cfg(not(feature = "gpu-kernels"))]
+        let gpu = false;
         let cpu = crate::cpu::supported(&tensor) && crate::cpu::supported(&grad);
         if amsgrad || !(gpu || cpu) {
             let grad = match coef {
@@ -102,25 +106,32 @@ impl Optimizer for FusedAdamW {
             weight_decay: self.weight_decay,
             time,
         };
-        let (p, moment_1, moment_2) = if gpu {
-            gpu_optim::adamw(tensor, grad, m, v, coef, gpu_optim::AdamWConsts::new(&step))
-        } else {
-            let grad = match coef {
-                Some(c) => crate::cpu::scale(grad, c),
-                None => grad,
-            };
-            crate::cpu::adamw(tensor, grad, m, v, step)
+        #[cfg(feature = "gpu-kernels")]
+        if gpu {
+            let c = gpu_optim::AdamWConsts::new(&step);
+            let (p, moment_1, moment_2) = gpu_optim::adamw(tensor, grad, m, v, coef, c);
+            return (p, Some(adamw_state(time, moment_1, moment_2)));
+        }
+        let grad = match coef {
+            Some(c) => crate::cpu::scale(grad, c),
+            None => grad,
         };
-        let momentum = AdaptiveMomentumState {
-            time,
-            moment_1,
-            moment_2,
-            max_moment_2: None,
-        };
-        (p, Some(AdamWState { momentum }))
+        let (p, moment_1, moment_2) = crate::cpu::adamw(tensor, grad, m, v, step);
+        (p, Some(adamw_state(time, moment_1, moment_2)))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
         <AdamW as Optimizer>::to_device(state, device)
+    }
+}
+
+fn adamw_state<const D: usize>(time: usize, m: Tensor<D>, v: Tensor<D>) -> AdamWState<D> {
+    AdamWState {
+        momentum: AdaptiveMomentumState {
+            time,
+            moment_1: m,
+            moment_2: v,
+            max_moment_2: None,
+        },
     }
 }
