@@ -3,7 +3,7 @@
 
 use crate::common::{param_values, tiny16};
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use diffnas::data::{DataSource, Dataset, Split};
 use diffnas::diffusion::Denoiser;
 use diffnas::model::Unet;
@@ -336,4 +336,163 @@ fn damaged_checkpoints_are_caught_and_resume_falls_back_to_an_intact_one() {
     let state = read_state(b.path()).unwrap();
     let e = state.verify(b.path()).unwrap_err().to_string();
     assert!(e.contains(EMA_FILE) && e.contains("damaged"), "{e}");
+}
+
+/// `sum(a * (w - c)^2)` over a rank-2 and a rank-1 parameter: gradients in closed form.
+#[derive(Module, Debug)]
+struct Quadratic {
+    w: Param<Tensor<2>>,
+    b: Param<Tensor<1>>,
+}
+
+const QUAD_W: [usize; 2] = [3, 4];
+const QUAD_B: usize = 5;
+
+/// Curvature and centre of each of the 17 coordinates (w first, then b), and the start.
+fn quadratic_terms() -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let n = QUAD_W[0] * QUAD_W[1] + QUAD_B;
+    let a = (0..n).map(|i| 0.5 + (i % 7) as f64 * 0.75).collect();
+    let c = (0..n).map(|i| ((i * 5) % 11) as f64 * 0.6 - 3.0).collect();
+    let w0 = (0..n).map(|i| ((i * 3) % 13) as f64 * 0.4 - 2.5).collect();
+    (a, c, w0)
+}
+
+struct QuadraticLoss;
+
+impl diffnas::train::Objective<Quadratic> for QuadraticLoss {
+    fn loss(&self, m: &Quadratic, batch: diffnas::train::StepBatch<'_>) -> Tensor<1> {
+        let device = batch.x0.device();
+        let (a, c, _) = quadratic_terms();
+        let k = QUAD_W[0] * QUAD_W[1];
+        let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let t2 = |v: &[f64]| Tensor::<2>::from_data(TensorData::new(f(v), QUAD_W), &device);
+        let t1 = |v: &[f64]| Tensor::<1>::from_data(TensorData::new(f(v), [QUAD_B]), &device);
+        let lw = (m.w.val() - t2(&c[..k])).square() * t2(&a[..k]);
+        let lb = (m.b.val() - t1(&c[k..])).square() * t1(&a[k..]);
+        lw.sum() + lb.sum()
+    }
+}
+
+/// Three training steps (`train_step_marked`) with an active global-norm clip against the same
+/// steps in f64 by hand: gradient `2a(w - c)`, one norm over both parameters,
+/// `min(1, clip / (norm + 1e-6))`, AdamW with weight decay, the EMA. The epsilon is large next
+/// to the clipped gradients, so the update depends on the clip (Adam alone is scale-free); the
+/// test checks that an unclipped step would land far outside its tolerance.
+pub fn clipped_steps_match_closed_form(device: &Device) {
+    use diffnas::diffusion::{BetaSchedule, NoiseSchedule};
+    let cfg = TrainConfig::tiny()
+        .with_lr(0.05)
+        .with_warmup_steps(2)
+        .with_grad_clip(1.0)
+        .with_adam_eps(0.05)
+        .with_weight_decay(0.1)
+        .with_ema_decay(0.9);
+    let (a, c, w0) = quadratic_terms();
+    let k = QUAD_W[0] * QUAD_W[1];
+    let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let mut model = Quadratic {
+        w: Param::from_tensor(Tensor::from_data(
+            TensorData::new(f(&w0[..k]), QUAD_W),
+            device,
+        )),
+        b: Param::from_tensor(Tensor::from_data(
+            TensorData::new(f(&w0[k..]), [QUAD_B]),
+            device,
+        )),
+    };
+    let mut ema = model.valid();
+    let mut optim = diffnas::train::optimizer_for(&cfg);
+    let schedule = NoiseSchedule::new(BetaSchedule::Linear, cfg.timesteps).unwrap();
+    let x0 = Tensor::<4>::zeros([2, 1, 4, 4], device);
+
+    // The reference, and the same steps without the clip (to show the clip matters here).
+    let reference = |clip: bool| {
+        let (b1, b2, eps, wd) = (cfg.beta1, cfg.beta2, cfg.adam_eps, cfg.weight_decay);
+        let (mut w, mut e) = (w0.clone(), w0.clone());
+        let (mut m1, mut m2) = (vec![0.0; w.len()], vec![0.0; w.len()]);
+        let mut norms = vec![];
+        for step in 0..3u64 {
+            let g: Vec<f64> = (0..w.len()).map(|i| 2.0 * a[i] * (w[i] - c[i])).collect();
+            let norm = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+            norms.push(norm);
+            let coef = if clip {
+                (cfg.grad_clip / (norm + 1e-6)).min(1.0)
+            } else {
+                1.0
+            };
+            let t = (step + 1) as i32;
+            let lr = cfg.lr_at(step);
+            for i in 0..w.len() {
+                let gi = g[i] * coef;
+                m1[i] = b1 * m1[i] + (1.0 - b1) * gi;
+                m2[i] = b2 * m2[i] + (1.0 - b2) * gi * gi;
+                let delta =
+                    (m1[i] / (1.0 - b1.powi(t))) / ((m2[i] / (1.0 - b2.powi(t))).sqrt() + eps);
+                w[i] = w[i] * (1.0 - lr * wd) - lr * delta;
+            }
+            let d = cfg.ema_decay_at(step);
+            for i in 0..w.len() {
+                e[i] = d * e[i] + (1.0 - d) * w[i];
+            }
+        }
+        (w, e, norms)
+    };
+    let (want_w, want_e, want_norms) = reference(true);
+    let (free_w, _, _) = reference(false);
+
+    for step in 0..3u64 {
+        let (m, e, _, norm) = diffnas::train::train_step_marked(
+            model,
+            ema,
+            &mut optim,
+            &cfg,
+            &schedule,
+            x0.clone(),
+            step,
+            &QuadraticLoss,
+            None,
+            &mut |_| {},
+        );
+        (model, ema) = (m, e);
+        let norm = norm.expect("gradients").into_scalar::<f32>() as f64;
+        let want = want_norms[step as usize];
+        assert!(
+            (norm - want).abs() <= 1e-5 * want,
+            "step {step}: gradient norm {norm}, closed form {want}"
+        );
+        assert!(want > 3.0 * cfg.grad_clip, "the clip must be active");
+    }
+    let got = |m: &Quadratic| -> Vec<f64> {
+        let mut v = crate::common::to_vec(m.w.val());
+        v.extend(crate::common::to_vec(m.b.val()));
+        v.into_iter().map(f64::from).collect()
+    };
+    let diff = |x: &[f64], y: &[f64]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max)
+    };
+    let tol = 2e-5 * want_w.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let (w, e) = (got(&model), got(&ema));
+    assert!(
+        diff(&w, &want_w) <= tol,
+        "weights {} from the closed form (tolerance {tol})",
+        diff(&w, &want_w)
+    );
+    assert!(
+        diff(&e, &want_e) <= tol,
+        "EMA {} from the closed form (tolerance {tol})",
+        diff(&e, &want_e)
+    );
+    assert!(
+        diff(&free_w, &want_w) > 100.0 * tol,
+        "unclipped steps land {} from clipped ones: the test cannot tell them apart",
+        diff(&free_w, &want_w)
+    );
+}
+
+#[test]
+fn clipped_training_steps_match_the_closed_form() {
+    clipped_steps_match_closed_form(&Device::flex().autodiff());
 }

@@ -481,3 +481,11 @@ fn adamw_kernel_matches_burn_adamw() {
     run(&ours, &burn, [3, 5, 7, 2], &wgpu, &flex, 1);
     run(&ours, &burn, [37], &wgpu, &flex, 2);
 }
+
+/// The clipped training step (`train_step_marked`: global norm, the multiplier folded into the
+/// AdamW kernel, the EMA) on wgpu against the same steps in f64 by hand.
+#[test]
+fn clipped_training_steps_on_wgpu_match_the_closed_form() {
+    let Some(wgpu) = wgpu_device() else { return };
+    crate::train::clipped_steps_match_closed_form(&wgpu.autodiff());
+}
