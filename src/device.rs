@@ -94,6 +94,13 @@ pub enum DeviceError {
     /// `wgpu:N` names no adapter, or one Burn cannot select.
     #[error("--device wgpu:{index}: {why}; `diffnas devices` lists the adapters")]
     NoAdapter { index: usize, why: String },
+    /// The `vulkan` build on an adapter it would hand invalid SPIR-V ([`SpirvKernels`]).
+    #[error(
+        "wgpu adapter {adapter}: the `vulkan` build needs VK_KHR_workgroup_memory_explicit_layout, \
+         which this adapter lacks (without it CubeCL 0.11.3 compiles shared memory to invalid \
+         SPIR-V, which drivers crash on); {remedy}"
+    )]
+    InvalidSpirv { adapter: String, remedy: String },
 }
 
 impl DeviceError {
@@ -101,7 +108,10 @@ impl DeviceError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            DeviceError::NoWgpu | DeviceError::NoCuda | DeviceError::NoAdapter { .. }
+            DeviceError::NoWgpu
+                | DeviceError::NoCuda
+                | DeviceError::NoAdapter { .. }
+                | DeviceError::InvalidSpirv { .. }
         )
     }
 }
@@ -184,6 +194,42 @@ pub struct Capabilities {
     pub shader_f16: bool,
     /// `A x B -> C MxNxK` per supported configuration; empty without cooperative matrices.
     pub cooperative_matrix: Vec<String>,
+    /// What the `vulkan` build compiles this adapter's kernels to; `None` in the other builds
+    /// and on adapters that are not Vulkan.
+    pub spirv: Option<SpirvKernels>,
+}
+
+/// What the `vulkan` build's kernels become on a Vulkan adapter. CubeCL 0.11.3 compiles them to
+/// SPIR-V where the adapter has the Vulkan memory model (device scope) and buffer device
+/// addresses, and to WGSL elsewhere. Its SPIR-V is valid for kernels with workgroup (shared)
+/// memory only through `VK_KHR_workgroup_memory_explicit_layout`: without it, the variable it
+/// declares for shared memory is a pointer to a pointer, which `spirv-val` rejects and a driver
+/// may crash on (lavapipe does, in Burn's first tiled matmul; see
+/// `examples/bench/validate_spirv.sh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpirvKernels {
+    /// SPIR-V, shared memory laid out explicitly: the path that uses cooperative matrices.
+    Valid,
+    /// WGSL, as in the default build: the adapter lacks what CubeCL's SPIR-V needs.
+    Wgsl,
+    /// SPIR-V that is invalid wherever a kernel uses shared memory: this build refuses the
+    /// adapter.
+    InvalidSharedMemory,
+}
+
+impl std::fmt::Display for SpirvKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SpirvKernels::Valid => "SPIR-V",
+            SpirvKernels::Wgsl => {
+                "WGSL (no Vulkan memory model with device scope or no buffer device address)"
+            }
+            SpirvKernels::InvalidSharedMemory => {
+                "refused by this build (no VK_KHR_workgroup_memory_explicit_layout, without \
+                 which CubeCL 0.11.3's SPIR-V for shared memory is invalid)"
+            }
+        })
+    }
 }
 
 impl std::fmt::Display for Capabilities {
@@ -197,7 +243,11 @@ impl std::fmt::Display for Capabilities {
             f,
             "shader-f16 {}; cooperative matrix: {coop}",
             if self.shader_f16 { "yes" } else { "no" }
-        )
+        )?;
+        match self.spirv {
+            Some(k) => write!(f, "; kernels: {k}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -225,6 +275,7 @@ pub fn capabilities() -> Vec<Capabilities> {
             Capabilities {
                 shader_f16: features.contains(wgpu::Features::SHADER_F16),
                 cooperative_matrix,
+                spirv: spirv_kernels(a),
             }
         })
         .collect()
@@ -233,6 +284,79 @@ pub fn capabilities() -> Vec<Capabilities> {
 #[cfg(not(feature = "wgpu"))]
 pub fn capabilities() -> Vec<Capabilities> {
     Vec::new()
+}
+
+/// [`SpirvKernels`] of a Vulkan adapter in the `vulkan` build, read the way CubeCL reads the
+/// adapter's features when it picks a compiler.
+#[cfg(feature = "vulkan")]
+fn spirv_kernels(a: &wgpu::Adapter) -> Option<SpirvKernels> {
+    use ash::vk;
+    // SAFETY: the adapter outlives the borrow; only properties and features are read.
+    let hal = unsafe { a.as_hal::<wgpu::hal::api::Vulkan>() }?;
+    let caps = hal.physical_device_capabilities();
+    let version = caps.properties().api_version;
+    let core12 = version >= vk::API_VERSION_1_2;
+    let model_known = core12 || caps.supports_extension(vk::KHR_VULKAN_MEMORY_MODEL_NAME);
+    let address_known = core12 || caps.supports_extension(vk::KHR_BUFFER_DEVICE_ADDRESS_NAME);
+    let explicit_known = caps.supports_extension(vk::KHR_WORKGROUP_MEMORY_EXPLICIT_LAYOUT_NAME);
+    let mut model = vk::PhysicalDeviceVulkanMemoryModelFeatures::default();
+    let mut address = vk::PhysicalDeviceBufferDeviceAddressFeatures::default();
+    let mut explicit = vk::PhysicalDeviceWorkgroupMemoryExplicitLayoutFeaturesKHR::default();
+    let mut features = vk::PhysicalDeviceFeatures2::default();
+    if model_known {
+        features = features.push_next(&mut model);
+    }
+    if address_known {
+        features = features.push_next(&mut address);
+    }
+    if explicit_known {
+        features = features.push_next(&mut explicit);
+    }
+    if version >= vk::API_VERSION_1_1 {
+        // SAFETY: the physical device belongs to this instance; every structure chained above
+        // is core at the device's version or one of its extensions.
+        unsafe {
+            hal.shared_instance()
+                .raw_instance()
+                .get_physical_device_features2(hal.raw_physical_device(), &mut features)
+        };
+    }
+    let spirv = model.vulkan_memory_model == vk::TRUE
+        && model.vulkan_memory_model_device_scope == vk::TRUE
+        && address.buffer_device_address == vk::TRUE
+        && version >= vk::API_VERSION_1_1;
+    Some(if !spirv {
+        SpirvKernels::Wgsl
+    } else if explicit.workgroup_memory_explicit_layout == vk::TRUE {
+        SpirvKernels::Valid
+    } else {
+        SpirvKernels::InvalidSharedMemory
+    })
+}
+
+#[cfg(all(feature = "wgpu", not(feature = "vulkan")))]
+fn spirv_kernels(_: &wgpu::Adapter) -> Option<SpirvKernels> {
+    None
+}
+
+/// The error for an adapter whose SPIR-V this build refuses, naming the adapters it would take.
+#[cfg(feature = "wgpu")]
+fn refuse_invalid_spirv(name: &str) -> DeviceError {
+    let usable: Vec<String> = all_adapters()
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| spirv_kernels(a) != Some(SpirvKernels::InvalidSharedMemory))
+        .map(|(i, a)| format!("--device wgpu:{i} ({}, {:?})", a.get_info().name, a.get_info().backend))
+        .collect();
+    let others = if usable.is_empty() {
+        String::new()
+    } else {
+        format!(", or pick another adapter: {}", usable.join(", "))
+    };
+    DeviceError::InvalidSpirv {
+        adapter: name.to_string(),
+        remedy: format!("run the default build (WGSL kernels){others}"),
+    }
 }
 
 /// The wgpu device of this process: initialised once (under a lock, so that threads asking at
@@ -255,6 +379,11 @@ fn init_wgpu_once() -> Result<SelectedDevice, DeviceError> {
     let mut last = String::new();
     for kind in [DeviceKind::DefaultDevice, DeviceKind::Cpu] {
         match Device::wgpu_options().device_kind(kind).init_with_setup() {
+            Ok((_, setup))
+                if spirv_kernels(&setup.adapter) == Some(SpirvKernels::InvalidSharedMemory) =>
+            {
+                return Err(refuse_invalid_spirv(&setup.adapter.get_info().name));
+            }
             Ok((device, setup)) => {
                 return Ok(SelectedDevice {
                     device,
@@ -294,6 +423,11 @@ fn init_wgpu_adapter(index: usize) -> Result<SelectedDevice, DeviceError> {
             list.len()
         )));
     };
+    if let Some(adapter) = all_adapters().get(index)
+        && spirv_kernels(adapter) == Some(SpirvKernels::InvalidSharedMemory)
+    {
+        return Err(refuse_invalid_spirv(&a.name));
+    }
     let k = list[..index]
         .iter()
         .filter(|b| b.backend == a.backend && b.device_type == a.device_type)

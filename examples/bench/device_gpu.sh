@@ -14,8 +14,11 @@
 # chose for every shape).
 #
 # What it measures, `ddpm-cifar10` at batch 128, in this order (cheapest and most needed first):
-#   1. the adapters: nvidia-smi, `diffnas devices` (shader-f16, cooperative-matrix shapes),
-#      vulkaninfo's cooperative-matrix properties where vulkaninfo exists;
+#   1. the adapters: nvidia-smi, `diffnas devices` of both builds (shader-f16, cooperative-matrix
+#      shapes, and whether the `vulkan` build's SPIR-V is valid and used on each adapter),
+#      vulkaninfo's cooperative-matrix properties where vulkaninfo exists, and the SPIR-V of
+#      every kernel two short `vulkan`-build steps compile (results/spirv.log.xz, to check
+#      afterwards with examples/bench/validate_spirv.sh where spirv-tools is installed);
 #   2. side by side (examples/bench/side_by_side.py, one round): PyTorch eager f32, AMP bf16 and
 #      AMP f16 first, then diffnas on wgpu with our im2col convolution in f32, the `vulkan`
 #      build (SPIR-V, where cooperative matrices exist) in f16, the default build in f16,
@@ -92,12 +95,23 @@ log "1. adapters"
     nvidia-smi 2>&1 || echo "nvidia-smi: not available"
     echo
     "$DIFFNAS" devices 2>&1
+    # The `vulkan` build says, per Vulkan adapter, whether its SPIR-V is valid and used.
+    [ -z "$VULKAN" ] || { echo; echo "vulkan build:"; "$VULKAN" devices 2>&1; }
     if command -v vulkaninfo >/dev/null; then
         vulkaninfo 2>/dev/null | grep -i -A 12 "cooperative" | head -200
     else
         echo "vulkaninfo: not installed (the cooperative-matrix shapes above come from wgpu)"
     fi
 } >"$WORK/results/adapters.txt"
+# Every SPIR-V kernel of two short vulkan-build steps, to check here with validate_spirv.sh
+# (the GPU machine may lack spirv-tools); compressed into the archive.
+if [ -n "$VULKAN" ]; then
+    (cd "$ROOT" && CUBECL_DEBUG_LOG="$WORK/results/spirv.log" timeout 60 "$VULKAN" bench \
+        --genome examples/bench/genomes/micro-16px.json --batch-size 2 --device wgpu \
+        --train-steps 2 --sample-evals 1 --warmup 1) >"$WORK/results/spirv-run.log" 2>&1
+    log "   SPIR-V log of the vulkan build: exit $?"
+    xz -f "$WORK/results/spirv.log" 2>/dev/null || true
+fi
 summarize
 # and every 45 s while the long steps run
 touch "$WORK/running"
